@@ -1,0 +1,84 @@
+"""The one error hierarchy of reconciler.
+
+Every error that reaches the user derives from :class:`ReconcilerError`. Errors about a single
+resource carry its address (``ipset/mgmt``, ``nic/eth0`` ...) so that reports, logs and the JSON
+plan can say exactly what failed while the rest of the run carries on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ReconcilerError(Exception):
+    """Base of every error reconciler raises on purpose.
+
+    ``address`` names the resource the error is about, or is ``None`` for run-wide errors.
+    """
+
+    def __init__(self, message: str, *, address: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.address = address
+
+    def __str__(self) -> str:
+        if self.address:
+            return f"{self.address}: {self.message}"
+        return self.message
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One problem in the desired state, located in its source file.
+
+    Rendered as ``file:line:column: path: message`` (the format editors and CI annotate).
+    ``line`` and ``column`` are 1-based; 0 means "the file as a whole".
+    """
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.path or '<root>'}: {self.message}"
+
+
+class ValidationError(ReconcilerError):
+    """The desired state is invalid; ``problems`` lists every problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class ProviderError(ReconcilerError):
+    """An external system (netlink, iptables, libvirt, tarsnap ...) failed for one resource."""
+
+
+class NetlinkError(ProviderError):
+    """The kernel answered a netlink request with an error.
+
+    ``errno`` is the positive error number the kernel returned (ipset-specific codes included).
+    """
+
+    def __init__(self, message: str, *, errno: int, address: str | None = None) -> None:
+        super().__init__(message, address=address)
+        self.errno = errno
+
+
+class CommandError(ProviderError):
+    """An external command (iptables ...) exited non-zero."""
+
+
+class LockHeldError(ReconcilerError):
+    """Another run holds the lock."""
+
+
+class StateError(ReconcilerError):
+    """The state directory is unreadable or corrupt."""
+
+
+class NotConvergedError(ReconcilerError):
+    """After apply, re-reading live state still shows changes for this resource."""

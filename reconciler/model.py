@@ -1,0 +1,71 @@
+"""Typed desired state: what the YAML in git says a host should look like.
+
+These objects are produced only by :mod:`reconciler.desired` after the YAML passed its schema
+and semantic checks, so providers can trust them: CIDRs are canonical, families match, names
+are valid. Everything is immutable; the zero value of every optional field is the safe one
+(no firewall rule, kernel-default sizes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Family = Literal["inet", "inet6"]
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a value came from: a file in the desired-state repo and a 1-based line/column."""
+
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class FirewallRule:
+    """An iptables rule that must exist so the set is actually used.
+
+    Rendered as ``-I <chain> [-i <in_interface>] -m set --match-set <set> src -j <target>``.
+    """
+
+    chain: str = "INPUT"
+    target: str = "ACCEPT"
+    in_interface: str | None = None
+
+
+@dataclass(frozen=True)
+class IpsetSpec:
+    """A desired ``hash:net`` set.
+
+    ``members`` holds canonical network strings (``ipaddress.ip_network(m, strict=False)``),
+    so ``10.1.2.3/8`` is ``10.0.0.0/8`` and a host address is ``192.0.2.1/32``, exactly what
+    the kernel reports back. ``maxelem``/``hashsize`` of ``None`` mean "the kernel default".
+    """
+
+    name: str
+    type: str = "hash:net"
+    family: Family = "inet"
+    maxelem: int | None = None
+    hashsize: int | None = None
+    members: frozenset[str] = frozenset()
+    firewall: FirewallRule | None = None
+    source: Location | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class HostDesired:
+    """Everything the desired state says about one host, fleet.yaml merged with its host file.
+
+    ``ipsets`` is typed; the other kinds are kept as validated plain data (``raw``) until their
+    providers exist. ``files`` lists the files that contributed, for messages.
+    """
+
+    host: str
+    ipsets: dict[str, IpsetSpec] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+    files: tuple[str, ...] = ()

@@ -1,0 +1,123 @@
+"""The plan as plain data.
+
+A :class:`Plan` is what providers compute and what renderers and ``apply`` consume. It is built
+from frozen dataclasses and serialises with :meth:`Plan.to_dict` to the versioned JSON contract
+in DESIGN.md section 3. The human text output is rendered *from* that dict, never from the
+objects, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+FORMAT_VERSION = 1
+
+Action = Literal["create", "update", "delete", "replace", "move"]
+ACTIONS: tuple[Action, ...] = ("create", "update", "delete", "replace", "move")
+
+
+@dataclass(frozen=True)
+class Op:
+    """One typed operation. ``op`` is its verb; ``args`` names what it touches.
+
+    ``args`` must be JSON-serialisable (strings, numbers, lists, dicts) because it is copied
+    verbatim into the JSON plan, e.g. ``Op("add_member", {"member": "203.0.113.0/24"})``.
+    """
+
+    op: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return ``{"op": ..., **args}`` as in the JSON plan."""
+        return {"op": self.op, **self.args}
+
+
+@dataclass(frozen=True)
+class Change:
+    """A change to one resource: its address, action, before/after summaries and ordered ops.
+
+    ``refused`` is set when a safety guard blocks the change (e.g. it would lock out the
+    current SSH client); a refused change is shown in the plan but never applied.
+    ``warnings`` are shown with the change and do not block it.
+    """
+
+    kind: str
+    name: str
+    action: Action
+    ops: tuple[Op, ...]
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    refused: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def address(self) -> str:
+        """``kind/name``: the resource address used in plans, logs and errors."""
+        return f"{self.kind}/{self.name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialise to the JSON plan's change object."""
+        d: dict[str, Any] = {
+            "address": self.address,
+            "kind": self.kind,
+            "name": self.name,
+            "action": self.action,
+            "before": self.before,
+            "after": self.after,
+            "ops": [op.to_dict() for op in self.ops],
+        }
+        if self.refused:
+            d["refused"] = self.refused
+        if self.warnings:
+            d["warnings"] = list(self.warnings)
+        return d
+
+
+@dataclass(frozen=True)
+class PlanError:
+    """An error found while reading or planning one resource; the rest of the plan stands."""
+
+    address: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialise to the JSON plan's error object."""
+        return {"address": self.address, "message": self.message}
+
+
+@dataclass
+class Plan:
+    """All changes and errors for one host at one commit."""
+
+    host: str
+    commit: str | None = None
+    changes: list[Change] = field(default_factory=list)
+    errors: list[PlanError] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        """True when there is nothing to change (errors are not changes)."""
+        return not self.changes
+
+    def summary(self) -> dict[str, int]:
+        """Count changes per action (``create``/``update``/``delete``/``move``, plus any other
+        action that occurs) and the refused ones."""
+        counts: dict[str, int] = {"create": 0, "update": 0, "delete": 0, "move": 0}
+        for ch in self.changes:
+            counts[ch.action] = counts.get(ch.action, 0) + 1
+        refused = sum(1 for ch in self.changes if ch.refused)
+        if refused:
+            counts["refused"] = refused
+        return counts
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialise to the versioned JSON contract (DESIGN.md section 3)."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "host": self.host,
+            "commit": self.commit,
+            "changes": [c.to_dict() for c in self.changes],
+            "errors": [e.to_dict() for e in self.errors],
+            "summary": self.summary(),
+        }

@@ -1,0 +1,1 @@
+"""Providers: one module per resource kind, each offering read / pure diff / apply."""

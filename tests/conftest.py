@@ -1,0 +1,5 @@
+"""Shared pytest fixtures."""
+
+from tests.netns import netns
+
+__all__ = ["netns"]
