@@ -1,0 +1,253 @@
+"""A line-aware, strict, safe YAML loader.
+
+:func:`load_yaml` turns one YAML file into plain Python data (``dict``, ``list``, ``str``,
+``int``, ``bool``, ``None``; YAML 1.1 scalars are resolved exactly as ``yaml.safe_load`` would,
+so ``gso: off`` is ``False``) and remembers where every value and every mapping key came from,
+so later checks can report ``file:line:column: path: message``.
+
+Unlike ``yaml.safe_load`` it refuses what would silently lose information: duplicate keys,
+non-string keys. It never raises for bad input: every problem is returned in
+:attr:`YamlDoc.problems`, and :attr:`YamlDoc.data` is ``None`` when the file could not be read
+as a mapping at all (bad encoding, syntax error, empty file, top level not a mapping).
+
+A *path* is a tuple of mapping keys and sequence indices, ``("ipsets", "mgmt", "members", 2)``,
+rendered by :func:`format_path` as ``ipsets.mgmt.members[2]``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconciler.errors import Problem
+
+PathKey = str | int
+YPath = tuple[PathKey, ...]
+Pos = tuple[int, int]
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_:-]*$")
+
+
+def format_path(path: YPath) -> str:
+    """Render a path as ``ipsets.mgmt.members[2]`` (keys with odd characters are quoted)."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _PLAIN_KEY.match(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{part!r}]"
+    return out
+
+
+@dataclass
+class YamlDoc:
+    """One loaded YAML file.
+
+    ``file`` is the display name used in problems; ``data`` the plain data (``None`` if the file
+    could not be loaded); ``values`` maps each value's path to its 1-based ``(line, column)``;
+    ``keys`` maps the path of each mapping entry to the position of its *key*; ``texts`` keeps
+    the source text of scalars (to quote ``off`` rather than ``False`` in messages).
+    """
+
+    file: str
+    data: Any = None
+    values: dict[YPath, Pos] = field(default_factory=dict)
+    keys: dict[YPath, Pos] = field(default_factory=dict)
+    texts: dict[YPath, str] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    def pos(self, path: YPath, *, key: bool = False) -> Pos:
+        """Position of ``path`` (of its key with ``key=True``), else of its nearest ancestor."""
+        p = path
+        while True:
+            if key and p in self.keys:
+                return self.keys[p]
+            if p in self.values:
+                return self.values[p]
+            if not p:
+                return (1, 1)
+            p = p[:-1]
+
+    def problem(self, path: YPath, message: str, *, key: bool = False) -> Problem:
+        """A :class:`Problem` in this file located at ``path`` (at its key with ``key=True``)."""
+        line, col = self.pos(path, key=key)
+        return Problem(self.file, line, col, format_path(path), message)
+
+
+def _mark_pos(mark: yaml.Mark | None) -> Pos:
+    if mark is None:
+        return (0, 0)
+    return (mark.line + 1, mark.column + 1)
+
+
+class _Builder:
+    """Builds plain data from composed nodes, recording positions and problems."""
+
+    def __init__(self, doc: YamlDoc, loader: yaml.SafeLoader) -> None:
+        self.doc = doc
+        self.loader = loader
+
+    def build(self, node: yaml.Node, path: YPath) -> Any:
+        self.doc.values[path] = _mark_pos(node.start_mark)
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        assert isinstance(node, yaml.ScalarNode)
+        self.doc.texts[path] = node.value
+        return self.loader.construct_object(node, deep=True)
+
+    def _key(self, knode: yaml.Node, path: YPath) -> str | None:
+        if not isinstance(knode, yaml.ScalarNode):
+            self.doc.problems.append(
+                self._at(knode, path, "a mapping key must be a plain string, not a collection")
+            )
+            return None
+        key = self.loader.construct_object(knode)
+        if not isinstance(key, str):
+            self.doc.problems.append(
+                self._at(
+                    knode,
+                    path,
+                    f"mapping key {knode.value!r} is not a string (YAML reads it as "
+                    f"{key!r}); quote it",
+                )
+            )
+            return None
+        return key
+
+    def _at(self, node: yaml.Node, path: YPath, message: str) -> Problem:
+        line, col = _mark_pos(node.start_mark)
+        return Problem(self.doc.file, line, col, format_path(path), message)
+
+    def _mapping(self, node: yaml.MappingNode, path: YPath) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        merges: list[yaml.Node] = []
+        for knode, vnode in node.value:
+            if knode.tag == _MERGE_TAG:
+                merges.append(vnode)
+                continue
+            key = self._key(knode, path)
+            if key is None:
+                continue
+            kpath = (*path, key)
+            if key in result:
+                first = self.doc.keys[kpath]
+                self.doc.problems.append(
+                    self._at(
+                        knode, kpath, f"duplicate key {key!r} (first defined on line {first[0]})"
+                    )
+                )
+                continue
+            self.doc.keys[kpath] = _mark_pos(knode.start_mark)
+            result[key] = self.build(vnode, kpath)
+        # YAML merge keys (<<: *anchor): merged entries never override explicit ones.
+        for mnode in merges:
+            sources = mnode.value if isinstance(mnode, yaml.SequenceNode) else [mnode]
+            for src in sources:
+                if not isinstance(src, yaml.MappingNode):
+                    self.doc.problems.append(
+                        self._at(
+                            src, path, "a merge key (<<) needs a mapping or a list of mappings"
+                        )
+                    )
+                    continue
+                for knode, vnode in src.value:
+                    key = self._key(knode, path)
+                    if key is None or key in result:
+                        continue
+                    kpath = (*path, key)
+                    self.doc.keys[kpath] = _mark_pos(knode.start_mark)
+                    result[key] = self.build(vnode, kpath)
+        return result
+
+
+def _describe_top(node: yaml.Node) -> str:
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return f"{node.value!r}"
+
+
+def load_yaml(path: Path, display_name: str) -> YamlDoc:
+    """Load ``path`` strictly; problems are named after ``display_name``.
+
+    Never raises for bad content (an unreadable file raises ``OSError``). The returned
+    :class:`YamlDoc` holds every problem found; ``data`` is a ``dict`` unless the file is not
+    UTF-8, has a syntax error, is empty (or only comments), or its top level is not a mapping,
+    in which case ``data`` is ``None``. Duplicate keys (the first one is kept) and non-string
+    keys (dropped) are reported but do not prevent ``data``.
+    """
+    doc = YamlDoc(file=display_name)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        doc.problems.append(
+            Problem(
+                display_name,
+                line,
+                col,
+                "",
+                f"not UTF-8: byte 0x{raw[e.start]:02x} cannot be decoded; save the file as UTF-8",
+            )
+        )
+        return doc
+    text = text.removeprefix("\ufeff")
+    loader: yaml.SafeLoader | None = None
+    try:
+        loader = yaml.SafeLoader(text)
+        node = loader.get_single_node()
+        if node is None or (
+            isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null") and not node.value
+        ):
+            doc.problems.append(Problem(display_name, 0, 0, "", "file is empty"))
+            return doc
+        if not isinstance(node, yaml.MappingNode):
+            line, col = _mark_pos(node.start_mark)
+            doc.problems.append(
+                Problem(
+                    display_name,
+                    line,
+                    col,
+                    "",
+                    f"expected a mapping (key: value) at the top level, got {_describe_top(node)}",
+                )
+            )
+            return doc
+        doc.data = _Builder(doc, loader).build(node, ())
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, col = _mark_pos(mark)
+        msg = e.problem or "invalid YAML"
+        if e.context:
+            context = e.context
+            if e.context_mark is not None and e.context_mark.line != (mark.line if mark else -1):
+                context += f" (started on line {e.context_mark.line + 1})"
+            msg = f"{context}, {msg}"
+        doc.problems.append(Problem(display_name, line, col, "", f"YAML syntax error: {msg}"))
+        doc.data = None
+    except yaml.YAMLError as e:  # ReaderError (control characters) and friends
+        line, col = 0, 0
+        position = getattr(e, "position", None)
+        if isinstance(position, int):
+            line = text.count("\n", 0, position) + 1
+            col = position - (text.rfind("\n", 0, position) + 1) + 1
+        char = getattr(e, "character", None)
+        what = str(e)
+        if isinstance(char, int):
+            what = f"control character U+{char:04X} is not allowed in YAML"
+        doc.problems.append(Problem(display_name, line, col, "", f"unreadable YAML: {what}"))
+        doc.data = None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return doc
