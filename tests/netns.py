@@ -54,13 +54,21 @@ class Netns:
         self.run(["ip", "link", "set", "lo", "up"])
 
     def run(
-        self, argv: Sequence[str], *, check: bool = True, input: str | None = None,
+        self,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        input: str | None = None,
         env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside the namespace (``ip netns exec``) and capture text output."""
         return subprocess.run(
             ["ip", "netns", "exec", self.name, *argv],
-            check=check, text=True, capture_output=True, input=input, env=env,
+            check=check,
+            text=True,
+            capture_output=True,
+            input=input,
+            env=env,
         )
 
     def popen(self, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[str]:
@@ -75,9 +83,10 @@ class Netns:
 
         Sockets opened and processes started inside the block belong to the namespace.
         """
-        with open("/proc/self/ns/net", "rb") as home, open(
-            f"/run/netns/{self.name}", "rb"
-        ) as target:
+        with (
+            open("/proc/self/ns/net", "rb") as home,
+            open(f"/run/netns/{self.name}", "rb") as target,
+        ):
             _setns(target.fileno())
             try:
                 yield

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from reconciler.model import HostDesired
-from reconciler.plan import Change, PlanError
+from reconciler.plan import Change, Op, PlanError
 
 
 class Provider(Protocol):
@@ -33,6 +33,9 @@ class Provider(Protocol):
         """
         ...
 
-    def apply(self, change: Change) -> None:
-        """Execute the ops of one change, in order. Raises ProviderError on failure."""
+    def apply(self, change: Change) -> list[Op]:
+        """Execute the ops of one change, in order, and return the ops executed.
+
+        Raises ProviderError on failure (after recording whatever it completed).
+        """
         ...

@@ -1,0 +1,1 @@
+"""Renderers: turn ``Plan.to_dict()`` into text or JSON. They never see Plan objects."""
