@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
-import ipaddress
 import json
 import re
 import xml.parsers.expat
@@ -31,6 +30,7 @@ from typing import Any
 import jsonschema
 from jsonschema import Draft202012Validator
 
+from reconciler.cidr import canonical_network
 from reconciler.errors import Problem, ValidationError
 from reconciler.model import FirewallRule, HostDesired, IpsetSpec, Location
 from reconciler.yamlsrc import YamlDoc, YPath, format_path, load_yaml
@@ -333,22 +333,22 @@ def _check_ipset(doc: YamlDoc, name: str, spec: dict[str, Any]) -> list[Problem]
             continue  # the schema reported it
         mpath = (*base, "members", i)
         try:
-            net = ipaddress.ip_network(m.strip(), strict=False)
+            version, prefixlen, canon = canonical_network(m.strip())
         except ValueError:
             out.append(doc.problem(mpath, f"not a valid IP network: {m!r}"))
             continue
-        if net.version != want_version:
-            other = "inet6" if net.version == 6 else "inet"
+        if version != want_version:
+            other = "inet6" if version == 6 else "inet"
             out.append(
                 doc.problem(
                     mpath,
-                    f"IPv{net.version} network {m} in an {family} set; "
+                    f"IPv{version} network {m} in an {family} set; "
                     f"put it in a set with family: {other}",
                 )
             )
             continue
-        if net.prefixlen == 0:
-            halves = "0.0.0.0/1 and 128.0.0.0/1" if net.version == 4 else "::/1 and 8000::/1"
+        if prefixlen == 0:
+            halves = "0.0.0.0/1 and 128.0.0.0/1" if version == 4 else "::/1 and 8000::/1"
             out.append(
                 doc.problem(
                     mpath,
@@ -356,7 +356,6 @@ def _check_ipset(doc: YamlDoc, name: str, spec: dict[str, Any]) -> list[Problem]
                 )
             )
             continue
-        canon = str(net)
         if canon in seen:
             j = seen[canon]
             first_line = doc.pos((*base, "members", j))[0]
@@ -641,7 +640,7 @@ def validate_repo(repo: Path) -> list[Problem]:
 
 
 def _ipset_spec(name: str, spec: dict[str, Any], location: Location) -> IpsetSpec:
-    members = frozenset(str(ipaddress.ip_network(m.strip(), strict=False)) for m in spec["members"])
+    members = frozenset(canonical_network(m.strip())[2] for m in spec["members"])
     fw = spec.get("firewall")
     firewall = None
     if fw is not None:

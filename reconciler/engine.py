@@ -9,7 +9,8 @@ caught instead of being re-applied forever).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from reconciler import log
 from reconciler.errors import ReconcilerError
 from reconciler.model import HostDesired
-from reconciler.plan import Change, Plan, PlanError
+from reconciler.plan import Change, Op, Plan, PlanError
 from reconciler.providers.base import Provider
 from reconciler.state import StateDir
 
@@ -29,6 +30,7 @@ class RunResult:
     plan: Plan
     applied: list[str] = field(default_factory=list)
     errors: list[PlanError] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: "apply", "verify"
 
     @property
     def ok(self) -> bool:
@@ -74,6 +76,7 @@ def apply_plan(
     by_kind = {p.kind: p for p in providers}
     started = datetime.now(UTC).isoformat(timespec="seconds")
     attempted: set[str] = set()
+    t_apply = time.perf_counter()
     for change in plan.changes:
         if change.refused:
             logger.warning("refused", address=change.address, reason=change.refused)
@@ -86,12 +89,15 @@ def apply_plan(
             logger.error("apply_failed", address=change.address, error=e.message)
             result.errors.append(PlanError(change.address, e.message))
             continue
-        for op in done:
-            logger.info("applied", address=change.address, **_loggable(op.to_dict()))
+        for event in log_events(done):
+            logger.info("applied", address=change.address, **event)
         result.applied.append(change.address)
 
     # Re-read and re-plan: anything applied that still differs did not converge.
+    t_verify = time.perf_counter()
+    result.timings["apply"] = t_verify - t_apply
     replan, lives = make_plan(desired, providers, plan.commit)
+    result.timings["verify"] = time.perf_counter() - t_verify
     failed = {e.address for e in result.errors}
     for ch in replan.changes:
         if ch.address in attempted and ch.address not in failed:
@@ -123,13 +129,36 @@ def apply_plan(
     return result
 
 
-def _loggable(op: dict[str, Any]) -> dict[str, Any]:
-    """Keep log events small: a bulk op's member list is summarised by its count."""
-    out = dict(op)
-    members = out.get("members")
-    if isinstance(members, list) and len(members) > 5:
-        out["members"] = [*members[:5], f"... {len(members) - 5} more"]
-    return out
+MEMBERS_PER_EVENT = 1000
+
+
+def log_events(ops: Sequence[Op]) -> Iterator[dict[str, Any]]:
+    """The log events for executed ops: one per op, except runs of single-member ops.
+
+    A run of ``add_member``/``delete_member`` ops is logged as events of up to
+    MEMBERS_PER_EVENT members, each member listed: a 65,536-member load then costs 66 events
+    instead of 65,536 (which took ~3 s in structlog, six times the kernel work), and the log
+    still names every member touched. A bulk op's own member list (``fill_set``, the
+    complete desired set) is summarised by its count; the delta is in the plan.
+    """
+    i = 0
+    while i < len(ops):
+        op = ops[i]
+        if set(op.args) == {"member"}:
+            j = i
+            while j < len(ops) and ops[j].op == op.op and set(ops[j].args) == {"member"}:
+                j += 1
+            for k in range(i, j, MEMBERS_PER_EVENT):
+                chunk = [o.args["member"] for o in ops[k : min(j, k + MEMBERS_PER_EVENT)]]
+                yield {"op": op.op, "count": len(chunk), "members": chunk}
+            i = j
+            continue
+        event = op.to_dict()
+        members = event.get("members")
+        if isinstance(members, list) and len(members) > 5:
+            event["members"] = [*members[:5], f"... {len(members) - 5} more"]
+        yield event
+        i += 1
 
 
 def changes_for(plan: Plan, kind: str) -> list[Change]:

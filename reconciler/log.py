@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
 
-def configure(*, json_lines: bool | None = None, level: int = logging.INFO) -> None:
-    """Configure structlog once per process.
+def configure(
+    *, json_lines: bool | None = None, level: int = logging.INFO, file: TextIO | None = None
+) -> None:
+    """Configure structlog once per process, logging to ``file`` (default: stderr).
 
     ``json_lines=None`` picks JSON lines unless stderr is a terminal.
     """
@@ -31,7 +33,7 @@ def configure(*, json_lines: bool | None = None, level: int = logging.INFO) -> N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=file or sys.stderr),
         cache_logger_on_first_use=False,
     )
 

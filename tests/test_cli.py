@@ -133,3 +133,20 @@ def test_text_is_rendered_from_the_plan_dict() -> None:
     assert out.rstrip().endswith(
         "Plan: 0 to create, 1 to update, 1 to delete, 0 to move; 1 refused; 1 error(s)."
     )
+
+
+def test_member_ops_are_logged_in_chunks_naming_every_member() -> None:
+    from reconciler.engine import MEMBERS_PER_EVENT, log_events
+
+    ops = [Op("add_member", {"member": f"10.{i // 256}.{i % 256}.0/24"}) for i in range(2500)]
+    ops += [Op("delete_member", {"member": "192.0.2.0/24"}), Op("destroy_set", {"set": "x"})]
+    events = list(log_events(ops))
+    assert [(e["op"], e.get("count")) for e in events] == [
+        ("add_member", MEMBERS_PER_EVENT),
+        ("add_member", MEMBERS_PER_EVENT),
+        ("add_member", 500),
+        ("delete_member", 1),
+        ("destroy_set", None),
+    ]
+    logged = [m for e in events if e["op"] == "add_member" for m in e["members"]]
+    assert logged == [o.args["member"] for o in ops[:2500]]

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler import firewall
+from reconciler.cidr import sort_key
 from reconciler.errors import ProviderError
 from reconciler.ipsetnl import IpsetClient, LiveSet
 from reconciler.model import HostDesired, IpsetSpec
@@ -186,13 +187,13 @@ class IpsetProvider:
                     },
                 )
             ]
-            ops += [Op("add_member", {"member": m}) for m in sorted(spec.members, key=_sort_key)]
+            ops += [Op("add_member", {"member": m}) for m in sorted(spec.members, key=sort_key)]
             return Change(KIND, name, "create", tuple(ops + rule_ops), None, _spec_dict(spec))
 
         h = cur.header
         live_members = cur.members if cur.members is not None else frozenset()
-        add = sorted(spec.members - live_members, key=_sort_key)
-        delete = sorted(live_members - spec.members, key=_sort_key)
+        add = sorted(spec.members - live_members, key=sort_key)
+        delete = sorted(live_members - spec.members, key=sort_key)
         need_rule = bool(spec.firewall) and not live.rule_present.get(name, False)
         structural = [
             f
@@ -277,7 +278,7 @@ class IpsetProvider:
                 {
                     "set": tmp,
                     "count": len(spec.members),
-                    "members": sorted(spec.members, key=_sort_key),
+                    "members": sorted(spec.members, key=sort_key),
                 },
             )
         )
@@ -464,8 +465,3 @@ class IpsetProvider:
 
 class _PlanRefusal(Exception):
     """A change that cannot be planned safely; becomes a PlanError for that resource."""
-
-
-def _sort_key(member: str) -> tuple[int, int, int]:
-    net = ipaddress.ip_network(member)
-    return (net.version, int(net.network_address), net.prefixlen)
