@@ -16,6 +16,7 @@ Safety rules (DESIGN.md section 5), each enforced here and tested:
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,7 +26,7 @@ from typing import Any
 
 from reconciler import firewall
 from reconciler.cidr import sort_key
-from reconciler.errors import ProviderError
+from reconciler.errors import NetlinkError, ProviderError
 from reconciler.ipsetnl import IpsetClient, LiveSet
 from reconciler.model import HostDesired, IpsetSpec
 from reconciler.plan import Change, Op, PlanError
@@ -122,8 +123,13 @@ class IpsetProvider:
     # ----------------------------------------------------------------------------- read
     def read(self, desired: HostDesired) -> IpsetLive:
         """Dump every set (one netlink dump), list rules using sets, check desired rules."""
-        with IpsetClient() as client:
-            sets = client.list_sets()
+        try:
+            with IpsetClient() as client:
+                sets = client.list_sets()
+        except NetlinkError as e:
+            if e.errno == errno.EPERM:
+                e.message += " (managing ipsets needs root, or CAP_NET_ADMIN)"
+            raise
         rules = firewall.list_set_rules()
         present: dict[str, bool] = {}
         errors: dict[str, str] = {}
@@ -203,14 +209,13 @@ class IpsetProvider:
             )
             if want != have
         ]
-        sizing = [
-            f
-            for f, want, have in (
-                ("maxelem", spec.maxelem, h.maxelem),
-                ("hashsize", spec.hashsize, h.hashsize),
-            )
-            if want is not None and want != have
-        ]
+        sizing = []
+        if spec.maxelem is not None and spec.maxelem != h.maxelem:
+            sizing.append("maxelem")
+        # hashsize is an initial size: the kernel rounds it up to a power of two and doubles
+        # it as the set fills, so only a live hash smaller than asked for is a difference.
+        if spec.hashsize is not None and (h.hashsize or 0) < spec.hashsize:
+            sizing.append("hashsize")
         if cur.members is None and not structural:
             raise _PlanRefusal(f"cannot read the members of {h.type} set {name}")
         if not (add or delete or structural or sizing or need_rule):
@@ -267,8 +272,10 @@ class IpsetProvider:
                     "set": tmp,
                     "type": spec.type,
                     "family": spec.family,
-                    "maxelem": spec.maxelem,
-                    "hashsize": spec.hashsize,
+                    # What git leaves unset keeps its live value: a rebuild for another
+                    # reason must not shrink a set somebody sized by hand.
+                    "maxelem": spec.maxelem if spec.maxelem is not None else cur.header.maxelem,
+                    "hashsize": spec.hashsize if spec.hashsize is not None else cur.header.hashsize,
                 },
             )
         )

@@ -67,7 +67,9 @@ def render(plan: dict[str, Any], *, dry_run: bool = True) -> str:
     mode = "dry run" if dry_run else "apply"
     out.append(f"Plan for host {plan['host']}{at} ({mode}):")
     changes = plan["changes"]
-    if not changes:
+    if not changes and plan["errors"]:
+        out.append("  No changes planned; the resources with errors below were not compared.")
+    elif not changes:
         out.append("  No changes: live state matches the desired state.")
     for ch in changes:
         sym = "!" if ch.get("refused") else SYMBOL.get(ch["action"], "*")
