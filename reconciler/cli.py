@@ -59,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="desired-state directory (default: $RECONCILER_REPO or .)",
     )
     p.add_argument("--ref", help="git revision to use (git sources: not implemented yet)")
-    p.add_argument("--host", help="host name (default: the short hostname)")
+    p.add_argument(
+        "--host",
+        default=os.environ.get("RECONCILER_HOST"),
+        help="host name (default: $RECONCILER_HOST or the short hostname)",
+    )
     p.add_argument("--only", type=_kinds, help=f"comma-separated kinds: {','.join(KINDS)}")
     p.add_argument("--output", choices=("text", "json"), default="text")
     p.add_argument(
@@ -67,8 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --dry-run: exit 2 when changes are pending",
     )
-    p.add_argument("--lock-file", default=DEFAULT_LOCK_FILE)
-    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    p.add_argument(
+        "--lock-file",
+        default=os.environ.get("RECONCILER_LOCK_FILE", DEFAULT_LOCK_FILE),
+        help=f"default: $RECONCILER_LOCK_FILE or {DEFAULT_LOCK_FILE}",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for another run to release the lock (default 0)",
+    )
+    p.add_argument(
+        "--state-dir",
+        default=os.environ.get("RECONCILER_STATE_DIR", DEFAULT_STATE_DIR),
+        help=f"default: $RECONCILER_STATE_DIR or {DEFAULT_STATE_DIR}",
+    )
     p.add_argument(
         "--force",
         action="store_true",
@@ -167,7 +186,7 @@ def cmd_reconcile(argv: Sequence[str]) -> int:
             )
     commit = _commit_of(repo)
     try:
-        with RunLock(Path(args.lock_file)):
+        with RunLock(Path(args.lock_file), wait=args.wait):
             state = StateDir(Path(args.state_dir))
             providers = _providers(kinds, state, args.force)
             plan, _ = engine.make_plan(desired, providers, commit)

@@ -150,3 +150,18 @@ def test_member_ops_are_logged_in_chunks_naming_every_member() -> None:
     ]
     logged = [m for e in events if e["op"] == "add_member" for m in e["members"]]
     assert logged == [o.args["member"] for o in ops[:2500]]
+
+
+def test_lock_wait_takes_the_lock_once_the_holder_is_done(tmp_path: Path) -> None:
+    import threading
+
+    holder = RunLock(tmp_path / "lock")
+    holder.__enter__()
+    threading.Timer(0.3, holder.__exit__, (None, None, None)).start()
+    with RunLock(tmp_path / "lock", wait=5):
+        pass  # got it after the holder released it
+
+
+def test_lock_wait_gives_up_after_the_timeout(tmp_path: Path) -> None:
+    with RunLock(tmp_path / "lock"), pytest.raises(LockHeldError, match=r"waited 0\.2 s"):
+        RunLock(tmp_path / "lock", wait=0.2).__enter__()
