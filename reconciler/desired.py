@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import yaml
 from jsonschema import Draft202012Validator
 
 from reconciler.cidr import canonical_network
 from reconciler.errors import Problem, ValidationError
-from reconciler.model import FirewallRule, HostDesired, IpsetSpec, Location
+from reconciler.model import FirewallRule, HostDesired, IpsetSpec, Location, NicSpec, RingSpec
 from reconciler.yamlsrc import YamlDoc, YPath, format_path, load_yaml
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
@@ -129,6 +130,7 @@ KERNEL_FEATURES: frozenset[str] = frozenset(
         "tx-tcp-ecn-segmentation",
         "tx-tcp-mangleid-segmentation",
         "tx-tcp6-segmentation",
+        "tx-tcp-accecn-segmentation",  # Linux 6.18
         "tx-fcoe-segmentation",
         "tx-gre-segmentation",
         "tx-gre-csum-segmentation",
@@ -395,6 +397,7 @@ def _check_offloads(doc: YamlDoc, base: YPath, offloads: Any) -> list[Problem]:
             msg += " (use an ethtool name like gso, tso, gro or a kernel feature name"
             msg += " like tx-generic-segmentation)"
             out.append(doc.problem((*base, name), msg, key=True))
+    out += _check_offload_overlaps(doc, base, offloads)
     return out
 
 
@@ -413,6 +416,47 @@ def _check_nic(doc: YamlDoc, name: str, spec: dict[str, Any]) -> list[Problem]:
     ports = spec.get("ports")
     if isinstance(ports, dict):
         out += _check_offloads(doc, (*base, "ports", "offloads"), ports.get("offloads"))
+    return out
+
+
+def _offload_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if value in ("on", "off"):
+        return bool(value == "on")
+    return None  # the schema reported it
+
+
+def _check_offload_overlaps(doc: YamlDoc, base: YPath, offloads: dict[str, Any]) -> list[Problem]:
+    """Two names in one ``offloads:`` block that switch the same kernel feature differently
+    (``tso: off`` with ``tx-tcp-segmentation: on``) claim one setting two ways: an error,
+    because whichever we applied, git would say the other."""
+    out: list[Problem] = []
+    first: dict[str, tuple[str, bool]] = {}
+    for name, value in offloads.items():
+        want = _offload_bool(value)
+        try:
+            features = resolve_offload(name)
+        except KeyError:
+            continue  # reported as unknown
+        if want is None:
+            continue
+        for feature in features:
+            if feature not in first:
+                first[feature] = (name, want)
+                continue
+            other, other_want = first[feature]
+            if other_want != want:
+                line = doc.pos((*base, other), key=True)[0]
+                out.append(
+                    doc.problem(
+                        (*base, name),
+                        f"{name} {'on' if want else 'off'} contradicts {other} "
+                        f"{'on' if other_want else 'off'} on line {line}: both switch {feature}",
+                        key=True,
+                    )
+                )
+                break
     return out
 
 
@@ -587,7 +631,106 @@ def _load_host_file(repo: Path, rel: str) -> YamlDoc:
     schema_problems = _schema_problems(doc, "host.schema.json", "kind")
     doc.problems += schema_problems
     doc.problems += _check_host_semantics(doc)
+    doc.problems += _check_nic_merge_conflicts(repo / rel, doc)
     return doc
+
+
+def _nic_leaves(spec: Any) -> dict[str, Any]:
+    """The individual settings of one NIC definition, keyed ``offloads.<kernel feature>``,
+    ``rings.rx``, ``ports.offloads.<kernel feature>`` ... (offload names resolved, so ``gso``
+    and ``tx-generic-segmentation`` are the same setting)."""
+    out: dict[str, Any] = {}
+    if not isinstance(spec, dict):
+        return out
+    for prefix, block in (("", spec), ("ports.", spec.get("ports"))):
+        if not isinstance(block, dict):
+            continue
+        rings = block.get("rings")
+        if isinstance(rings, dict):
+            for k, v in rings.items():
+                out[f"{prefix}rings.{k}"] = v
+        offloads = block.get("offloads")
+        if isinstance(offloads, dict):
+            for name, value in offloads.items():
+                try:
+                    features = resolve_offload(name)
+                except KeyError:
+                    continue
+                for feature in features:
+                    out[f"{prefix}offloads.{feature}"] = _offload_bool(value)
+    return out
+
+
+def _check_nic_merge_conflicts(path: Path, doc: YamlDoc) -> list[Problem]:
+    """The same NIC defined twice in one file's ``nics:`` mapping with different values.
+
+    The line-aware loader lets explicit keys win over YAML merge keys (``<<: *anchor``) and
+    the first merge source win over later ones, silently, as YAML specifies. For a NIC that is
+    fine when both definitions agree, but when they set the same setting differently (after
+    resolving offload names) one of them is ignored without a word: that is an error here.
+    Merge keys *inside* one NIC's mapping (shared defaults, then overrides) are the idiom
+    merge keys exist for, and stay allowed. The same NIC in ``fleet.yaml`` and a host file is
+    an override by design (the host file wins), not a conflict.
+    """
+    data = doc.data
+    if not isinstance(data, dict) or not isinstance(data.get("nics"), dict):
+        return []
+    text = path.read_text(encoding="utf-8")
+    if "<<" not in text:
+        return []  # no merge key, nothing can be hidden (and no second parse to pay for)
+    loader: Any = yaml.SafeLoader(text.removeprefix("\ufeff"))
+    out: list[Problem] = []
+    try:
+        root = loader.get_single_node()
+        nics_node = None
+        if isinstance(root, yaml.MappingNode):
+            for k, v in root.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == "nics":
+                    nics_node = v
+        if not isinstance(nics_node, yaml.MappingNode):
+            return []
+        # Every definition of every NIC, in precedence order: explicit keys, then merges.
+        defs: dict[str, list[tuple[yaml.Node, yaml.Node, bool]]] = {}
+        merges: list[yaml.Node] = []
+        for k, v in nics_node.value:
+            if k.tag == "tag:yaml.org,2002:merge":
+                merges.append(v)
+            elif isinstance(k, yaml.ScalarNode):
+                defs.setdefault(k.value, []).append((k, v, False))
+        for m in merges:
+            sources = m.value if isinstance(m, yaml.SequenceNode) else [m]
+            for src in sources:
+                if isinstance(src, yaml.MappingNode):
+                    for k, v in src.value:
+                        if isinstance(k, yaml.ScalarNode):
+                            defs.setdefault(k.value, []).append((k, v, True))
+        for name, entries in defs.items():
+            if len(entries) < 2:
+                continue
+            k0, v0, _ = entries[0]
+            kept = _nic_leaves(loader.construct_object(v0, deep=True))
+            for k, v, merged in entries[1:]:
+                other = _nic_leaves(loader.construct_object(v, deep=True))
+                differ = sorted(s for s in kept.keys() & other.keys() if kept[s] != other[s])
+                if not differ:
+                    continue
+                line = k.start_mark.line + 1
+                how = "through a merge key (<<)" if merged else "again"
+                out.append(
+                    doc.problem(
+                        ("nics", name),
+                        f"NIC {name} is defined {how} on line {line} with different values "
+                        f"({', '.join(differ)}): YAML keeps the definition on line "
+                        f"{k0.start_mark.line + 1} and would silently ignore this one; "
+                        "define each NIC once per file",
+                        key=True,
+                    )
+                )
+    except yaml.YAMLError:
+        return []  # already reported by the loader
+    finally:
+        loader.dispose()
+    return out
 
 
 def _load_vms_file(repo: Path) -> YamlDoc:
@@ -661,6 +804,25 @@ def _ipset_spec(name: str, spec: dict[str, Any], location: Location) -> IpsetSpe
     )
 
 
+def _nic_spec(name: str, nic: dict[str, Any], doc: YamlDoc, path: YPath) -> NicSpec:
+    """Typed :class:`NicSpec` from one validated, normalised ``nics.<name>`` (or ``ports``)."""
+    line, col = doc.pos(path, key=True)
+    rings = None
+    if "rings" in nic:
+        r = nic["rings"]
+        rings = RingSpec(r.get("rx"), r.get("tx"), r.get("rx-mini"), r.get("rx-jumbo"))
+    ports = None
+    if "ports" in nic:
+        ports = _nic_spec(name, nic["ports"], doc, (*path, "ports"))
+    return NicSpec(
+        name=name,
+        rings=rings,
+        offloads=dict(nic.get("offloads", {})),
+        ports=ports,
+        source=Location(doc.file, line, col),
+    )
+
+
 def _normalise_offloads(offloads: dict[str, Any]) -> dict[str, bool]:
     return {k: (v if isinstance(v, bool) else v == "on") for k, v in offloads.items()}
 
@@ -672,9 +834,10 @@ def load_host(repo: Path, host: str) -> HostDesired:
     :class:`ValidationError` with every problem of both files if anything is invalid. The host
     file is merged over the fleet per resource (a host's ``ipsets.mgmt`` replaces the fleet's
     ``ipsets.mgmt`` as a whole); ``tarsnap`` merges key by key. ``ipsets`` become
-    :class:`IpsetSpec` (canonical members, ``source`` at the set's key); ``nics``, ``backups``
-    and ``tarsnap`` are returned validated in ``raw`` (offload values normalised to ``bool``,
-    ``tarsnap.command`` defaulting to ``tarsnap``).
+    :class:`IpsetSpec` (canonical members, ``source`` at the set's key); ``nics`` become
+    :class:`NicSpec` (``source`` at the NIC's key, a ``ports`` block's at its ``ports`` key);
+    ``nics``, ``backups`` and ``tarsnap`` are also returned validated in ``raw`` (offload
+    values normalised to ``bool``, ``tarsnap.command`` defaulting to ``tarsnap``).
     """
     if not _HOST_NAME.match(host):
         raise ValidationError([Problem(f"{HOSTS_DIR}/{host}.yaml", 0, 0, "", "invalid host name")])
@@ -690,6 +853,7 @@ def load_host(repo: Path, host: str) -> HostDesired:
 
     ipsets: dict[str, IpsetSpec] = {}
     nics: dict[str, Any] = {}
+    nic_specs: dict[str, NicSpec] = {}
     backups: dict[str, Any] = {}
     tarsnap: dict[str, Any] = {}
     for doc in docs:
@@ -704,6 +868,8 @@ def load_host(repo: Path, host: str) -> HostDesired:
             if "offloads" in nic.get("ports", {}):
                 nic["ports"]["offloads"] = _normalise_offloads(nic["ports"]["offloads"])
             nics[name] = nic
+            # Like ipsets, a host file's NIC replaces the fleet's NIC as a whole.
+            nic_specs[name] = _nic_spec(name, nic, doc, ("nics", name))
         for name, spec in (data.get("backups") or {}).items():
             backups[name] = copy.deepcopy(spec)
         tarsnap.update(data.get("tarsnap") or {})
@@ -713,6 +879,7 @@ def load_host(repo: Path, host: str) -> HostDesired:
         ipsets=ipsets,
         raw={"nics": nics, "backups": backups, "tarsnap": tarsnap},
         files=tuple(d.file for d in docs),
+        nics=nic_specs,
     )
 
 

@@ -61,7 +61,8 @@ class IpsetSpec:
 class HostDesired:
     """Everything the desired state says about one host, fleet.yaml merged with its host file.
 
-    ``ipsets`` is typed; the other kinds are kept as validated plain data (``raw``) until their
+    ``ipsets`` and ``nics`` are typed (``raw["nics"]`` keeps the plain data too); the other
+    kinds are kept as validated plain data (``raw``) until their
     providers exist. ``files`` lists the files that contributed, for messages.
     """
 
@@ -69,3 +70,42 @@ class HostDesired:
     ipsets: dict[str, IpsetSpec] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
     files: tuple[str, ...] = ()
+    nics: dict[str, NicSpec] = field(default_factory=dict)
+
+
+RingValue = int | Literal["max"]
+
+#: Ring fields as written in YAML (``ethtool -G`` names), in display order.
+RING_FIELDS: tuple[str, ...] = ("rx", "tx", "rx-mini", "rx-jumbo")
+
+
+@dataclass(frozen=True)
+class RingSpec:
+    """Desired ring sizes: a positive number or ``"max"`` (the driver's preset maximum) per
+    field; ``None`` leaves the field alone."""
+
+    rx: RingValue | None = None
+    tx: RingValue | None = None
+    rx_mini: RingValue | None = None
+    rx_jumbo: RingValue | None = None
+
+    def items(self) -> list[tuple[str, RingValue]]:
+        """The fields set, as ``(yaml_name, value)`` pairs in RING_FIELDS order."""
+        values = (self.rx, self.tx, self.rx_mini, self.rx_jumbo)
+        return [(f, v) for f, v in zip(RING_FIELDS, values, strict=True) if v is not None]
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    """Desired settings of one NIC (or, as ``ports``, of every physical port of a bridge).
+
+    ``offloads`` is keyed by the name as written (``gso``, ``tx-generic-segmentation`` ...),
+    already validated by :func:`reconciler.desired.resolve_offload`. ``source`` is the
+    position of the NIC's key (of the ``ports:`` key for a ports block), for messages.
+    """
+
+    name: str
+    rings: RingSpec | None = None
+    offloads: dict[str, bool] = field(default_factory=dict)
+    ports: NicSpec | None = None
+    source: Location | None = field(default=None, compare=False)

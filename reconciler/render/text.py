@@ -39,6 +39,13 @@ def _op_line(op: dict[str, Any]) -> str:
         return f"+ rule {a['binary']} -I {a['chain']} {shlex.join(a['rule'])}"
     if name == "delete_rule":
         return f"- rule {a['binary']} -D {a['chain']} {shlex.join(a['rule'])}"
+    if name == "set_features":
+        feats = ", ".join(f"{k} {'on' if v else 'off'}" for k, v in a["features"].items())
+        return f"~ features {feats}"
+    if name == "set_rings":
+        rings = " ".join(f"{k} {a[k]}" for k in ("rx", "tx", "rx-mini", "rx-jumbo") if k in a)
+        bounce = " (resets the link)" if a.get("bounces_link") else ""
+        return f"~ rings {rings}{bounce}"
     rest = " ".join(f"{k}={v}" for k, v in a.items())
     return f"* {name} {rest}".rstrip()
 
