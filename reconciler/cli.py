@@ -25,7 +25,7 @@ from reconciler.render import text as render_text
 from reconciler.state import StateDir
 
 KINDS = ("ipset", "nic", "backup", "vm")
-IMPLEMENTED = ("ipset",)
+IMPLEMENTED = ("ipset", "nic")
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 DEFAULT_STATE_DIR = "/var/lib/reconciler"
 DEFAULT_LOCK_FILE = "/run/reconciler.lock"
@@ -126,11 +126,16 @@ def _commit_of(repo: Path) -> str | None:
 
 
 def _providers(kinds: Sequence[str], state: StateDir, force: bool) -> list[Provider]:
-    from reconciler.providers.ipset import IpsetProvider
-
+    # Imported here so a run limited to one kind pays only for that kind's imports.
     out: list[Provider] = []
     if "ipset" in kinds:
+        from reconciler.providers.ipset import IpsetProvider
+
         out.append(IpsetProvider(state, force=force))
+    if "nic" in kinds:
+        from reconciler.providers.nic import NicProvider
+
+        out.append(NicProvider())
     return out
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from reconciler import desired as desired_mod
 from reconciler.errors import ValidationError
+from reconciler.model import HostDesired
 
 PREFIX = "rlab"
 SWITCH = f"{PREFIX}-switch"
@@ -125,7 +126,7 @@ class Lab:
             "--host",
             host,
             "--only",
-            "ipset",
+            "ipset,nic",
             "--state-dir",
             str(state / "state"),
             "--lock-file",
@@ -155,7 +156,7 @@ class Lab:
         out = _in(ns_name(host), *argv).stdout
         self.say(out.rstrip())
 
-    def story(self, host: str, mgmt: str, members: Sequence[str]) -> None:
+    def story(self, host: str, desired: HostDesired) -> None:
         """dry-run → apply → converged → drift → detected → fixed, for one host."""
         self.say(f"\n=== host {host} (namespace {ns_name(host)}) ===")
         self.reconcile(host, "--dry-run", "--detailed-exitcode", expect=2)
@@ -163,13 +164,33 @@ class Lab:
         self.reconcile(host, "--dry-run", "--detailed-exitcode", expect=0)
         self.show(host, "ipset", "save")
         self.show(host, "iptables", "-S", "INPUT")
-        self.by_hand(host, "ipset", "add", mgmt, "203.0.113.66")
-        if members:
-            self.by_hand(host, "ipset", "del", mgmt, members[0])
+        drift_nic = _drift_target(desired)
+        if drift_nic:
+            self.show(host, "ethtool", "-k", drift_nic[0])
+        # Someone changes the host by hand.
+        if desired.ipsets:
+            name = sorted(desired.ipsets)[0]
+            members = sorted(desired.ipsets[name].members)
+            self.by_hand(host, "ipset", "add", name, "203.0.113.66")
+            if members:
+                self.by_hand(host, "ipset", "del", name, members[0])
+        if drift_nic:
+            nic, feature = drift_nic
+            self.by_hand(host, "ethtool", "-K", nic, feature, "on")
         self.reconcile(host, "--dry-run", "--detailed-exitcode", expect=2)
         self.reconcile(host, expect=0)
         self.reconcile(host, "--dry-run", "--detailed-exitcode", expect=0)
-        self.show(host, "ipset", "list", mgmt)
+        if desired.ipsets:
+            self.show(host, "ipset", "list", sorted(desired.ipsets)[0])
+
+
+def _drift_target(desired: HostDesired) -> tuple[str, str] | None:
+    """A NIC and an ethtool short name that git wants off: something to switch on by hand."""
+    for nic, spec in sorted(desired.nics.items()):
+        for name, on in sorted(spec.offloads.items()):
+            if not on and name in ("gso", "tso", "gro", "sg"):
+                return nic, name
+    return None
 
 
 def _preflight() -> None:
@@ -214,11 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 links = _in(ns_name(host), "ip", "-br", "link").stdout.splitlines()
                 names = [ln.split()[0].split("@")[0] for ln in links if ln.strip()]
                 lab.say(f"\n# built {ns_name(host)} with links: {', '.join(names)}")
-                if not d.ipsets:
-                    continue
-                name = sorted(d.ipsets)[0]
-                members = sorted(d.ipsets[name].members)
-                lab.story(host, name, members)
+                lab.story(host, d)
         print("\nLab finished: every step behaved as expected.")
         return 0
     except (LabError, ValidationError) as e:
