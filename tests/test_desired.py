@@ -41,7 +41,7 @@ def _write(base: Path, files: dict[str, str | bytes]) -> Path:
 
 def test_example_is_valid() -> None:
     assert [str(p) for p in validate_repo(EXAMPLE)] == []
-    assert list_hosts(EXAMPLE) == ["db", "www"]
+    assert list_hosts(EXAMPLE) == ["db", "edge", "www"]
 
 
 def test_example_load_host_merges_fleet_and_host() -> None:
