@@ -1,17 +1,29 @@
-"""A self-contained lab: the example fleet's hosts as network namespaces on this machine.
+"""A self-contained lab: the example fleet's hosts played on this machine, its network untouched.
 
-``reconcile-lab`` (or ``python -m reconciler.lab``) creates one network namespace per host file
-in the desired state (``rlab-<host>``), gives each host the NICs its file names (veth pairs
-wired to a lab "switch" namespace; a bridge with a veth port where the file has ``ports:``),
-and then runs the real ``reconcile`` command inside each namespace through the whole story:
-dry-run → apply → converged dry-run → out-of-band drift (``ipset add``/``del`` by hand) →
-dry-run shows it → apply fixes it. Nothing on the host's own network is touched; every
-namespace is deleted at the end (unless ``--keep``).
+``reconcile-lab`` (or ``python -m reconciler.lab``) runs the real ``reconcile`` command line for
+every host file in the desired state through the whole story: dry-run → apply → converged
+dry-run → out-of-band drift (``ipset add``/``del`` and ``ethtool -K``/``-G`` by hand) → the
+dry-run shows it → apply fixes it, checking every exit code.
+
+Two stages:
+
+* **Namespaces.** Each host whose NICs are virtual-friendly gets a network namespace
+  (``rlab-<host>``) with the NICs its file names: veth pairs wired to a lab "switch"
+  namespace, and a bridge with a veth port where the file has ``ports:``. Real ipsets,
+  iptables rules and offloads.
+* **A VM.** A host that sets ring sizes needs real NIC drivers (veth has no rings), so it runs
+  in a small VM (:mod:`reconciler.labvm`: QEMU with ``-device e1000`` NICs, whose driver
+  supports rings up to 4096), with a bridge ``br0`` over the second NIC so that a bridge's
+  port is resized. Under software emulation this stage takes a few minutes.
+
+Every namespace is deleted at the end (unless ``--keep``); the VM leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import shlex
 import shutil
@@ -51,6 +63,14 @@ def _in(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[
     return _sh(["ip", "netns", "exec", ns, *argv], check=check)
 
 
+def needs_vm(desired: HostDesired) -> bool:
+    """True when the host sets ring sizes, which only real NIC drivers have."""
+    return any(
+        spec.rings is not None or (spec.ports is not None and spec.ports.rings is not None)
+        for spec in desired.nics.values()
+    )
+
+
 def build_host(host: str, nics: dict[str, Any]) -> None:
     """Create the namespace for ``host`` with its NICs wired to the lab switch."""
     ns = ns_name(host)
@@ -69,23 +89,8 @@ def build_host(host: str, nics: dict[str, Any]) -> None:
 
 def _veth_to_switch(ns: str, ifname: str, peer: str) -> None:
     peer = peer[:15]
-    _sh(
-        [
-            "ip",
-            "link",
-            "add",
-            ifname,
-            "netns",
-            ns,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            peer,
-            "netns",
-            SWITCH,
-        ]
-    )
+    _sh(["ip", "link", "add", ifname, "netns", ns, "type", "veth", "peer", "name", peer,
+         "netns", SWITCH])  # fmt: skip
     _in(SWITCH, "ip", "link", "set", peer, "master", "sw0")
     _in(SWITCH, "ip", "link", "set", peer, "up")
     _in(ns, "ip", "link", "set", ifname, "up")
@@ -98,67 +103,73 @@ def teardown(hosts: Sequence[str]) -> None:
 
 
 class Lab:
-    """Drives the story for each host and checks every step's exit code."""
+    """Drives the story for hosts and checks every step's exit code.
 
-    def __init__(self, repo: Path, workdir: Path, out: Any = sys.stdout) -> None:
+    ``in_vm``: the lab runs inside the lab VM, where the host *is* the VM: commands run
+    directly, and ``reconcile`` is called in-process through its real entry point (each new
+    Python process costs tens of seconds under software emulation).
+    """
+
+    def __init__(
+        self, repo: Path, workdir: Path, out: Any = sys.stdout, *, in_vm: bool = False
+    ) -> None:
         self.repo = repo
         self.workdir = workdir
         self.out = out
+        self.in_vm = in_vm
         self.env = {k: v for k, v in os.environ.items() if k != "SSH_CONNECTION"}
 
     def say(self, text: str = "") -> None:
         """Print a line of the transcript."""
         print(text, file=self.out, flush=True)
 
+    def _prefix(self, host: str) -> list[str]:
+        return [] if self.in_vm else ["ip", "netns", "exec", ns_name(host)]
+
     def reconcile(self, host: str, *args: str, expect: int) -> str:
-        """Run the real CLI inside the host's namespace and check its exit code."""
+        """Run the real CLI for ``host`` and check its exit code."""
         state = self.workdir / host
-        argv = [
-            "ip",
-            "netns",
-            "exec",
-            ns_name(host),
-            sys.executable,
-            "-m",
-            "reconciler",
-            "--repo",
-            str(self.repo),
-            "--host",
-            host,
-            "--only",
-            "ipset,nic",
-            "--state-dir",
-            str(state / "state"),
-            "--lock-file",
-            str(state / "lock"),
-            "--log-format",
-            "json",
-            *args,
-        ]
+        cli_args = [
+            "--repo", str(self.repo), "--host", host, "--only", "ipset,nic",
+            "--state-dir", str(state / "state"), "--lock-file", str(state / "lock"),
+            "--log-format", "json", *args,
+        ]  # fmt: skip
         shown = f"reconcile {' '.join(args)}".strip()
         self.say(f"\n[{host}] $ {shown}")
-        proc = subprocess.run(argv, text=True, capture_output=True, env=self.env, check=False)
-        self.say(proc.stdout.rstrip())
-        if proc.returncode != expect:
-            self.say(proc.stderr.rstrip())
-            raise LabError(f"[{host}] {shown}: exit {proc.returncode}, expected {expect}")
-        self.say(f"[{host}] exit code {proc.returncode}")
-        return proc.stdout
+        if self.in_vm:
+            from reconciler import cli
+
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = cli.main(cli_args)
+            stdout, stderr = out.getvalue(), err.getvalue()
+        else:
+            argv = [*self._prefix(host), sys.executable, "-m", "reconciler", *cli_args]
+            proc = subprocess.run(argv, text=True, capture_output=True, env=self.env, check=False)
+            code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+        self.say(stdout.rstrip())
+        if code != expect:
+            self.say(stderr.rstrip())
+            raise LabError(f"[{host}] {shown}: exit {code}, expected {expect}")
+        self.say(f"[{host}] exit code {code}")
+        return stdout
 
     def by_hand(self, host: str, *argv: str) -> None:
         """Someone changes the host out of band."""
         self.say(f"\n[{host}] # out-of-band change by hand: {shlex.join(argv)}")
-        _in(ns_name(host), *argv)
+        _sh([*self._prefix(host), *argv])
 
-    def show(self, host: str, *argv: str) -> None:
-        """Show what the standard tools say."""
-        self.say(f"\n[{host}] $ {shlex.join(argv)}")
-        out = _in(ns_name(host), *argv).stdout
-        self.say(out.rstrip())
+    def show(self, host: str, *argv: str, grep: str | None = None) -> None:
+        """Show what the standard tools say (optionally only lines containing ``grep``)."""
+        self.say(f"\n[{host}] $ {shlex.join(argv)}" + (f" | grep {grep}" if grep else ""))
+        out = _sh([*self._prefix(host), *argv]).stdout
+        lines = [ln for ln in out.splitlines() if grep is None or grep in ln]
+        self.say("\n".join(lines).rstrip())
 
     def story(self, host: str, desired: HostDesired) -> None:
         """dry-run → apply → converged → drift → detected → fixed, for one host."""
-        self.say(f"\n=== host {host} (namespace {ns_name(host)}) ===")
+        where = "the lab VM" if self.in_vm else f"namespace {ns_name(host)}"
+        self.say(f"\n=== host {host} ({where}) ===")
         self.reconcile(host, "--dry-run", "--detailed-exitcode", expect=2)
         self.reconcile(host, expect=0)
         self.reconcile(host, "--dry-run", "--detailed-exitcode", expect=0)
@@ -166,7 +177,10 @@ class Lab:
         self.show(host, "iptables", "-S", "INPUT")
         drift_nic = _drift_target(desired)
         if drift_nic:
-            self.show(host, "ethtool", "-k", drift_nic[0])
+            self.show(host, "ethtool", "-k", drift_nic[0], grep="segmentation")
+        ring_nics = _ring_nics(desired, self._prefix(host))
+        for nic in ring_nics:
+            self.show(host, "ethtool", "-g", nic)
         # Someone changes the host by hand.
         if desired.ipsets:
             name = sorted(desired.ipsets)[0]
@@ -177,11 +191,15 @@ class Lab:
         if drift_nic:
             nic, feature = drift_nic
             self.by_hand(host, "ethtool", "-K", nic, feature, "on")
+        if ring_nics:
+            self.by_hand(host, "ethtool", "-G", ring_nics[0], "rx", "512")
         self.reconcile(host, "--dry-run", "--detailed-exitcode", expect=2)
         self.reconcile(host, expect=0)
         self.reconcile(host, "--dry-run", "--detailed-exitcode", expect=0)
         if desired.ipsets:
             self.show(host, "ipset", "list", sorted(desired.ipsets)[0])
+        for nic in ring_nics:
+            self.show(host, "ethtool", "-g", nic)
 
 
 def _drift_target(desired: HostDesired) -> tuple[str, str] | None:
@@ -193,37 +211,32 @@ def _drift_target(desired: HostDesired) -> tuple[str, str] | None:
     return None
 
 
+def _ring_nics(desired: HostDesired, prefix: list[str]) -> list[str]:
+    """The NICs whose rings git sets: named ones, and the ports of bridges with ``ports:``."""
+    out: list[str] = []
+    for nic, spec in sorted(desired.nics.items()):
+        if spec.rings is not None:
+            out.append(nic)
+        if spec.ports is not None and spec.ports.rings is not None:
+            ports = Path(f"/sys/class/net/{nic}/brif")
+            if not prefix and ports.is_dir():
+                out += sorted(p.name for p in ports.iterdir())
+    return out
+
+
 def _preflight() -> None:
     if os.geteuid() != 0:
         raise LabError("the lab creates network namespaces: run it as root")
-    missing = [t for t in ("ip", "ipset", "iptables", "ip6tables") if shutil.which(t) is None]
+    tools = ("ip", "ipset", "iptables", "ip6tables", "ethtool")
+    missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         raise LabError(f"missing tools: {', '.join(missing)} (scripts/setup installs them)")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``reconcile-lab``; returns 0 when every step behaved as expected."""
-    ap = argparse.ArgumentParser(prog="reconcile-lab", description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--repo",
-        type=Path,
-        default=DEFAULT_REPO,
-        help=f"desired-state directory (default: {DEFAULT_REPO})",
-    )
-    ap.add_argument("--keep", action="store_true", help="keep the namespaces afterwards")
-    args = ap.parse_args(argv)
-    repo: Path = args.repo.resolve()
-    hosts = desired_mod.list_hosts(repo)
+def namespace_stage(repo: Path, hosts: Sequence[str], keep: bool) -> None:
+    """Run the story for ``hosts`` in network namespaces."""
+    teardown(hosts)  # a previous lab that was interrupted
     try:
-        _preflight()
-        print(f"$ reconcile validate --repo {repo}")
-        problems = desired_mod.validate_repo(repo)
-        for p in problems:
-            print(p)
-        if problems:
-            raise LabError("the desired state is invalid; nothing was applied")
-        print(f"valid: {len(hosts)} host(s): {', '.join(hosts)}")
-        teardown(hosts)  # a previous lab that was interrupted
         _sh(["ip", "netns", "add", SWITCH])
         _in(SWITCH, "ip", "link", "add", "sw0", "type", "bridge")
         _in(SWITCH, "ip", "link", "set", "sw0", "up")
@@ -236,14 +249,98 @@ def main(argv: Sequence[str] | None = None) -> int:
                 names = [ln.split()[0].split("@")[0] for ln in links if ln.strip()]
                 lab.say(f"\n# built {ns_name(host)} with links: {', '.join(names)}")
                 lab.story(host, d)
+    finally:
+        if not keep:
+            teardown(hosts)
+
+
+def vm_stage(repo: Path, hosts: Sequence[str]) -> None:
+    """Boot the lab VM and run the story for ``hosts`` inside it, streaming its transcript."""
+    from reconciler import labvm
+
+    reason = labvm.vm_unavailable_reason()
+    if reason is not None:
+        raise LabError(f"cannot boot the lab VM for {', '.join(hosts)}: {reason}")
+    print(f"\n# booting the lab VM (2 e1000 NICs) for {', '.join(hosts)}; under software "
+          "emulation this takes a few minutes", flush=True)  # fmt: skip
+    command = [sys.executable, "-m", "reconciler.lab", "--inside-vm", "--repo", str(repo),
+               *[f"--host={h}" for h in hosts]]  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="reconciler-vm-") as tmp:
+        argv = labvm.vng_command(command, nics=2, script_path=Path(tmp) / "guest.sh")
+        env = dict(os.environ, PATH=labvm.search_path())
+        # Relay the guest's transcript through a pipe: handed our stdout directly, the VM's
+        # console reopens it and, when it is a file, writes over what the lab printed before.
+        with subprocess.Popen(
+            argv, env=env, cwd=labvm.REPO_ROOT, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+        ) as proc:  # fmt: skip
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                print(line.rstrip("\r\n").rstrip(), flush=True)
+            code = proc.wait()
+    if code != 0:
+        raise LabError(f"the VM stage failed (exit {code})")
+
+
+def inside_vm(repo: Path, hosts: Sequence[str]) -> int:
+    """The VM stage's guest side: wire br0 over the second NIC, then run the story."""
+    nics = [n for n in os.environ.get("RECONCILER_VM_NICS", "").split(",") if n]
+    if len(nics) < 2:
+        print("reconcile-lab: --inside-vm needs two NICs in RECONCILER_VM_NICS", file=sys.stderr)
+        return 1
+    _sh(["ip", "link", "add", "br0", "type", "bridge"])
+    _sh(["ip", "link", "set", nics[1], "master", "br0"])
+    for dev in (*nics, "br0"):
+        _sh(["ip", "link", "set", dev, "up"])
+    with tempfile.TemporaryDirectory(prefix="reconcile-lab-") as tmp:
+        lab = Lab(repo, Path(tmp), in_vm=True)
+        lab.say(f"# in the VM: {nics[0]} (e1000), br0 with port {nics[1]} (e1000)")
+        try:
+            for host in hosts:
+                lab.story(host, desired_mod.load_host(repo, host))
+        except LabError as e:
+            print(f"\nreconcile-lab (in the VM): {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``reconcile-lab``; returns 0 when every step behaved as expected."""
+    ap = argparse.ArgumentParser(prog="reconcile-lab", description=__doc__.splitlines()[0])
+    ap.add_argument("--repo", type=Path, default=DEFAULT_REPO,
+                    help=f"desired-state directory (default: {DEFAULT_REPO})")  # fmt: skip
+    ap.add_argument("--keep", action="store_true", help="keep the namespaces afterwards")
+    ap.add_argument("--no-vm", action="store_true",
+                    help="skip hosts that need the VM (ring sizes)")  # fmt: skip
+    ap.add_argument("--inside-vm", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--host", action="append", default=[], help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    repo: Path = args.repo.resolve()
+    if args.inside_vm:
+        return inside_vm(repo, args.host)
+    hosts = desired_mod.list_hosts(repo)
+    try:
+        _preflight()
+        print(f"$ reconcile validate --repo {repo}", flush=True)
+        problems = desired_mod.validate_repo(repo)
+        for p in problems:
+            print(p)
+        if problems:
+            raise LabError("the desired state is invalid; nothing was applied")
+        print(f"valid: {len(hosts)} host(s): {', '.join(hosts)}")
+        vm_hosts = [h for h in hosts if needs_vm(desired_mod.load_host(repo, h))]
+        ns_hosts = [h for h in hosts if h not in vm_hosts]
+        if vm_hosts:
+            print(f"# {', '.join(vm_hosts)}: ring sizes need real NIC drivers (veth has none): "
+                  "run in the lab VM" + (" (skipped: --no-vm)" if args.no_vm else ""))  # fmt: skip
+        namespace_stage(repo, ns_hosts, args.keep)
+        if vm_hosts and not args.no_vm:
+            vm_stage(repo, vm_hosts)
         print("\nLab finished: every step behaved as expected.")
         return 0
     except (LabError, ValidationError) as e:
         print(f"\nreconcile-lab: {e}", file=sys.stderr)
         return 1
-    finally:
-        if not args.keep:
-            teardown(hosts)
 
 
 if __name__ == "__main__":
