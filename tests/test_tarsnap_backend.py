@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -412,11 +413,38 @@ def test_keyfile_ok(tenv: Env) -> None:
     tenv.backend().check_keyfile()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
 def test_keyfile_unreadable(tenv: Env) -> None:
+    """Root reads any file through CAP_DAC_OVERRIDE, so when we are root the check runs in
+    a child that has dropped that capability (as a non-root service user would lack it)."""
     tenv.keyfile.chmod(0o000)
-    with pytest.raises(TarsnapError, match="not readable"):
-        tenv.backend().check_keyfile()
+    if os.geteuid() != 0:
+        with pytest.raises(TarsnapError, match="not readable"):
+            tenv.backend().check_keyfile()
+        return
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (Debian package util-linux) to drop CAP_DAC_OVERRIDE")
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from reconciler.providers.backup.tarsnap import TarsnapBackend, TarsnapConfig\n"
+        "from reconciler.providers.backup.tarsnap import TarsnapError\n"
+        f"cfg = TarsnapConfig(command='tarsnap', keyfile=Path({str(tenv.keyfile)!r}),"
+        f" cachedir=Path({str(tenv.cachedir)!r}))\n"
+        "try:\n"
+        "    TarsnapBackend(cfg, address='backup/etc').check_keyfile()\n"
+        "except TarsnapError as e:\n"
+        "    print(e); sys.exit(3)\n"
+    )
+    caps = "-dac_override,-dac_read_search"
+    proc = subprocess.run(
+        ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "not readable" in proc.stdout
 
 
 def test_keyfile_is_a_directory(tenv: Env) -> None:
