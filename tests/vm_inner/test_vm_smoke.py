@@ -25,7 +25,7 @@ import pytest
 
 if os.environ.get("RECONCILER_IN_VM") != "1":
     pytest.skip(
-        "runs only inside the test VM (tests/test_vm_harness.py boots it; RECONCILER_IN_VM=1)",
+        "runs only inside the test VM (tests/test_vm.py boots it; RECONCILER_IN_VM=1)",
         allow_module_level=True,
     )
 
