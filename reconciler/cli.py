@@ -25,7 +25,7 @@ from reconciler.render import text as render_text
 from reconciler.state import StateDir
 
 KINDS = ("ipset", "nic", "backup", "vm")
-IMPLEMENTED = ("ipset", "nic")
+IMPLEMENTED = ("ipset", "nic", "backup")
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 DEFAULT_STATE_DIR = "/var/lib/reconciler"
 DEFAULT_LOCK_FILE = "/run/reconciler.lock"
@@ -136,6 +136,10 @@ def _providers(kinds: Sequence[str], state: StateDir, force: bool) -> list[Provi
         from reconciler.providers.nic import NicProvider
 
         out.append(NicProvider())
+    if "backup" in kinds:
+        from reconciler.providers.backup.provider import BackupProvider
+
+        out.append(BackupProvider())
     return out
 
 

@@ -369,9 +369,11 @@ def test_our_own_lock_serialises_runs(tenv: Env) -> None:
         assert other.stdout.readline() == b"locked\n"
         n = len(tenv.calls())
         with pytest.raises(TarsnapBusy, match="another reconciler run"):
-            tenv.backend().list_archives()
+            tenv.backend().delete(["a"])
         assert len(tenv.calls()) == n  # tarsnap was not even started
-        assert tenv.backend(lock_wait=10).list_archives()  # waits for the other run
+        # Reads take no lock (a dry-run must not even create the lock file).
+        assert [a.name for a in tenv.backend().list_archives()] == ["a"]
+        assert tenv.backend(lock_wait=10).delete(["a"]).deleted == ["a"]  # waits its turn
     finally:
         other.wait(timeout=10)
 

@@ -46,6 +46,11 @@ def _op_line(op: dict[str, Any]) -> str:
         rings = " ".join(f"{k} {a[k]}" for k in ("rx", "tx", "rx-mini", "rx-jumbo") if k in a)
         bounce = " (resets the link)" if a.get("bounces_link") else ""
         return f"~ rings {rings}{bounce}"
+    if name == "create_archive":
+        excl = f" excluding {', '.join(a['exclude'])}" if a.get("exclude") else ""
+        return f"+ archive {a['archive']} ({', '.join(a['paths'])}){excl}"
+    if name == "delete_archive":
+        return f"- archive {a['archive']}: {a['reason']}"
     rest = " ".join(f"{k}={v}" for k, v in a.items())
     return f"* {name} {rest}".rstrip()
 

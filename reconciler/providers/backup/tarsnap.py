@@ -24,6 +24,7 @@ deliberately not tarsnap's own ``lockf`` file, whose semantics belong to tarsnap
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import math
 import os
@@ -266,12 +267,14 @@ class TarsnapBackend:
             *args,
         ]
 
-    def _run(self, args: Sequence[str]) -> _Result:
+    def _run(self, args: Sequence[str], *, lock: bool = True) -> _Result:
         env = dict(os.environ)
         env["TZ"] = "UTC"  # --list-archives prints local time; make local time UTC
         env["LC_ALL"] = "C"  # messages we match are untranslated anyway; dates stay ASCII
         argv = self._argv(*args)
-        with self.session():
+        # Reads take no lock (tarsnap's listing takes none either): creating our lock file
+        # would be a write, and a dry-run must write nothing.
+        with self.session() if lock else contextlib.nullcontext():
             try:
                 proc = subprocess.run(
                     argv,
@@ -350,7 +353,7 @@ class TarsnapBackend:
 
     def list_archives(self) -> list[ArchiveInfo]:
         """Every archive on the account, in tarsnap's (storage) order, times in UTC."""
-        res = self._run(["--list-archives", "-v", "--null-output"])
+        res = self._run(["--list-archives", "-v", "--null-output"], lock=False)
         if res.returncode != 0:
             raise self._fail(res, "listing archives")
         return parse_archive_list(res.stdout)
