@@ -59,11 +59,12 @@ class Account:
         self.desired_dir = root / "desired"
         (self.desired_dir / "hosts").mkdir(parents=True)
 
-    def write(self, sets: dict[str, dict[str, Any]]) -> HostDesired:
+    def write(self, sets: dict[str, dict[str, Any]], **tarsnap_extra: Any) -> HostDesired:
         tarsnap = {
             "command": str(FAKE),
             "keyfile": str(self.keyfile),
             "cachedir": str(self.cachedir),
+            **tarsnap_extra,
         }
         doc = {"tarsnap": tarsnap, "backups": sets}
         # JSON is YAML: no quoting surprises in paths.
@@ -80,10 +81,10 @@ class Account:
         spec.update(kw)
         return spec
 
-    def seed(self, names: list[str]) -> None:
+    def seed(self, names: list[str], *, seq_mismatch: bool = False) -> None:
         doc = {
             "archives": {n: {"ctime": 0, "argv": ["tarsnap"], "files": []} for n in names},
-            "seq_mismatch": False,
+            "seq_mismatch": seq_mismatch,
         }
         (self.state / "state.json").write_text(json.dumps(doc))
         self.cachedir.mkdir(exist_ok=True)
@@ -276,3 +277,23 @@ def test_backup_longer_than_every_still_converges(acct: Account) -> None:
     _, result = run(desired, provider)
     assert result.ok, result.errors
     assert acct.names() == {"etc-20240101-000000", "etc-20240101-030000"}
+
+
+def test_sequence_mismatch_runs_fsck_only_when_git_allows_it(acct: Account) -> None:
+    """tarsnap's "Sequence number mismatch: Run --fsck": an error naming the fix, unless the
+    desired state says ``tarsnap: {allow_fsck: true}``; then --fsck runs once and the run
+    converges."""
+    acct.seed(["etc-20240101-000000"], seq_mismatch=True)
+    clock = Clock(datetime(2024, 1, 3, tzinfo=UTC))
+    desired = acct.write({"etc": acct.tarsnap_set(keep={"last": 1})})
+    _, result = run(desired, BackupProvider(clock=clock))
+    assert not result.ok
+    assert "--fsck" in result.errors[0].message and "Sequence number mismatch" in (
+        result.errors[0].message
+    )
+    assert not any("--fsck" in c for c in acct.calls())
+    desired = acct.write({"etc": acct.tarsnap_set(keep={"last": 1})}, allow_fsck=True)
+    _, result = run(desired, BackupProvider(clock=clock))
+    assert result.ok, result.errors
+    assert sum("--fsck" in c for c in acct.calls()) == 1
+    assert acct.names() == {"etc-20240103-000000"}

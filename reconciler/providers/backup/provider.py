@@ -21,20 +21,27 @@ restic. Safety rules (DESIGN.md section 5):
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from reconciler.errors import ProviderError, ReconcilerError
 from reconciler.model import HostDesired
 from reconciler.plan import Action, Change, Op, PlanError
 from reconciler.providers.backup import retention
 from reconciler.providers.backup.restic import ResticBackend, ResticBusy, ResticConfig
-from reconciler.providers.backup.tarsnap import TarsnapBackend, TarsnapBusy, TarsnapConfig
+from reconciler.providers.backup.tarsnap import (
+    SequenceMismatch,
+    TarsnapBackend,
+    TarsnapBusy,
+    TarsnapConfig,
+)
 
 KIND = "backup"
+_T = TypeVar("_T")
 DEFAULT_DELETE_BATCH = 500
 """Archives per deletion call (``tarsnap -d`` / ``restic forget``)."""
 
@@ -210,16 +217,29 @@ class BackupProvider:
         deletes = [op for op in change.ops if op.op == "delete_archive"]
         try:
             for op in creates:
-                _create(backend, change.name, op)
+                _with_fsck(backend, functools.partial(_create, backend, change.name, op))
                 done.append(op)
             if deletes:
                 names = [op.args["archive"] for op in deletes]
-                result = backend.delete(names, batch=self.delete_batch)
+                result = _with_fsck(backend, lambda: backend.delete(names, batch=self.delete_batch))
                 gone = set(result.deleted) | set(result.missing)
                 done += [op for op in deletes if op.args["archive"] in gone]
         except ReconcilerError as e:
             raise ProviderError(_with_retry_note(e), address=change.address) from e
         return done
+
+
+def _with_fsck(backend: Backend, call: Callable[[], _T]) -> _T:
+    """Run ``call``; on tarsnap's "Sequence number mismatch", when git allows it
+    (``tarsnap.allow_fsck: true``), run ``tarsnap --fsck`` once and retry. Otherwise the
+    error, which names the fix, reaches the operator."""
+    try:
+        return call()
+    except SequenceMismatch:
+        if not (isinstance(backend, TarsnapBackend) and backend.config.allow_fsck):
+            raise
+        backend.fsck(allow_fsck=True)
+        return call()
 
 
 def _with_retry_note(e: ReconcilerError) -> str:

@@ -76,6 +76,10 @@ class TarsnapBusy(TarsnapError):
     """
 
 
+class SequenceMismatch(TarsnapError):
+    """The cache is out of step with the server; ``tarsnap --fsck`` rebuilds it."""
+
+
 class ArchiveExists(TarsnapError):
     """``tarsnap -c`` refused the name because ``NAME`` or ``NAME.part`` already exists."""
 
@@ -98,6 +102,8 @@ class TarsnapConfig:
     """Seconds to wait for another reconciler run's tarsnap calls before :class:`TarsnapBusy`."""
     timeout: float | None = None
     """Seconds a single tarsnap call may take (``None``: no limit; creates can take hours)."""
+    allow_fsck: bool = False
+    """``tarsnap.allow_fsck`` in git: on "Sequence number mismatch", run ``--fsck`` and retry."""
 
     @classmethod
     def from_desired(cls, raw: Mapping[str, Any]) -> TarsnapConfig:
@@ -107,6 +113,7 @@ class TarsnapConfig:
             command=str(raw.get("command", base.command)),
             keyfile=Path(raw.get("keyfile", base.keyfile)),
             cachedir=Path(raw.get("cachedir", base.cachedir)),
+            allow_fsck=bool(raw.get("allow_fsck", False)),
         )
 
     @property
@@ -310,7 +317,7 @@ class TarsnapBackend:
                 deleted=deleted,
             )
         if "Sequence number mismatch" in err:
-            raise TarsnapError(
+            raise SequenceMismatch(
                 f"{what}: the tarsnap cache {c.cachedir} is out of step with the server "
                 f"(Sequence number mismatch); fix: run `{c.command} --fsck --keyfile {c.keyfile} "
                 f"--cachedir {c.cachedir}` (reconciler runs it only when fsck is allowed)",
