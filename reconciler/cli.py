@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from reconciler import desired as desired_mod
 from reconciler import engine, log
@@ -25,7 +26,7 @@ from reconciler.render import text as render_text
 from reconciler.state import StateDir
 
 KINDS = ("ipset", "nic", "backup", "vm")
-IMPLEMENTED = ("ipset", "nic", "backup")
+IMPLEMENTED = ("ipset", "nic", "backup", "vm")
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 DEFAULT_STATE_DIR = "/var/lib/reconciler"
 DEFAULT_LOCK_FILE = "/run/reconciler.lock"
@@ -125,7 +126,13 @@ def _commit_of(repo: Path) -> str | None:
     return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
-def _providers(kinds: Sequence[str], state: StateDir, force: bool) -> list[Provider]:
+def _providers(
+    kinds: Sequence[str],
+    state: StateDir,
+    force: bool,
+    vms: dict[str, Any] | None = None,
+    repo: Path | None = None,
+) -> list[Provider]:
     # Imported here so a run limited to one kind pays only for that kind's imports.
     out: list[Provider] = []
     if "ipset" in kinds:
@@ -140,6 +147,10 @@ def _providers(kinds: Sequence[str], state: StateDir, force: bool) -> list[Provi
         from reconciler.providers.backup.provider import BackupProvider
 
         out.append(BackupProvider())
+    if "vm" in kinds and vms is not None and repo is not None:
+        from reconciler.providers.vm import VmProvider
+
+        out.append(VmProvider(vms, repo))
     return out
 
 
@@ -182,10 +193,21 @@ def cmd_reconcile(argv: Sequence[str]) -> int:
         # Validate before anything is read from, or written to, the host.
         desired = desired_mod.load_host(repo, host)
     except ValidationError as e:
-        for p in e.problems:
-            print(p, file=sys.stderr)
-        print(f"{len(e.problems)} problem(s) found; nothing was applied.", file=sys.stderr)
-        return EXIT_ERROR
+        return _invalid(e)
+    vms = None
+    if "vm" in kinds:
+        try:
+            vms = desired_mod.load_vms(repo)
+        except ValidationError as e:
+            return _invalid(e)
+        if vms is not None and vms["controller"] != host:
+            # VM placement is cluster-wide: only the controller applies it.
+            logger.info(
+                "vm_skipped",
+                reason=f"this host ({host}) is not the controller ({vms['controller']}) "
+                "named in vms.yaml",
+            )
+            vms = None
     for kind in kinds:
         if kind not in IMPLEMENTED and desired.raw.get(f"{kind}s"):
             logger.warning(
@@ -197,7 +219,7 @@ def cmd_reconcile(argv: Sequence[str]) -> int:
     try:
         with RunLock(Path(args.lock_file), wait=args.wait):
             state = StateDir(Path(args.state_dir))
-            providers = _providers(kinds, state, args.force)
+            providers = _providers(kinds, state, args.force, vms, repo)
             plan, _ = engine.make_plan(desired, providers, commit)
             plan_dict = plan.to_dict()
             if args.dry_run:
@@ -217,6 +239,14 @@ def cmd_reconcile(argv: Sequence[str]) -> int:
     if args.output == "text":
         _print_outcome(result)
     return EXIT_OK if result.ok else EXIT_ERROR
+
+
+def _invalid(e: ValidationError) -> int:
+    """Report every problem of an invalid desired state; nothing was applied."""
+    for p in e.problems:
+        print(p, file=sys.stderr)
+    print(f"{len(e.problems)} problem(s) found; nothing was applied.", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def _emit(plan: dict[str, object], output: str, *, dry_run: bool) -> None:

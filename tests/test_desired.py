@@ -59,7 +59,7 @@ def test_example_load_host_merges_fleet_and_host() -> None:
     assert www.ipsets["mgmt6"].firewall is None
     assert www.raw["nics"]["eth0"] == {"offloads": {"gso": False, "tso": False}}
     assert www.raw["backups"]["etc"]["backend"] == "restic"
-    assert db.raw["backups"] == {}
+    assert db.raw["backups"]["etc"]["backend"] == "tarsnap"
     assert www.raw["tarsnap"]["keyfile"] == "/root/tarsnap.key"
 
 
@@ -208,3 +208,18 @@ def test_helpers() -> None:
     assert resolve_offload("rx-gro-hw") == ("rx-gro-hw",)
     with pytest.raises(KeyError):
         resolve_offload("gzo")
+
+
+def test_vm_stop_and_migration_switches(tmp_path: Path) -> None:
+    _write(
+        tmp_path,
+        {
+            "vms.yaml": (
+                "controller: master\nstorage: shared\nnodes:\n  kvm1: {uri: 'test:///default'}\n"
+                "vms:\n  vm1: {node: kvm1, allow_stop: true, live_migrate: false}\n"
+                "  vm2: {node: kvm1, allow_stop: 'yes'}\n"
+            )
+        },
+    )
+    problems = [str(p) for p in validate_repo(tmp_path)]
+    assert len(problems) == 1 and "vms.vm2.allow_stop" in problems[0], problems

@@ -51,6 +51,20 @@ def _op_line(op: dict[str, Any]) -> str:
         return f"+ archive {a['archive']} ({', '.join(a['paths'])}){excl}"
     if name == "delete_archive":
         return f"- archive {a['archive']}: {a['reason']}"
+    if name == "define" and a.get("from_node"):
+        return f"+ define {a['vm']} on {a['node']} from {a['from_node']} (VNC {a['vnc_port']})"
+    if name == "define":
+        return f"+ define {a['vm']} on {a['node']} from {a['definition']} (VNC {a['vnc_port']})"
+    if name == "undefine":
+        return f"- undefine {a['vm']} on {a['node']} (kept on {a['kept_on']})"
+    if name == "start":
+        return f"+ start {a['vm']} on {a['node']}"
+    if name == "shutdown":
+        return f"- shut down {a['vm']} on {a['node']} (graceful, not forced)"
+    if name == "set_vnc_port":
+        return f"~ VNC port of {a['vm']} on {a['node']}: {a['vnc_port']} (autoport off)"
+    if name == "migrate":
+        return f"> live-migrate {a['vm']} {a['from_node']} -> {a['to_node']} (VNC {a['vnc_port']})"
     rest = " ".join(f"{k}={v}" for k, v in a.items())
     return f"* {name} {rest}".rstrip()
 

@@ -1,0 +1,837 @@
+"""The ``vm`` kind: which VM lives on which libvirt node, and VNC ports that never collide.
+
+Run on the controller host named in ``vms.yaml``. ``read`` opens one connection per node
+(concurrently, kept for apply and re-read), lists every domain with its inactive and live XML
+and the node's capacity. ``diff`` (pure: :func:`plan_vms`) decides, per VM in git:
+
+* on its node: converge the VNC port (config, ``autoport='no'``) and the state;
+* on another node: move it (shared storage: only the definition moves);
+* on no node: define it from ``definition:``, else an error;
+* on two nodes: an error, unless it is our own interrupted move (same UUID on both, git names
+  one of them): then the copy on the other node is undefined, finishing the move.
+
+Safety rules (DESIGN.md section 5), each enforced here and tested:
+
+* a move defines on the target and verifies it there (same UUID, the planned VNC port) before
+  it undefines on the source, so a definition is never absent from both nodes; ``undefine``
+  re-checks the target copy and refuses to undefine a running domain;
+* a running VM is stopped for a move only when git allows it (``state: shutoff``, or the
+  per-VM ``allow_stop: true``), by a graceful shutdown with a timeout, never forced; otherwise
+  the change is shown as refused ("blocked"); ``live_migrate: true`` migrates it instead;
+* VNC ports are unique across the cluster: fixed ports are checked against every domain git
+  does not manage on the target node, ``auto`` ports come from a deterministic allocator;
+* domains git does not list are reported (as warnings on changes to their node, and in the
+  log) and never touched;
+* a node that cannot be read makes its VMs errors and skips moves into or out of it; a VM not
+  found on the reachable nodes is not defined while any node is unreachable (it may be there);
+* a plan that would run more memory or vCPUs on a node than it has is refused for the VMs
+  that add load there, with the numbers.
+
+Ops (all name ``vm`` and a node): ``shutdown``, ``start``, ``set_vnc_port``; ``define``
+(``from_node`` + ``uuid``: copy of the source's inactive XML; or ``definition``: the file from
+git); ``undefine`` (``uuid``; ``kept_on``: the node the definition must exist on first);
+``migrate`` (live). A move is listed as its steps: ``[shutdown] define undefine [start]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler import log
+from reconciler.errors import ProviderError, ReconcilerError
+from reconciler.libvirtio import (
+    STATE_NAMES,
+    DomainXmlInfo,
+    NodeIO,
+    RawDomain,
+    VncConfig,
+    live_vnc_port,
+    open_node,
+    parse_definition,
+    parse_domain_xml,
+    with_vnc_port,
+)
+from reconciler.model import HostDesired
+from reconciler.plan import Change, Op, PlanError
+
+KIND = "vm"
+VNC_BASE = 5900
+VNC_MAX = 65535
+MAX_READ_THREADS = 32
+DEFAULT_SHUTDOWN_TIMEOUT = 120.0
+
+
+# ------------------------------------------------------------------------------- live data
+@dataclass(frozen=True)
+class DomainLive:
+    """One domain on one node, normalised. Plain data, so golden tests can build it.
+
+    ``vnc`` is the VNC configuration from the inactive XML (the live XML for a transient
+    domain), None without VNC graphics; ``live_vnc_port`` the port it listens on now (an
+    active domain only). ``state`` is ``running``, ``shutoff``, ``paused`` ...
+    """
+
+    name: str
+    uuid: str
+    state: str
+    persistent: bool = True
+    vnc: VncConfig | None = None
+    live_vnc_port: int | None = None
+    memory_kib: int = 0
+    vcpus: int = 1
+
+    @property
+    def active(self) -> bool:
+        """True unless the domain is shut off (paused and crashed domains hold resources)."""
+        return self.state != "shutoff"
+
+    @property
+    def config_port(self) -> int | None:
+        """The fixed port in its configuration, None with ``autoport`` or without VNC."""
+        if self.vnc is None or self.vnc.autoport:
+            return None
+        return self.vnc.port
+
+    def ports(self) -> set[int]:
+        """Every VNC port this domain holds on its node: configured and listening now."""
+        return {p for p in (self.config_port, self.live_vnc_port) if p is not None}
+
+
+@dataclass(frozen=True)
+class NodeLive:
+    """A node's domains by name and capacity; ``error`` set when it could not be read."""
+
+    domains: Mapping[str, DomainLive] = field(default_factory=dict)
+    memory_kib: int = 0
+    cpus: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A ``definition:`` file read from the repository (in ``read``, never in ``diff``)."""
+
+    path: str
+    xml: str | None = None
+    info: DomainXmlInfo | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class VmLive:
+    """Everything ``diff`` needs: every node in ``vms.yaml`` and the definitions in git."""
+
+    nodes: Mapping[str, NodeLive]
+    definitions: Mapping[str, Definition] = field(default_factory=dict)
+
+
+def domain_from_raw(raw: RawDomain) -> DomainLive:
+    """Normalise one listed domain (parses its XML documents)."""
+    text = raw.config_xml if raw.config_xml is not None else raw.live_xml
+    assert text is not None  # a domain is persistent or active (else it does not exist)
+    base = parse_domain_xml(text)
+    # From the live XML only the port is needed (the one libvirt picked, with autoport).
+    return DomainLive(
+        name=raw.name,
+        uuid=raw.uuid,
+        state=STATE_NAMES.get(raw.state, "unknown"),
+        persistent=raw.persistent,
+        vnc=base.vnc,
+        live_vnc_port=live_vnc_port(raw.live_xml) if raw.live_xml is not None else None,
+        memory_kib=base.memory_kib,
+        vcpus=base.vcpus,
+    )
+
+
+def read_definitions(config: Mapping[str, Any], repo: Path) -> dict[str, Definition]:
+    """Read and parse every ``definition:`` file named in ``config`` (validated vms.yaml)."""
+    out: dict[str, Definition] = {}
+    for vm, spec in config.get("vms", {}).items():
+        rel = spec.get("definition")
+        if not rel:
+            continue
+        try:
+            text = (repo / rel).read_text()
+            info = parse_definition(text)
+        except (OSError, ValueError) as e:
+            out[vm] = Definition(rel, error=f"definition {rel}: {e}")
+            continue
+        out[vm] = Definition(rel, text, info)
+    return out
+
+
+# ------------------------------------------------------------------------------- planning
+class _Blocked(Exception):
+    """A VM's change cannot be planned; the message is its plan error."""
+
+
+@dataclass
+class _Vm:
+    """Planning state of one VM in git."""
+
+    name: str
+    spec: Mapping[str, Any]
+    target: str
+    current: DomainLive | None = None  # the copy whose config we carry (target's if there)
+    current_node: str | None = None
+    source: str | None = None  # a move's (or an interrupted move's) other node
+    source_dom: DomainLive | None = None
+    mode: str = "error"  # here | move | finish | define | error
+    port: int | None = None  # planned VNC port (None: the domain has no VNC)
+    has_vnc: bool = True  # the domain (or its definition) has VNC graphics
+    size: tuple[int, int] = (0, 1)  # (memory KiB, vCPUs) it needs when running
+
+
+def _mib(kib: int) -> int:
+    return kib // 1024
+
+
+def _names(names: Iterable[str], limit: int = 5) -> str:
+    items = sorted(names)
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def plan_vms(config: Mapping[str, Any], live: VmLive) -> tuple[list[Change], list[PlanError]]:
+    """The changes that make the cluster match ``config`` (validated vms.yaml), and errors.
+
+    Pure and deterministic: the same inputs give the same plan, including every ``auto``
+    VNC port. Changes are in VM-name order; see the module docstring for the rules.
+    """
+    vms_cfg: Mapping[str, Mapping[str, Any]] = config.get("vms", {})
+    errors: list[PlanError] = []
+    reachable = {n: nl for n, nl in sorted(live.nodes.items()) if nl.error is None}
+    unreachable = sorted(n for n, nl in live.nodes.items() if nl.error is not None)
+    for n in unreachable:
+        errors.append(PlanError(f"node/{n}", f"{live.nodes[n].error}; its VMs are skipped"))
+
+    # Where is each VM in git now? (One index: 5,000 VMs x 50 nodes must stay linear.)
+    index: dict[str, list[tuple[str, DomainLive]]] = {}
+    for n, nl in reachable.items():
+        for dname, dom in nl.domains.items():
+            index.setdefault(dname, []).append((n, dom))
+    vms: dict[str, _Vm] = {}
+    vm_errors: dict[str, str] = {}
+    for name in sorted(vms_cfg):
+        spec = vms_cfg[name]
+        v = _Vm(name, spec, spec["node"])
+        vms[name] = v
+        try:
+            _locate(v, index.get(name, []), reachable, unreachable, live)
+        except _Blocked as e:
+            vm_errors[name] = str(e)
+            v.mode = "error"
+
+    # VNC ports, cluster-wide.
+    _allocate_ports(vms, vm_errors, reachable)
+
+    changes: dict[str, Change] = {}
+    for name, v in vms.items():
+        if name in vm_errors:
+            continue
+        try:
+            ch = _change_for(v, reachable)
+        except _Blocked as e:
+            vm_errors[name] = str(e)
+            continue
+        if ch is not None:
+            changes[name] = ch
+
+    _check_capacity(vms, index, changes, vm_errors, reachable)
+
+    # Domains git does not manage: reported on every change that touches their node.
+    unmanaged = {n: sorted(set(nl.domains) - set(vms_cfg)) for n, nl in reachable.items()}
+    out: list[Change] = []
+    for name in sorted(changes):
+        ch = changes[name]
+        touched = sorted({a for op in ch.ops for k, a in op.args.items() if k.endswith("node")})
+        notes = [
+            f"node {n} also has domains git does not manage (left untouched): "
+            f"{_names(unmanaged[n])}"
+            for n in touched
+            if unmanaged.get(n)
+        ]
+        if notes:
+            ch = Change(
+                ch.kind,
+                ch.name,
+                ch.action,
+                ch.ops,
+                ch.before,
+                ch.after,
+                ch.refused,
+                (*ch.warnings, *notes),
+            )
+        out.append(ch)
+    errors += [PlanError(f"{KIND}/{n}", vm_errors[n]) for n in sorted(vm_errors)]
+    return out, errors
+
+
+def unmanaged_domains(config: Mapping[str, Any], live: VmLive) -> dict[str, list[str]]:
+    """Per reachable node, the domains git does not list (reported, never touched)."""
+    names = set(config.get("vms", {}))
+    return {
+        n: sorted(set(nl.domains) - names)
+        for n, nl in sorted(live.nodes.items())
+        if nl.error is None and set(nl.domains) - names
+    }
+
+
+def _locate(
+    v: _Vm,
+    where: list[tuple[str, DomainLive]],
+    reachable: Mapping[str, NodeLive],
+    unreachable: list[str],
+    live: VmLive,
+) -> None:
+    """Set ``v.mode`` (and where its copies are, ``where``: (node, domain) pairs) or raise
+    _Blocked with the reason."""
+    if v.target in unreachable:
+        raise _Blocked(
+            f"its node {v.target} is unreachable ({live.nodes[v.target].error}); not checked, "
+            "and no move into it is planned"
+        )
+    transient = [n for n, d in where if not d.persistent]
+    if transient:
+        raise _Blocked(
+            f"it runs as a transient domain on {', '.join(transient)} (no persistent "
+            "definition); define it there (virsh define) so it can be managed"
+        )
+    on_target = [d for n, d in where if n == v.target]
+    others = [(n, d) for n, d in where if n != v.target]
+    if on_target and not others:
+        v.mode, v.current, v.current_node = "here", on_target[0], v.target
+        _sized(v)
+        return
+    if on_target and len(others) == 1 and others[0][1].uuid == on_target[0].uuid:
+        # Our own interrupted move: defined on the target (and verified) before the crash.
+        (src, sdom), tdom = others[0], on_target[0]
+        if sdom.active and tdom.active:
+            raise _Blocked(
+                f"the same domain (UUID {tdom.uuid}) is running on both {src} and {v.target}; "
+                "stop one of them by hand (shared storage: they share the disks)"
+            )
+        v.mode, v.current, v.current_node = "finish", tdom, v.target
+        v.source, v.source_dom = src, sdom
+        _sized(v)
+        return
+    if len(where) > 1:
+        desc = ", ".join(f"{n} (UUID {d.uuid}, {d.state})" for n, d in where)
+        raise _Blocked(
+            f"found on {len(where)} nodes: {desc}; not guessing which one is the VM. Undefine "
+            "the wrong copies by hand"
+        )
+    if len(where) == 1:
+        src, dom = where[0]
+        v.mode, v.current, v.current_node, v.source, v.source_dom = "move", dom, src, src, dom
+        _sized(v)
+        return
+    if unreachable:
+        raise _Blocked(
+            f"not found on the reachable nodes, and {', '.join(unreachable)} could not be read "
+            "(it may be defined there); not defining it anywhere this run"
+        )
+    d = live.definitions.get(v.name)
+    if d is None:
+        raise _Blocked(
+            f"not defined on any node ({', '.join(reachable) or 'none reachable'}) and vms.yaml "
+            "gives no definition: to create it; define it by hand or add definition:"
+        )
+    if d.error is not None or d.info is None:
+        raise _Blocked(d.error or f"definition {d.path} could not be read")
+    v.mode = "define"
+    v.has_vnc = d.info.vnc is not None
+    v.size = (d.info.memory_kib, d.info.vcpus)
+
+
+def _sized(v: _Vm) -> None:
+    assert v.current is not None
+    v.has_vnc = v.current.vnc is not None
+    v.size = (v.current.memory_kib, v.current.vcpus)
+
+
+def _port_users(reachable: Mapping[str, NodeLive]) -> dict[str, dict[int, set[str]]]:
+    """Per node, VNC port -> the domains holding it (configured or listening)."""
+    out: dict[str, dict[int, set[str]]] = {}
+    for n, nl in reachable.items():
+        users: dict[int, set[str]] = {}
+        for d in nl.domains.values():
+            for p in d.ports():
+                users.setdefault(p, set()).add(d.name)
+        out[n] = users
+    return out
+
+
+def _allocate_ports(
+    vms: Mapping[str, _Vm], vm_errors: dict[str, str], reachable: Mapping[str, NodeLive]
+) -> None:
+    """Give every VM its VNC port (``v.port``), or an error. Deterministic, in passes:
+
+    1. fixed ports from git, each checked against domains git does not manage on its node;
+    2. VMs we cannot plan keep whatever port they hold (nobody else may take it);
+    3. ``auto`` VMs keep the port they already have when it is free (stable across runs),
+       those listening on it now first, then by name;
+    4. the other ``auto`` VMs get the lowest free port from 5900, by name.
+
+    "Free" on node T: claimed by no other VM in git, held by no domain git does not manage
+    on T (configured, defined or running, or listening), and no other managed VM listens on
+    it on T now.
+    """
+    users = _port_users(reachable)
+    claimed: dict[int, str] = {}
+    managed = set(vms)
+    # Ports managed VMs listen on now, per node: really taken until they stop. Their
+    # configured ports are not: those VMs get their own port below (claimed), and a
+    # configured port somebody else keeps is changed on them.
+    listening: dict[str, dict[int, str]] = {n: {} for n in reachable}
+    for n, nl in reachable.items():
+        for d in nl.domains.values():
+            if d.name in managed and d.live_vnc_port is not None:
+                listening[n][d.live_vnc_port] = d.name
+
+    def used_on(node: str, port: int, me: str) -> set[str]:
+        holders = {d for d in users.get(node, {}).get(port, set()) if d not in managed}
+        live = listening.get(node, {}).get(port)
+        if live is not None:
+            holders.add(live)
+        holders.discard(me)
+        return holders
+
+    for name, v in vms.items():
+        want = v.spec.get("vnc_port", "auto")
+        if want == "auto" or name in vm_errors:
+            continue
+        claimed[int(want)] = name
+        foreign = sorted(used_on(v.target, int(want), name) - managed)
+        if foreign:
+            vm_errors[name] = (
+                f"vnc_port {want} is used on node {v.target} by {_names(foreign)}, which git "
+                "does not manage; choose another port (or auto)"
+            )
+    for name, v in vms.items():
+        if name not in vm_errors or v.current is None:
+            continue
+        for p in sorted(v.current.ports()):
+            claimed.setdefault(p, name)
+    pending: list[_Vm] = []
+    keepers: list[tuple[bool, str, _Vm, int]] = []
+    for name, v in vms.items():
+        if name in vm_errors:
+            continue
+        want = v.spec.get("vnc_port", "auto")
+        if not v.has_vnc:
+            if want != "auto":
+                vm_errors[name] = (
+                    f"vnc_port {want} is set but the domain has no <graphics type='vnc'>"
+                )
+            continue  # nothing to allocate: the VM has no console port
+        if want != "auto":
+            v.port = int(want)
+            continue
+        have = None
+        if v.current is not None:
+            have = v.current.config_port or v.current.live_vnc_port
+        if have is None:
+            pending.append(v)
+            continue
+        # A VM listening on its port now keeps it before one that only has it configured.
+        listens = v.current is not None and v.current.live_vnc_port == have
+        keepers.append((not listens, name, v, have))
+    for _, name, v, have in sorted(keepers, key=lambda k: (k[0], k[1])):
+        if have not in claimed and not used_on(v.target, have, name):
+            v.port = have
+            claimed[have] = name
+        else:
+            pending.append(v)
+    pending.sort(key=lambda v: v.name)
+    for v in pending:
+        port = VNC_BASE
+        while port <= VNC_MAX and (port in claimed or used_on(v.target, port, v.name)):
+            port += 1
+        if port > VNC_MAX:
+            vm_errors[v.name] = "no free VNC port left between 5900 and 65535"
+            continue
+        v.port = port
+        claimed[port] = v.name
+
+
+def _may_stop(v: _Vm) -> bool:
+    return v.spec.get("state") == "shutoff" or bool(v.spec.get("allow_stop", False))
+
+
+def _vnc_summary(vnc: VncConfig | None) -> Any:
+    if vnc is None:
+        return None
+    return "auto" if vnc.autoport else vnc.port
+
+
+def _change_for(v: _Vm, reachable: Mapping[str, NodeLive]) -> Change | None:
+    """The change for one located VM with its port allocated (None when it matches)."""
+    want_running = v.spec.get("state", "running") == "running"
+    name, target = v.name, v.target
+    after = {"node": target, "state": v.spec.get("state", "running"), "vnc_port": v.port}
+    cur = v.current
+    before: dict[str, Any] | None = None
+    if cur is not None:
+        before = {"node": v.current_node, "state": cur.state, "vnc_port": _vnc_summary(cur.vnc)}
+        if cur.live_vnc_port is not None:
+            before["live_vnc_port"] = cur.live_vnc_port
+
+    ops: list[Op] = []
+    warnings: list[str] = []
+    refused: str | None = None
+
+    def converge_on_target(dom: DomainLive, active_after: bool) -> None:
+        if v.port is not None and dom.config_port != v.port:
+            ops.append(Op("set_vnc_port", {"vm": name, "node": target, "vnc_port": v.port}))
+            if active_after and dom.active:
+                warnings.append(
+                    f"{name} is running: it keeps listening on port "
+                    f"{dom.live_vnc_port} until its next restart"
+                )
+        if want_running and not active_after:
+            ops.append(Op("start", {"vm": name, "node": target}))
+        elif not want_running and active_after:
+            ops.append(Op("shutdown", {"vm": name, "node": target}))
+
+    if v.mode == "here":
+        assert cur is not None
+        converge_on_target(cur, cur.active)
+        if not ops:
+            return None
+        return Change(KIND, name, "update", tuple(ops), before, after, None, tuple(warnings))
+
+    if v.mode == "finish":
+        assert cur is not None and v.source is not None and v.source_dom is not None
+        src, sdom = v.source, v.source_dom
+        warnings.append(
+            f"finishing an interrupted move: {name} (UUID {sdom.uuid}) is defined on both "
+            f"{src} and {target}"
+        )
+        if sdom.active:
+            if not _may_stop(v):
+                refused = _blocked_msg(v, src)
+            ops.append(Op("shutdown", {"vm": name, "node": src}))
+        ops.append(Op("undefine", {"vm": name, "node": src, "uuid": sdom.uuid, "kept_on": target}))
+        converge_on_target(cur, cur.active or sdom.active)
+        assert before is not None
+        before["node"] = [src, target]
+        return Change(KIND, name, "move", tuple(ops), before, after, refused, tuple(warnings))
+
+    if v.mode == "move":
+        assert cur is not None and v.source is not None
+        src = v.source
+        if v.spec.get("live_migrate") and cur.active:
+            ops.append(
+                Op(
+                    "migrate",
+                    {
+                        "vm": name,
+                        "from_node": src,
+                        "to_node": target,
+                        "vnc_port": v.port,
+                        "uuid": cur.uuid,
+                    },
+                )
+            )
+            if not want_running:
+                ops.append(Op("shutdown", {"vm": name, "node": target}))
+            return Change(KIND, name, "move", tuple(ops), before, after)
+        if cur.active:
+            if not _may_stop(v):
+                refused = _blocked_msg(v, src)
+            ops.append(Op("shutdown", {"vm": name, "node": src}))
+        ops.append(
+            Op(
+                "define",
+                {
+                    "vm": name,
+                    "node": target,
+                    "vnc_port": v.port,
+                    "from_node": src,
+                    "uuid": cur.uuid,
+                },
+            )
+        )
+        ops.append(Op("undefine", {"vm": name, "node": src, "uuid": cur.uuid, "kept_on": target}))
+        if want_running:
+            ops.append(Op("start", {"vm": name, "node": target}))
+        return Change(KIND, name, "move", tuple(ops), before, after, refused, tuple(warnings))
+
+    assert v.mode == "define"
+    ops.append(
+        Op(
+            "define",
+            {
+                "vm": name,
+                "node": target,
+                "vnc_port": v.port,
+                "definition": v.spec.get("definition"),
+            },
+        )
+    )
+    if want_running:
+        ops.append(Op("start", {"vm": name, "node": target}))
+    return Change(KIND, name, "create", tuple(ops), None, after)
+
+
+def _blocked_msg(v: _Vm, src: str) -> str:
+    return (
+        f"{v.name} is running on {src} and moving it to {v.target} needs a stop, which git "
+        "does not allow: set allow_stop: true (graceful shutdown, then start on "
+        f"{v.target}), live_migrate: true, or state: shutoff"
+    )
+
+
+def _check_capacity(
+    vms: Mapping[str, _Vm],
+    index: Mapping[str, list[tuple[str, DomainLive]]],
+    changes: dict[str, Change],
+    vm_errors: dict[str, str],
+    reachable: Mapping[str, NodeLive],
+) -> None:
+    """Drop (as errors) the changes that would run more memory or vCPUs on a node than it
+    has. Only changes adding load to an overfull node are dropped: a node already over
+    capacity by hand does not block unrelated changes."""
+
+    def placement(with_changes: bool) -> dict[str, dict[str, tuple[int, int]]]:
+        load: dict[str, dict[str, tuple[int, int]]] = {n: {} for n in reachable}
+        for n, nl in reachable.items():
+            for d in nl.domains.values():
+                if d.name not in vms and d.active:
+                    load[n][d.name] = (d.memory_kib, d.vcpus)
+        for name, v in vms.items():
+            ch = changes.get(name) if with_changes else None
+            if ch is not None and not ch.refused:
+                if v.spec.get("state", "running") == "running" and v.target in load:
+                    load[v.target][name] = v.size
+                continue
+            for n, here in index.get(name, []):
+                if here.active:
+                    load[n][name] = (here.memory_kib, here.vcpus)
+        return load
+
+    now = placement(False)
+    after = placement(True)
+    for n in sorted(reachable):
+        nl = reachable[n]
+        mem = sum(m for m, _ in after[n].values())
+        cpu = sum(c for _, c in after[n].values())
+        mem_now = sum(m for m, _ in now[n].values())
+        cpu_now = sum(c for _, c in now[n].values())
+        over_mem = mem > nl.memory_kib and mem > mem_now
+        over_cpu = cpu > nl.cpus and cpu > cpu_now
+        if not (over_mem or over_cpu):
+            continue
+        adders = sorted(vm for vm in after[n] if vm in changes and vm not in now[n])
+        for vm in adders:
+            m, c = after[n][vm]
+            parts = []
+            if over_mem:
+                parts.append(
+                    f"{_mib(mem)} MiB of memory ({vm}: {_mib(m)} MiB) but it has "
+                    f"{_mib(nl.memory_kib)} MiB"
+                )
+            if over_cpu:
+                parts.append(f"{cpu} vCPUs ({vm}: {c}) but it has {nl.cpus} CPUs")
+            vm_errors[vm] = (
+                f"refused: this plan would run {' and '.join(parts)} on node {n}; "
+                f"{vm} was not placed"
+            )
+            del changes[vm]
+
+
+# ------------------------------------------------------------------------------- provider
+Connect = Callable[[str, str], NodeIO]
+
+
+class VmProvider:
+    """read / pure diff / apply for VM placement across the libvirt nodes of ``vms.yaml``.
+
+    ``config`` is :func:`reconciler.desired.load_vms`'s validated data; ``repo`` the
+    desired-state directory (``definition:`` files are read in ``read``). ``connect(name,
+    uri)`` opens a node (default :func:`reconciler.libvirtio.open_node`); each node is opened
+    once and kept for apply and re-read, and tests pass a factory that hands out their own
+    in-memory ``test:///`` nodes. ``shutdown_timeout`` bounds a graceful shutdown.
+    """
+
+    kind = KIND
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        repo: Path,
+        *,
+        connect: Connect = open_node,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+    ) -> None:
+        self.config = config
+        self.repo = repo
+        self.connect = connect
+        self.shutdown_timeout = shutdown_timeout
+        self._nodes: dict[str, NodeIO] = {}
+        self._lock = threading.Lock()
+        self._definitions: dict[str, Definition] = {}
+
+    def close(self) -> None:
+        """Close every node connection this provider opened."""
+        for io in self._nodes.values():
+            with contextlib.suppress(Exception):  # best effort: the run is over
+                io.conn.close()
+        self._nodes.clear()
+
+    # ----------------------------------------------------------------------------- read
+    def _node(self, name: str) -> NodeIO:
+        with self._lock:
+            io = self._nodes.get(name)
+        if io is None:
+            io = self.connect(name, self.config["nodes"][name]["uri"])
+            with self._lock:
+                io = self._nodes.setdefault(name, io)
+        return io
+
+    def _read_node(self, name: str) -> NodeLive:
+        try:
+            io = self._node(name)
+            memory, cpus = io.capacity()
+            raws = io.list_domains()
+            domains = {r.name: domain_from_raw(r) for r in raws}
+        except ReconcilerError as e:
+            return NodeLive(error=e.message)
+        except ValueError as e:
+            return NodeLive(error=f"node {name}: unreadable domain XML: {e}")
+        return NodeLive(domains, memory, cpus)
+
+    def read(self, desired: HostDesired) -> VmLive:
+        """Read every node concurrently (one thread and connection per node) and the
+        ``definition:`` files. Writes nothing. An unreachable node is recorded as an error
+        for that node, not raised."""
+        names = sorted(self.config.get("nodes", {}))
+        workers = max(1, min(MAX_READ_THREADS, len(names)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="vm-read") as pool:
+            results = list(pool.map(self._read_node, names))
+        nodes = dict(zip(names, results, strict=True))
+        self._definitions = read_definitions(self.config, self.repo)
+        live = VmLive(nodes, self._definitions)
+        logger = log.get()
+        for n, doms in unmanaged_domains(self.config, live).items():
+            logger.info("vm_unmanaged", node=n, domains=doms[:20], count=len(doms))
+        return live
+
+    # ----------------------------------------------------------------------------- diff
+    def diff(self, desired: HostDesired, live: VmLive) -> tuple[list[Change], list[PlanError]]:
+        """Pure: see :func:`plan_vms` (``desired`` is the host's; VMs come from vms.yaml)."""
+        return plan_vms(self.config, live)
+
+    # ---------------------------------------------------------------------------- apply
+    def apply(self, change: Change) -> list[Op]:
+        """Execute the ops of one change in order, stopping at the first failure (a later
+        step, e.g. the undefine after a failed define, must never run). Raises
+        ProviderError naming the step, after the ops that completed."""
+        done: list[Op] = []
+        for op in change.ops:
+            try:
+                self._apply_op(op)
+            except ProviderError as e:
+                steps = ", ".join(o.op for o in done) or "nothing"
+                raise ProviderError(
+                    f"{op.op} failed: {e.message} (done before it: {steps}; the next run "
+                    "continues from the live state)",
+                    address=change.address,
+                ) from e
+            done.append(op)
+        return done
+
+    def _apply_op(self, op: Op) -> None:
+        a = op.args
+        vm = a["vm"]
+        if op.op == "define":
+            self._define(vm, a)
+        elif op.op == "undefine":
+            self._undefine(vm, a)
+        elif op.op == "start":
+            io = self._node(a["node"])
+            io.start(self._uuid_on(io, vm))
+        elif op.op == "shutdown":
+            io = self._node(a["node"])
+            if not io.shutdown(self._uuid_on(io, vm), self.shutdown_timeout):
+                raise ProviderError(
+                    f"{vm} did not shut down within {self.shutdown_timeout:g} s on {a['node']}; "
+                    "it was not forced off"
+                )
+        elif op.op == "set_vnc_port":
+            io = self._node(a["node"])
+            uuid = self._uuid_on(io, vm)
+            io.define(with_vnc_port(io.config_xml(uuid), int(a["vnc_port"])))
+            self._verify(io, vm, uuid, a["vnc_port"])
+        elif op.op == "migrate":
+            src, dst = self._node(a["from_node"]), self._node(a["to_node"])
+            xml = src.live_xml(a["uuid"])
+            if a.get("vnc_port") is not None:
+                xml = with_vnc_port(xml, int(a["vnc_port"]))
+            src.migrate_live(a["uuid"], dst, xml)
+        else:  # a plan from a newer version, or a bug: never guess
+            raise ProviderError(f"unknown op {op.op!r}")
+
+    def _uuid_on(self, io: NodeIO, vm: str) -> str:
+        found = io.find(vm)
+        if found is None:
+            raise ProviderError(f"{vm} is not defined on {io.name}")
+        return found[0]
+
+    def _define(self, vm: str, a: Mapping[str, Any]) -> None:
+        target = self._node(a["node"])
+        if a.get("from_node"):
+            source = self._node(a["from_node"])
+            xml = source.config_xml(a["uuid"])
+            if source.is_active(a["uuid"]):
+                raise ProviderError(f"{vm} is running on {a['from_node']}; not copying it")
+        else:
+            d = self._definitions.get(vm)
+            if d is None or d.xml is None:
+                raise ProviderError(f"the definition of {vm} was not read")
+            xml = d.xml
+        try:
+            if a.get("vnc_port") is not None:
+                xml = with_vnc_port(xml, int(a["vnc_port"]))
+        except ValueError as e:
+            raise ProviderError(str(e)) from e
+        uuid = target.define(xml)
+        if a.get("uuid") and uuid != a["uuid"]:
+            raise ProviderError(f"defined on {a['node']} with UUID {uuid}, not {a['uuid']}")
+        self._verify(target, vm, uuid, a.get("vnc_port"))
+
+    def _verify(self, io: NodeIO, vm: str, uuid: str, port: int | None) -> None:
+        """Re-read the definition just written: the port must be ``port`` with autoport off."""
+        try:
+            info = parse_domain_xml(io.config_xml(uuid))
+        except ValueError as e:
+            raise ProviderError(f"verifying {vm} on {io.name}: {e}") from e
+        if port is not None and (
+            info.vnc is None or info.vnc.autoport or info.vnc.port != int(port)
+        ):
+            raise ProviderError(
+                f"verifying {vm} on {io.name}: VNC is {info.vnc}, expected port {port} "
+                "with autoport='no'"
+            )
+
+    def _undefine(self, vm: str, a: Mapping[str, Any]) -> None:
+        # The safety rule lives here too: never undefine unless the definition exists, with
+        # the same UUID, on the node it is kept on.
+        kept = self._node(a["kept_on"])
+        found = kept.find(vm)
+        if found is None or found[0] != a["uuid"] or not found[2]:
+            raise ProviderError(
+                f"{vm} (UUID {a['uuid']}) is not defined on {a['kept_on']}; not undefining it "
+                f"on {a['node']}"
+            )
+        source = self._node(a["node"])
+        if source.is_active(a["uuid"]):
+            raise ProviderError(f"{vm} is running on {a['node']}; not undefining it")
+        source.undefine(a["uuid"])

@@ -1,0 +1,110 @@
+"""Golden cases for the VM provider's pure diff (:func:`reconciler.providers.vm.plan_vms`).
+
+Each file in tests/golden/vmplace/ holds ``vms`` (the vms.yaml text, loaded through the real
+loader so defaults and validation apply), optional ``files`` (repository files such as
+``vms/<vm>.xml`` definitions, read by the same code ``read`` uses), ``live`` (nodes as plain
+data) and the expected changes and errors. No libvirt needed: diff is pure.
+
+Live notation: ``live: {<node>: {memory: MiB, cpus: N, error: "...", domains: {<name>:
+{uuid, state, persistent, vnc, live_port, memory: MiB, vcpus}}}}``. Defaults: a node has
+65536 MiB and 64 CPUs; a domain has UUID ``uuid-<name>``, is running and persistent, has
+``vnc: auto`` (a port number, ``auto`` or ``none``), 1024 MiB and 1 vCPU; a running domain
+with a fixed port listens on it unless ``live_port`` says otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from reconciler import desired as desired_mod
+from reconciler.libvirtio import VncConfig
+from reconciler.providers.vm import (
+    DomainLive,
+    NodeLive,
+    VmLive,
+    plan_vms,
+    read_definitions,
+    unmanaged_domains,
+)
+from tests import golden
+
+GOLDEN = Path(__file__).parent / "golden" / "vmplace"
+CASES = sorted(GOLDEN.glob("*.yaml"))
+
+
+def _domain(name: str, d: dict[str, Any]) -> DomainLive:
+    vnc_raw = d.get("vnc", "auto")
+    vnc = None
+    if vnc_raw == "auto":
+        vnc = VncConfig(None, True)
+    elif vnc_raw != "none":
+        vnc = VncConfig(int(vnc_raw), False)
+    state = d.get("state", "running")
+    live_port = d.get("live_port")
+    if live_port is None and state != "shutoff" and vnc is not None and not vnc.autoport:
+        live_port = vnc.port
+    return DomainLive(
+        name=name,
+        uuid=d.get("uuid", f"uuid-{name}"),
+        state=state,
+        persistent=d.get("persistent", True),
+        vnc=vnc,
+        live_vnc_port=live_port,
+        memory_kib=int(d.get("memory", 1024)) * 1024,
+        vcpus=int(d.get("vcpus", 1)),
+    )
+
+
+def live_from(data: dict[str, Any], definitions: Any = None) -> VmLive:
+    """Build a VmLive from the golden notation above."""
+    nodes: dict[str, NodeLive] = {}
+    for n, nd in (data or {}).items():
+        nd = nd or {}
+        if nd.get("error"):
+            nodes[n] = NodeLive(error=nd["error"])
+            continue
+        domains = {k: _domain(k, v or {}) for k, v in (nd.get("domains") or {}).items()}
+        nodes[n] = NodeLive(domains, int(nd.get("memory", 65536)) * 1024, int(nd.get("cpus", 64)))
+    return VmLive(nodes, definitions or {})
+
+
+def load_case(case: Path, tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any], VmLive]:
+    """(case data, validated vms.yaml data, live state) of one golden file."""
+    data = yaml.safe_load(case.read_text())
+    for rel, text in (data.get("files") or {}).items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    (tmp_path / "vms.yaml").write_text(data["vms"])
+    config = desired_mod.load_vms(tmp_path)
+    assert config is not None
+    live_data = data.get("live") or {}
+    # Every node of vms.yaml is read; an unlisted one is empty.
+    for n in config["nodes"]:
+        live_data.setdefault(n, {})
+    return data, config, live_from(live_data, read_definitions(config, tmp_path))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])
+def test_golden(case: Path, tmp_path: Path) -> None:
+    data, config, live = load_case(case, tmp_path)
+    changes, errors = plan_vms(config, live)
+    expected = data["expected"]
+    pairs = golden.check(expected, changes, errors)
+    for want, have in pairs:
+        for w in want.get("warnings", []):
+            assert any(w in h for h in have.get("warnings", [])), (w, have.get("warnings"))
+        if "after" in want:
+            assert have["after"] == want["after"]
+    if "unmanaged" in expected:
+        assert unmanaged_domains(config, live) == expected["unmanaged"]
+    # Pure and deterministic: the same inputs plan the same again.
+    again = plan_vms(config, live)
+    assert [c.to_dict() for c in again[0]] == [c.to_dict() for c in changes]
+
+
+def test_cases_exist() -> None:
+    assert len(CASES) >= 12
