@@ -8,6 +8,7 @@ another run); 2 changes pending, only with ``--detailed-exitcode`` and ``--dry-r
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -17,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import desired as desired_mod
-from reconciler import engine, log
-from reconciler.errors import ReconcilerError, ValidationError
+from reconciler import engine, journal, log, metrics
+from reconciler.errors import ReconcilerError, StateError, ValidationError
 from reconciler.lock import RunLock
 from reconciler.providers.base import Provider
 from reconciler.render import json as render_json
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="reconcile",
         description="Converge this host to the desired state in git. "
-        "Use 'reconcile validate' to check the desired state only.",
+        "Use 'reconcile validate' to check the desired state only, "
+        "'reconcile status' to see the last runs and drift.",
     )
     p.add_argument(
         "--dry-run",
@@ -90,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"default: $RECONCILER_STATE_DIR or {DEFAULT_STATE_DIR}",
     )
     p.add_argument(
+        "--metrics-file",
+        default=os.environ.get("RECONCILER_METRICS_FILE"),
+        metavar="PATH",
+        help="Prometheus textfile written after every applied run (default: "
+        "$RECONCILER_METRICS_FILE, else reconciler.prom in node_exporter's textfile "
+        f"directory if one exists: {', '.join(str(d) for d in metrics.TEXTFILE_DIRS)}; "
+        "'' disables)",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="apply changes the safety guards refuse (emptying a set, "
@@ -111,6 +122,35 @@ def build_validate_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--repo", default=os.environ.get("RECONCILER_REPO", "."))
     return p
+
+
+def build_status_parser() -> argparse.ArgumentParser:
+    """The parser for ``reconcile status``."""
+    p = argparse.ArgumentParser(
+        prog="reconcile status",
+        description="Show the last runs, the applied commit and the drift seen, "
+        "from the run journal in the state dir.",
+    )
+    p.add_argument(
+        "--state-dir",
+        default=os.environ.get("RECONCILER_STATE_DIR", DEFAULT_STATE_DIR),
+        help=f"default: $RECONCILER_STATE_DIR or {DEFAULT_STATE_DIR}",
+    )
+    p.add_argument(
+        "--last", type=_positive_int, default=10, metavar="N", help="runs to show (default 10)"
+    )
+    p.add_argument("--output", choices=("text", "json"), default="text")
+    return p
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
 
 
 def _short_hostname() -> str:
@@ -230,7 +270,9 @@ def cmd_reconcile(argv: Sequence[str]) -> int:
                     return EXIT_CHANGES
                 return EXIT_OK
             result = engine.apply_plan(desired, providers, plan, state)
+            _write_metrics(args.metrics_file, state, result)
     except ReconcilerError as e:
+        # StateError (corrupt ours.json ...), LockHeldError ...: the message says it all.
         print(f"reconcile: {e}", file=sys.stderr)
         return EXIT_ERROR
     plan_dict["applied"] = result.applied
@@ -239,6 +281,144 @@ def cmd_reconcile(argv: Sequence[str]) -> int:
     if args.output == "text":
         _print_outcome(result)
     return EXIT_OK if result.ok else EXIT_ERROR
+
+
+def _write_metrics(option: str | None, state: StateDir, result: engine.RunResult) -> None:
+    """Write the textfile metrics for this run; a failure is logged, never fails the run."""
+    path = metrics.default_path() if option is None else (Path(option) if option else None)
+    if path is None:
+        return
+    try:
+        contents = state.runs()
+        records = contents.records
+        if result.record is not None and (not records or records[-1] != result.record):
+            records.append(result.record)  # the journal write failed: still report this run
+        metrics.write_atomic(path, metrics.render(records, skipped_lines=len(contents.problems)))
+    except Exception as e:  # any failure here must not turn an applied run into an error
+        log.get().warning("metrics_not_written", path=str(path), error=str(e))
+
+
+def cmd_status(argv: Sequence[str]) -> int:
+    """``reconcile status``: the last runs, the applied commit and the drift, from the journal.
+
+    Exit 0 when the journal could be read (also when no run is recorded yet, or some lines
+    had to be skipped: those are warned about on stderr); 1 when the state dir is missing or
+    unreadable, or ``ours.json`` is corrupt.
+    """
+    args = build_status_parser().parse_args(argv)
+    try:
+        state = StateDir(Path(args.state_dir), create=False)
+        contents = state.runs()
+    except StateError as e:
+        print(f"reconcile status: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    for problem in contents.problems:
+        print(f"reconcile status: warning: {state.journal.path}: {problem}", file=sys.stderr)
+    runs = [r for r in contents.records if not r.get("dry_run")]
+    shown = runs[-args.last :]
+    success = journal.last_success(runs)
+    drift = journal.drift_events(shown)
+    try:
+        owned = {k: sorted(v) for k, v in state.ours_all().items() if v}
+        ours_error = None
+    except StateError as e:
+        owned, ours_error = {}, e.message
+    if args.output == "json":
+        doc = {
+            "state_dir": str(state.path),
+            "total_runs": len(runs),
+            "applied": None
+            if success is None
+            else {"commit": success.get("commit"), "finished": success.get("finished")},
+            "runs": shown,
+            "drift": [d.to_dict() for d in drift],
+            "owned": owned,
+            "journal_problems": [{"line": p.line, "message": p.message} for p in contents.problems],
+        }
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        sys.stdout.write(_status_text(state.path, runs, shown, success, drift, owned))
+    sys.stdout.flush()
+    if ours_error is not None:
+        print(f"reconcile status: {ours_error}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _short(commit: Any) -> str:
+    return commit[:12] if isinstance(commit, str) else "(no git)"
+
+
+def _when(value: Any) -> str:
+    t = journal.parse_time(value)
+    return t.strftime("%Y-%m-%d %H:%M:%S") if t is not None else "?"
+
+
+def _status_text(
+    path: Path,
+    runs: list[dict[str, Any]],
+    shown: list[dict[str, Any]],
+    success: dict[str, Any] | None,
+    drift: list[journal.DriftEvent],
+    owned: dict[str, list[str]],
+) -> str:
+    out = [f"State dir: {path}"]
+    if runs:
+        out += _runs_text(runs, shown, success, drift)
+    else:
+        out.append("No runs recorded yet.")
+    if owned:
+        out.append("")
+        out.append("Owned by reconciler (ours.json):")
+        for kind, names in owned.items():
+            out.append(f"  {kind}: {', '.join(names)}")
+    return "\n".join(out) + "\n"
+
+
+def _runs_text(
+    runs: list[dict[str, Any]],
+    shown: list[dict[str, Any]],
+    success: dict[str, Any] | None,
+    drift: list[journal.DriftEvent],
+) -> list[str]:
+    out = []
+    if success is None:
+        out.append("Applied commit: none (no run has succeeded yet)")
+    else:
+        out.append(
+            f"Applied commit: {_short(success.get('commit'))} "
+            f"(last successful run {_when(success.get('finished'))} UTC)"
+        )
+    last = runs[-1]
+    if not journal.run_ok(last):
+        out.append(f"Last run FAILED at {_when(last.get('finished'))} UTC")
+    out.append("")
+    out.append(f"Last {len(shown)} of {len(runs)} run(s), times in UTC:")
+    out.append(f"  {'FINISHED':<19}  {'COMMIT':<12}  {'RESULT':<6}  CHANGES  DRIFT  ERRORS")
+    for rec in shown:
+        changes = journal.changes_of(rec)
+        n_drift = sum(1 for c in changes if c.get("drift") is True)
+        errors = journal.errors_of(rec)
+        result = "ok" if journal.run_ok(rec) else "FAILED"
+        out.append(
+            f"  {_when(rec.get('finished')):<19}  {_short(rec.get('commit')):<12}  {result:<6}  "
+            f"{len(changes):>7}  {n_drift:>5}  {len(errors):>6}"
+        )
+        for err in errors[:5]:
+            out.append(f"      ! {err.get('address') or 'run'}: {err.get('message', '')}")
+        if len(errors) > 5:
+            out.append(f"      ! ... and {len(errors) - 5} more error(s)")
+    out.append("")
+    if drift:
+        out.append(f"Drift (changes applied without a new commit) in these {len(shown)} run(s):")
+        for d in drift:
+            out.append(
+                f"  {_when(d.finished):<19}  {_short(d.commit):<12}  {d.address}  "
+                f"{d.action} ({d.ops} op(s))"
+            )
+    else:
+        out.append(f"No drift in these {len(shown)} run(s).")
+    return out
 
 
 def _invalid(e: ValidationError) -> int:
@@ -279,6 +459,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["validate"]:
             return cmd_validate(argv[1:])
+        if argv[:1] == ["status"]:
+            return cmd_status(argv[1:])
         return cmd_reconcile(argv)
     except KeyboardInterrupt:
         print("reconcile: interrupted", file=sys.stderr)

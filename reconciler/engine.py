@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from reconciler import log
-from reconciler.errors import ReconcilerError
+from reconciler import journal, log
+from reconciler.errors import ReconcilerError, StateError
 from reconciler.model import HostDesired
 from reconciler.plan import Change, Op, Plan, PlanError
 from reconciler.providers.base import Provider
@@ -31,6 +31,7 @@ class RunResult:
     applied: list[str] = field(default_factory=list)
     errors: list[PlanError] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: "apply", "verify"
+    record: dict[str, Any] | None = None  # the journal record written for this run
 
     @property
     def ok(self) -> bool:
@@ -74,7 +75,7 @@ def apply_plan(
     logger = log.get()
     result = RunResult(plan=plan)
     by_kind = {p.kind: p for p in providers}
-    started = datetime.now(UTC).isoformat(timespec="seconds")
+    started = datetime.now(UTC).isoformat(timespec="milliseconds")
     attempted: set[str] = set()
     t_apply = time.perf_counter()
     for change in plan.changes:
@@ -112,21 +113,68 @@ def apply_plan(
         if hook is not None:
             hook(live)
     if state is not None:
-        state.append_run(
+        result.record = _record_run(state, plan, result, providers, started)
+    return result
+
+
+def _record_run(
+    state: StateDir,
+    plan: Plan,
+    result: RunResult,
+    providers: Sequence[Provider],
+    started: str,
+) -> dict[str, Any]:
+    """Append this run to the journal, flagging drift, and return the record.
+
+    A journal that cannot be read only loses the drift flags (logged); one that cannot be
+    written becomes an error of the run (exit 1), because the changes are then unrecorded.
+    """
+    logger = log.get()
+    try:
+        previous = state.runs()
+    except StateError as e:
+        logger.warning("journal_unreadable", error=e.message, effect="drift not detected")
+        previous = journal.JournalContents()
+    for problem in previous.problems:
+        logger.warning("journal_line_skipped", file=str(state.journal.path), problem=str(problem))
+    baseline = journal.baselines(previous.records)
+    changes = []
+    for c in plan.changes:
+        if c.address not in result.applied:
+            continue
+        drift = journal.is_drift(c.kind, plan.commit, baseline)
+        if drift:
+            # The commit did not change since this kind last converged: someone changed
+            # the host by hand and this run put it back.
+            logger.warning("drift", address=c.address, action=c.action, commit=plan.commit)
+        changes.append(
             {
-                "host": plan.host,
-                "commit": plan.commit,
-                "started": started,
-                "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-                "changes": [
-                    {"address": c.address, "action": c.action, "ops": len(c.ops)}
-                    for c in plan.changes
-                    if c.address in result.applied
-                ],
-                "errors": [e.to_dict() for e in (plan.errors + result.errors)],
+                "address": c.address,
+                "kind": c.kind,
+                "action": c.action,
+                "ops": len(c.ops),
+                "drift": drift,
             }
         )
-    return result
+    record: dict[str, Any] = {
+        "format_version": journal.FORMAT_VERSION,
+        "host": plan.host,
+        "commit": plan.commit,
+        "dry_run": False,
+        "started": started,
+        "finished": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "kinds": [p.kind for p in providers],
+        "ok": result.ok,
+        "changes": changes,
+        "refused": [c.address for c in plan.changes if c.refused],
+        "errors": [e.to_dict() for e in (plan.errors + result.errors)],
+    }
+    try:
+        state.append_run(record)
+    except StateError as e:
+        logger.error("journal_write_failed", error=e.message)
+        result.errors.append(PlanError("journal", e.message))
+    return record
 
 
 MEMBERS_PER_EVENT = 1000

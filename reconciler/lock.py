@@ -2,7 +2,12 @@
 
 The lock is an ``flock`` on a file that also holds the holder's pid, so a second run can say
 who holds it. ``flock`` is released by the kernel when the holder dies, so a crashed run never
-leaves a stale lock behind; the pid in the file is only for the message.
+leaves a stale lock behind: what it leaves is its pid in the file. The next run takes the lock
+over, logs that it did (naming the dead pid) and writes its own pid. A clean exit empties the
+file, so a leftover pid always means a run that did not finish.
+
+The pid is only for messages, never for the decision: the kernel's lock is the truth (a pid
+can be reused, and a pid file can be copied or restored).
 """
 
 from __future__ import annotations
@@ -13,11 +18,35 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from reconciler import log
 from reconciler.errors import LockHeldError
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (it may belong to another user)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _recorded_pid(fd: int) -> int | None:
+    text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+    return int(text) if text.isdigit() else None
+
+
 class RunLock:
-    """Context manager holding an exclusive, non-blocking lock on ``path``."""
+    """Context manager holding an exclusive lock on ``path``, for one run at a time.
+
+    Entering takes the lock (waiting up to ``wait`` seconds for a live holder) or raises
+    LockHeldError naming the holder's pid; a pid left by a dead run is taken over with a log
+    line. Inside, the file holds our pid; leaving empties it and releases the lock.
+    """
 
     def __init__(self, path: Path, *, wait: float = 0.0) -> None:
         """``wait``: seconds to wait for a live holder to finish (0: fail at once)."""
@@ -40,13 +69,35 @@ class RunLock:
                     time.sleep(delay)
                     delay = min(delay * 2, 1.0)
                     continue
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+                pid = _recorded_pid(fd)
                 os.close(fd)
                 waited = f" (waited {self.wait:g} s)" if self.wait else ""
+                if pid is None:
+                    who = "another reconcile run"
+                elif pid_alive(pid):
+                    who = f"another reconcile run (pid {pid})"
+                else:
+                    # The kernel lock is held, yet its recorded owner is gone: a process it
+                    # forked still has the descriptor open.
+                    who = f"a child of the dead reconcile run pid {pid}"
                 raise LockHeldError(
-                    f"another reconcile run (pid {holder}) holds the lock {self.path}{waited}; "
-                    "try again when it has finished"
+                    f"{who} holds the lock {self.path}{waited}; try again when it has finished"
                 ) from None
+        previous = _recorded_pid(fd)
+        if previous is not None and previous != os.getpid():
+            # A run that did not finish (killed, crashed, power loss) left its pid behind;
+            # the kernel released its lock, so taking over is safe.
+            reason = (
+                "its process is still running but does not hold the lock (the pid was reused)"
+                if pid_alive(previous)
+                else "its process is no longer running"
+            )
+            log.get().warning(
+                "lock_taken_over",
+                lock=str(self.path),
+                stale_pid=previous,
+                reason=f"run pid {previous} did not finish cleanly; {reason}",
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd

@@ -8,7 +8,8 @@ leaves a half-written file):
     resources this tool created (and rules it inserted). Only these may be pruned when they
     leave git; anything else on the host is never touched.
 ``runs.jsonl``
-    one JSON object per applied run: commit, start/end, the changes applied, errors.
+    the run journal, one JSON object per applied run: commit, start/end, the changes
+    applied (drift flagged), errors. Append-only; see :mod:`reconciler.journal`.
 """
 
 from __future__ import annotations
@@ -20,18 +21,28 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import StateError
+from reconciler.journal import JOURNAL_NAME, Journal, JournalContents
 
 
 class StateDir:
     """Access to one state directory. Creating the object creates the directory (mode 0700)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, create: bool = True) -> None:
+        """Open ``path``; with ``create=False`` it must already exist (else StateError)."""
         self.path = path
-        try:
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as e:
-            raise StateError(f"cannot create state directory {path}: {e.strerror}") from e
+        if create:
+            try:
+                path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as e:
+                raise StateError(f"cannot create state directory {path}: {e.strerror}") from e
+        elif not path.is_dir():
+            what = "is not a directory" if path.exists() else "does not exist"
+            raise StateError(
+                f"state directory {path} {what}: no run has been recorded there "
+                "(check --state-dir or $RECONCILER_STATE_DIR)"
+            )
         self._ours: dict[str, dict[str, dict[str, Any]]] | None = None
+        self.journal = Journal(path / JOURNAL_NAME)
 
     @property
     def ours_file(self) -> Path:
@@ -49,12 +60,16 @@ class StateDir:
         _atomic_write(self.ours_file, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     def append_run(self, record: dict[str, Any]) -> None:
-        """Append one run record to ``runs.jsonl`` (one line, flushed and fsynced)."""
-        line = json.dumps(record, sort_keys=True) + "\n"
-        with open(self.path / "runs.jsonl", "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        """Append one run record to ``runs.jsonl`` (one line, fsynced); StateError if not."""
+        self.journal.append(record)
+
+    def runs(self) -> JournalContents:
+        """Every readable run record, oldest first, and the journal lines that were skipped."""
+        return self.journal.read()
+
+    def ours_all(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Every ownership record, kind -> name -> record (a copy); StateError if corrupt."""
+        return {k: self.ours(k) for k in self._load()}
 
     def _load(self) -> dict[str, dict[str, dict[str, Any]]]:
         if self._ours is None:
@@ -75,6 +90,14 @@ class StateDir:
                 ) from e
             if not isinstance(data, dict):
                 raise StateError(f"{self.ours_file} is corrupt: expected a JSON object")
+            for kind, records in data.items():
+                # Checked here so a hand-edited file is a clear error, not an AttributeError.
+                if not isinstance(records, dict) or not all(
+                    isinstance(r, dict) for r in records.values()
+                ):
+                    raise StateError(
+                        f"{self.ours_file} is corrupt: {kind!r} must map names to objects"
+                    )
             self._ours = data
         return self._ours
 
