@@ -22,7 +22,7 @@ from tests.netns import Netns
 
 ROOT = Path(__file__).resolve().parent.parent
 DIST = ROOT / "packaging"
-UNITS = sorted((DIST / "systemd").glob("*.service"))
+UNITS = sorted([*(DIST / "systemd").glob("*.service"), *(DIST / "systemd").glob("*.timer")])
 INSTALLED_BIN = "/opt/reconciler/bin/reconcile"
 RECONCILE = Path(sys.executable).parent / "reconcile"
 
@@ -47,6 +47,11 @@ def test_systemd_analyze_verify(unit: Path, tmp_path: Path) -> None:
     assert RECONCILE.exists(), "the reconcile console script is not installed in this venv"
     name = unit.name.replace("@.service", "@eth1.service")
     (tmp_path / name).write_text(unit.read_text().replace(INSTALLED_BIN, str(RECONCILE)))
+    if unit.suffix == ".timer":  # verify checks that the unit a timer starts exists
+        service = DIST / "systemd" / unit.name.replace(".timer", ".service")
+        (tmp_path / service.name).write_text(
+            service.read_text().replace(INSTALLED_BIN, str(RECONCILE))
+        )
     proc = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(tmp_path / name)],
         capture_output=True,
@@ -89,6 +94,8 @@ def test_install_host_stages_every_file(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     for rel in (
+        "etc/systemd/system/reconciler.service",
+        "etc/systemd/system/reconciler.timer",
         "etc/systemd/system/reconciler-nic.service",
         "etc/systemd/system/reconciler-nic@.service",
         "etc/udev/rules.d/90-reconciler-nic.rules",
@@ -169,3 +176,32 @@ def test_ifupdown_hook_applies_bridge_ports(netns: Netns, tmp_path: Path) -> Non
     # Not a bridge or bond, or not "start": the hook does nothing.
     proc = netns.run(["sh", str(hook)], env={**env, "IFACE": "eth0"}, check=False)
     assert proc.returncode == 0 and proc.stdout == ""
+
+
+def test_timer_is_persistent_and_spread_over_the_fleet() -> None:
+    t = _unit(DIST / "systemd" / "reconciler.timer")
+    assert t["Timer"]["Persistent"] == "true"
+    assert int(t["Timer"]["RandomizedDelaySec"]) > 0
+    assert t["Install"]["WantedBy"] == "timers.target"
+    svc = _unit(DIST / "systemd" / "reconciler.service")
+    assert svc["Service"]["Type"] == "oneshot"
+    assert "--wait" in _exec_start(DIST / "systemd" / "reconciler.service")
+
+
+def test_timer_service_execstart_converges(netns: Netns, tmp_path: Path) -> None:
+    """The periodic unit's ExecStart line, run the way systemd would (settings from the
+    environment file's variables), converges the host: here a NIC's offloads."""
+    _lab(netns)
+    argv = _exec_start(DIST / "systemd" / "reconciler.service")
+    env = {
+        **os.environ,
+        "RECONCILER_REPO": str(_repo(tmp_path)),
+        "RECONCILER_HOST": "h1",
+        "RECONCILER_STATE_DIR": str(tmp_path / "state"),
+        "RECONCILER_LOCK_FILE": str(tmp_path / "lock"),
+        "RECONCILER_METRICS_FILE": "",
+    }
+    proc = netns.run(argv, env=env, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _features(netns, "eth0")["generic-segmentation-offload"] == "off"
+    assert (tmp_path / "state" / "runs.jsonl").exists()  # the run was recorded
