@@ -5,7 +5,7 @@ every host file in the desired state through the whole story: dry-run → apply 
 dry-run → out-of-band drift (``ipset add``/``del`` and ``ethtool -K``/``-G`` by hand) → the
 dry-run shows it → apply fixes it, checking every exit code.
 
-Two stages:
+Four stages:
 
 * **Namespaces.** Each host whose NICs are virtual-friendly gets a network namespace
   (``rlab-<host>``) with the NICs its file names: veth pairs wired to a lab "switch"
@@ -15,6 +15,11 @@ Two stages:
   in a small VM (:mod:`reconciler.labvm`: QEMU with ``-device e1000`` NICs, whose driver
   supports rings up to 4096), with a bridge ``br0`` over the second NIC so that a bridge's
   port is resized. Under software emulation this stage takes a few minutes.
+
+Between them, the backup sets run over simulated days (:func:`backup_stage`), and VM placement
+(:func:`placement_stage`) runs on two real libvirt nodes, ``kvm1`` and ``kvm2``
+(:mod:`reconciler.lablibvirt`): a VM moved by hand onto a node where its VNC port is taken
+fails to start; the same move by ``reconcile --only vm`` starts cleanly.
 
 Every namespace is deleted at the end (unless ``--keep``); the VM leaves nothing behind.
 """
@@ -383,6 +388,218 @@ def backup_stage(repo: Path, hosts: Sequence[str], days: int = 12) -> None:
                           f", newest {ours[-1] if ours else '-'}", flush=True)  # fmt: skip
 
 
+# Where the placement stage's libvirt nodes live: fixed, so that desired-state/vms.yaml can
+# name their sockets (node kvm1's URI is qemu:///system?socket=<this>/kvm1/run/libvirt/...).
+LIBVIRT_ROOT = Path("/run/reconciler-lab")
+
+
+class _Placement:
+    """The placement stage's transcript: virsh and ``reconcile`` runs, every exit code checked."""
+
+    def __init__(self, repo: Path, workdir: Path, uris: dict[str, str], controller: str) -> None:
+        self.repo = repo
+        self.workdir = workdir
+        self.uris = uris
+        self.controller = controller
+        # virsh and libvirtd speak the locale: keep their messages the ones checked below.
+        self.env = dict(os.environ, LC_ALL="C", LANG="C")
+        self.env.pop("SSH_CONNECTION", None)
+
+    def virsh(
+        self,
+        node: str,
+        *args: str,
+        expect: int = 0,
+        grep: str | None = None,
+        save_as: str | None = None,
+    ) -> str:
+        """``virsh -c <node's URI> args`` in the work directory; print it and its output (only
+        the lines containing ``grep``; none when it is saved to the file ``save_as``), check
+        its exit code, return its output."""
+        shown = f"virsh -c ${node} {shlex.join(args)}" + (f" | grep {shlex.quote(grep)}"
+                if grep else "") + (f" > {save_as}" if save_as else "")  # fmt: skip
+        print(f"\n[{self.controller}] $ {shown}", flush=True)
+        proc = subprocess.run(["virsh", "-c", self.uris[node], *args], text=True,
+                              capture_output=True, env=self.env, cwd=self.workdir,
+                              check=False)  # fmt: skip
+        out = proc.stdout + proc.stderr
+        if save_as:
+            (self.workdir / save_as).write_text(proc.stdout)
+            out = proc.stderr
+        lines = [ln for ln in out.splitlines() if ln.strip() and (grep is None or grep in ln)]
+        if lines:
+            print("\n".join(lines), flush=True)
+        if proc.returncode != expect:
+            raise LabError(f"{shown}: exit {proc.returncode}, expected {expect}")
+        if expect != 0:
+            print(f"[{self.controller}] exit code {proc.returncode}", flush=True)
+        return out
+
+    def reconcile(self, *args: str, expect: int) -> str:
+        """The real CLI on the controller host, ``--only vm``; check its exit code."""
+        cli_args = [
+            "--repo", str(self.repo), "--host", self.controller, "--only", "vm",
+            "--state-dir", str(self.workdir / "state"),
+            "--lock-file", str(self.workdir / "lock"), "--log-format", "json", *args,
+        ]  # fmt: skip
+        shown = f"reconcile --only vm --host {self.controller} {' '.join(args)}".strip()
+        print(f"\n[{self.controller}] $ {shown}", flush=True)
+        proc = subprocess.run([sys.executable, "-m", "reconciler", *cli_args], text=True,
+                              capture_output=True, env=self.env, check=False)  # fmt: skip
+        print(proc.stdout.rstrip(), flush=True)
+        if proc.returncode != expect:
+            print(proc.stderr.rstrip(), flush=True)
+            raise LabError(f"{shown}: exit {proc.returncode}, expected {expect}")
+        print(f"[{self.controller}] exit code {proc.returncode}", flush=True)
+        return proc.stdout
+
+
+def _placement_scenario(vms: dict[str, Any]) -> tuple[str, str, str, str, int]:
+    """(moved VM, its node before, its node in git, the VM there, their shared VNC port).
+
+    The VM to move is the first running one with ``vnc_port: auto``; the VM it collides
+    with is a running one on its target with a fixed port, which the moved VM had too.
+    """
+    specs: dict[str, dict[str, Any]] = vms["vms"]
+    for moved, spec in sorted(specs.items()):
+        if spec["vnc_port"] != "auto" or spec["state"] != "running":
+            continue
+        target = spec["node"]
+        sources = [n for n in vms["nodes"] if n != target]
+        occupants = [
+            (name, other["vnc_port"])
+            for name, other in sorted(specs.items())
+            if other["node"] == target and isinstance(other["vnc_port"], int)
+            and other["state"] == "running"
+        ]  # fmt: skip
+        if sources and occupants:
+            return moved, sources[0], target, occupants[0][0], occupants[0][1]
+    raise LabError(
+        "vms.yaml has no VM for the placement story: one running with vnc_port auto, and a "
+        "running VM with a fixed port on its node"
+    )
+
+
+def placement_stage(repo: Path, vms: dict[str, Any]) -> None:
+    """Two real libvirt nodes: a move by hand hits the VNC port clash, the reconciler's does not.
+
+    The nodes (libvirtd + virtlogd each, own mount/network/PID namespaces, QEMU under TCG)
+    listen on the sockets vms.yaml names. They start with the cluster as it was before the
+    commit that moves a VM; the move is tried by hand (and undone), then done by ``reconcile``.
+    Every process and file of the nodes is removed at the end, also after a failure.
+    """
+    from reconciler import lablibvirt
+
+    nodes = sorted(vms["nodes"])
+    moved, source, target, occupant, port = _placement_scenario(vms)
+    specs: dict[str, dict[str, Any]] = vms["vms"]
+    print(f"\n=== VM placement: libvirt nodes {', '.join(nodes)}, run from the controller "
+          f"{vms['controller']} (vms.yaml) ===", flush=True)  # fmt: skip
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="reconcile-lab-vm-") as t,
+            lablibvirt.libvirt_daemons(nodes, root=LIBVIRT_ROOT) as started,
+        ):
+            tmp = Path(t)
+            uris = {name: node.uri for name, node in started.items()}
+            wrong = [n for n in nodes if vms["nodes"][n]["uri"] != uris[n]]
+            if wrong:
+                raise LabError(f"vms.yaml's URIs for {', '.join(wrong)} are not the lab's "
+                               f"sockets ({', '.join(uris[n] for n in wrong)})")  # fmt: skip
+            print("# started: one libvirtd + virtlogd per node, each in its own mount, network "
+                  "and PID namespaces (its own 127.0.0.1), QEMU under software emulation",
+                  flush=True)  # fmt: skip
+            for name in nodes:
+                print(f"#   {name}={uris[name]}", flush=True)
+            lab = _Placement(repo, tmp, uris, vms["controller"])
+
+            # The cluster before the commit: every VM on its node, except the one git now
+            # moves, which runs on another node with the same VNC port (no clash there: a
+            # different host).
+            print(f"\n# the cluster before this commit: {moved} runs on {source} with VNC port "
+                  f"{port}, {occupant} on {target} with VNC port {port}", flush=True)  # fmt: skip
+            for name, spec in sorted(specs.items()):
+                node = source if name == moved else spec["node"]
+                if spec.get("definition"):
+                    xml_file = str(repo / spec["definition"])
+                else:
+                    fixed = spec["vnc_port"] if isinstance(spec["vnc_port"], int) else None
+                    xml_file = f"{name}.xml"  # in the work directory, where virsh runs
+                    (tmp / xml_file).write_text(lablibvirt.small_domain_xml(
+                        name, vnc_port=port if name == moved else fixed))  # fmt: skip
+                lab.virsh(node, "define", xml_file)
+                if name in (moved, occupant) or spec["state"] == "running":
+                    lab.virsh(node, "start", name)
+            for name in nodes:
+                lab.virsh(name, "list", "--all")
+
+            # The move by hand, with shared storage: stop, copy the definition, start there.
+            print(f"\n# moving {moved} from {source} to {target} by hand", flush=True)
+            # The lab's VMs have no guest OS to honour `virsh shutdown`: destroy is the same here.
+            lab.virsh(source, "destroy", moved)
+            by_hand = f"{moved}-from-{source}.xml"
+            lab.virsh(source, "dumpxml", "--inactive", moved, save_as=by_hand)
+            graphics = [ln for ln in (tmp / by_hand).read_text().splitlines() if "<graphics" in ln]
+            print(f"\n[{lab.controller}] $ grep '<graphics' {by_hand}\n" + "\n".join(graphics),
+                  flush=True)  # fmt: skip
+            lab.virsh(target, "define", by_hand)
+            failed = lab.virsh(target, "start", moved, expect=1)
+            if f"Failed to reserve port {port}" not in failed:
+                raise LabError(f"starting {moved} on {target} by hand failed, but not on port "
+                               f"{port}: {failed.strip()}")  # fmt: skip
+            print(f"# {occupant} holds VNC port {port} on {target}: {moved} cannot start there. "
+                  f"Undo: its definition goes back to {source} only (still shut off)",
+                  flush=True)  # fmt: skip
+            lab.virsh(target, "undefine", moved)
+
+            # The reconciler's move: git says where it lives and lets it pick a free port.
+            print(f"\n# git: {moved}: {_flow(specs[moved])}", flush=True)
+            lab.reconcile("--dry-run", "--detailed-exitcode", expect=2)
+            lab.reconcile(expect=0)
+            for name in nodes:
+                lab.virsh(name, "list", "--all")
+            lab.virsh(target, "dumpxml", moved, grep="<graphics")
+            _check_moved(started[source], started[target], moved, port, lab)
+            lab.reconcile("--dry-run", "--detailed-exitcode", expect=0)
+    except lablibvirt.HarnessError as e:
+        raise LabError(f"the libvirt nodes failed: {e}") from e
+
+
+def _flow(spec: dict[str, Any]) -> str:
+    """A VM's spec as a YAML flow mapping, as vms.yaml writes it."""
+    return "{" + ", ".join(f"{k}: {v}" for k, v in spec.items()) + "}"
+
+
+def _check_moved(source: Any, target: Any, vm: str, old_port: int, lab: _Placement) -> None:
+    """``vm`` is defined only on ``target``, runs there, and listens on a port other than
+    ``old_port`` (``source``/``target``: :class:`reconciler.lablibvirt.Node`)."""
+    on_source = _sh(["virsh", "-c", source.uri, "list", "--all", "--name"]).stdout.split()
+    if vm in on_source:
+        raise LabError(f"{vm} is still defined on {source.name}")
+    state = _sh(["virsh", "-c", target.uri, "domstate", vm]).stdout.strip()
+    if state != "running":
+        raise LabError(f"{vm} is {state!r} on {target.name}, expected running")
+    display = _sh(["virsh", "-c", target.uri, "vncdisplay", vm]).stdout.strip()  # 127.0.0.1:N
+    port = 5900 + int(display.rsplit(":", 1)[1])
+    if port == old_port or ("127.0.0.1", port) not in target.tcp_listeners():
+        raise LabError(f"{vm} on {target.name}: VNC port {port} (was {old_port}) not listening")
+    print(f"\n# {vm}: only on {target.name}, running, VNC console on 127.0.0.1:{port}",
+          flush=True)  # fmt: skip
+
+
+def _run_placement(repo: Path, vms: dict[str, Any], skip: bool) -> None:
+    """The placement stage, or the reason it is skipped."""
+    from reconciler import lablibvirt
+
+    reason = "--no-libvirt" if skip else lablibvirt.reason_unavailable()
+    if reason is None and shutil.which("virsh") is None:
+        reason = "missing: virsh (libvirt-clients); scripts/setup installs it"
+    if reason is not None:
+        print(f"\n# VM placement stage skipped: {reason}", flush=True)
+        return
+    placement_stage(repo, vms)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``reconcile-lab``; returns 0 when every step behaved as expected."""
     ap = argparse.ArgumentParser(prog="reconcile-lab", description=__doc__.splitlines()[0])
@@ -391,6 +608,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the namespaces afterwards")
     ap.add_argument("--no-vm", action="store_true",
                     help="skip hosts that need the VM (ring sizes)")  # fmt: skip
+    ap.add_argument("--no-libvirt", action="store_true",
+                    help="skip the VM placement stage (two libvirt nodes)")  # fmt: skip
     ap.add_argument("--inside-vm", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--host", action="append", default=[], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -416,6 +635,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         backup_hosts = [h for h in hosts if desired_mod.load_host(repo, h).raw.get("backups")]
         if backup_hosts:
             backup_stage(repo, backup_hosts)
+        vms = desired_mod.load_vms(repo)
+        if vms is not None and vms["vms"]:
+            _run_placement(repo, vms, args.no_libvirt)
         if vm_hosts and not args.no_vm:
             vm_stage(repo, vm_hosts)
         print("\nLab finished: every step behaved as expected.")

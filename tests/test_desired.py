@@ -121,7 +121,7 @@ def test_load_vms() -> None:
     vms = load_vms(EXAMPLE)
     assert vms is not None
     assert vms["controller"] == "master"
-    assert vms["vms"]["vm2"]["vnc_port"] == "auto"
+    assert vms["vms"]["web"]["vnc_port"] == "auto"
     assert vms["vms"]["mail1"] == {
         "node": "kvm1",
         "vnc_port": 5903,

@@ -1,7 +1,8 @@
 """End to end against real libvirt daemons (QEMU driver, software emulation): issue 5.
 
-Two independent nodes, "kvm1" and "kvm2" (tests/libvirtd.py: one libvirtd + virtlogd each, in
-their own mount, network and PID namespaces), run small diskless domains under TCG.
+Two independent nodes, "kvm1" and "kvm2" (reconciler/lablibvirt.py, shared with the lab: one
+libvirtd + virtlogd each, in their own mount, network and PID namespaces), run small diskless
+domains under TCG.
 
 1. The problem, reproduced for real: two domains with VNC port 5901 on one node, the second
    does not start; the same for a VM moved by hand onto a node where 5901 is taken.
@@ -31,7 +32,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.libvirtd import Node, libvirt_daemons, reason_unavailable, small_domain_xml
+from reconciler.lablibvirt import Node, libvirt_daemons, reason_unavailable, small_domain_xml
 
 # libvirt's own allocator already holds the port for another domain of the same daemon:
 #   "internal error: Failed to reserve port 5901"

@@ -1,4 +1,8 @@
-"""Independent, throw-away ``libvirtd`` instances with the QEMU driver, for end-to-end tests.
+"""Independent, throw-away ``libvirtd`` instances with the QEMU driver, for the lab and tests.
+
+Used by ``reconcile-lab``'s placement stage (:mod:`reconciler.lab`) and by the end-to-end
+tests (``tests/test_libvirt_e2e.py``); it lives in the package because product code may not
+import from ``tests/``.
 
 Each *node* is one ``libvirtd`` plus its own ``virtlogd``, started by::
 
@@ -47,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import grp
 import importlib.util
 import os
@@ -92,7 +97,7 @@ MOUNTS: dict[str, str] = {
 }
 
 _LIBVIRTD_CONF = """\
-# Written by tests/libvirtd.py. Only the UNIX sockets, no TCP/TLS.
+# Written by reconciler/lablibvirt.py. Only the UNIX sockets, no TCP/TLS.
 unix_sock_dir = "/run/libvirt"
 unix_sock_rw_perms = "0700"
 auth_unix_rw = "none"
@@ -103,7 +108,7 @@ log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 """
 
 _QEMU_CONF = """\
-# Written by tests/libvirtd.py.
+# Written by reconciler/lablibvirt.py.
 # VNC consoles listen on loopback only (in the node's own network namespace).
 vnc_listen = "127.0.0.1"
 # Run QEMU as root: no libvirt-qemu user needs to own anything, and no disk is shared.
@@ -120,7 +125,7 @@ namespaces = [ ]
 """
 
 _VIRTLOGD_CONF = """\
-# Written by tests/libvirtd.py.
+# Written by reconciler/lablibvirt.py.
 log_outputs = "3:file:/var/log/libvirt/virtlogd.log"
 """
 
@@ -285,12 +290,28 @@ def _prepare(name: str, root: Path) -> Path:
     (root / "etc" / "virtlogd.conf").write_text(_VIRTLOGD_CONF)
     binds = {inside: root / sub for inside, sub in MOUNTS.items()}
     binds.update(_identity_overlay(root))
-    mounts = "\n".join(
-        f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}" for dst, src in binds.items()
-    )
     script = root / "init.sh"
-    script.write_text(f"# node {name}\n" + _INIT.format(mounts=mounts))
+    script.write_text(f"# node {name}\n" + _INIT.format(mounts=_mount_lines(binds)))
     return script
+
+
+def _mount_lines(binds: dict[str, Path]) -> str:
+    """``mount --bind`` commands for ``binds`` ({in-namespace path: host source}).
+
+    A bind over a directory hides the host paths below it for the mounts that follow: with
+    the node's root under ``/run`` (the lab's fixed root), binding ``/run`` first would hide
+    the sources of ``/var/lib`` and the others. So the destinations that contain another
+    bind's source are mounted last.
+    """
+    sources = [str(src) for src in binds.values()]
+
+    def hides_a_source(dst: str) -> bool:
+        return any(src.startswith(dst.rstrip("/") + "/") for src in sources)
+
+    ordered = sorted(binds.items(), key=lambda item: hides_a_source(item[0]))  # stable
+    return "\n".join(
+        f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}" for dst, src in ordered
+    )
 
 
 def _die_with_parent() -> None:
@@ -375,19 +396,66 @@ def _wait_gone(running: _Running, timeout: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def libvirt_daemons(names: Sequence[str], *, timeout: float = 60.0) -> Iterator[dict[str, Node]]:
+def _base_dir(root: Path | None, names: Sequence[str]) -> Iterator[Path]:
+    """The directory holding the nodes: a new temporary one, or ``root`` (locked) when given.
+
+    A fixed ``root`` gives fixed socket paths, hence URIs that a vms.yaml can name. It is
+    locked so that a second lab cannot wipe a running one; what an interrupted run left
+    there (its processes are gone: they die with the process that started them) is removed.
+    On exit the nodes' directories and the lock go, and ``root`` too if nothing else is in it.
+    """
+    if root is None:
+        base = Path(tempfile.mkdtemp(prefix="reconciler-libvirtd-"))
+        try:
+            yield base
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    lock_path = root / ".lock"
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HarnessError(f"{root} is in use by another run (lock {lock_path})") from None
+        try:
+            for name in names:
+                shutil.rmtree(root / name, ignore_errors=True)  # left by an interrupted run
+            yield root
+        finally:
+            for name in names:
+                shutil.rmtree(root / name, ignore_errors=True)
+            lock_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                root.rmdir()  # only when empty
+
+
+@contextlib.contextmanager
+def libvirt_daemons(
+    names: Sequence[str], *, timeout: float = 60.0, root: Path | None = None
+) -> Iterator[dict[str, Node]]:
     """Start one independent libvirtd + virtlogd per name; yield {name: Node}.
 
-    The daemons start concurrently (each probes QEMU's capabilities, ~3 s). On exit, even
-    after a failure, every process of every node (QEMU included) is killed and the temporary
-    directory, with its sockets, logs and domain definitions, is removed.
+    The daemons start concurrently (each probes QEMU's capabilities, ~3 s). Node ``n`` lives
+    in ``<root>/n`` (its socket, hence its URI, at ``<root>/n/run/libvirt/libvirt-sock``);
+    without ``root`` in a new temporary directory. On exit, even after a failure, every
+    process of every node (QEMU included) is killed and the nodes' directories, with their
+    sockets, logs and domain definitions, are removed.
     """
     reason = reason_unavailable()
     if reason is not None:
         raise HarnessError(reason)
     unshare = _which("unshare")
     assert unshare is not None
-    base = Path(tempfile.mkdtemp(prefix="reconciler-libvirtd-"))
+    with _base_dir(root, names) as base, _nodes(names, base, unshare, timeout) as nodes:
+        yield nodes
+
+
+@contextlib.contextmanager
+def _nodes(
+    names: Sequence[str], base: Path, unshare: str, timeout: float
+) -> Iterator[dict[str, Node]]:
+    """Start the nodes under ``base``; kill them all (and wait for that) on exit."""
     env = {
         "PATH": _SEARCH_PATH,
         # libvirtd translates its error messages: pin them to the texts the tests assert on.
@@ -443,7 +511,6 @@ def libvirt_daemons(names: Sequence[str], *, timeout: float = 60.0) -> Iterator[
                 _wait_gone(running)
             except (HarnessError, subprocess.TimeoutExpired) as exc:
                 errors.append(str(exc))
-        shutil.rmtree(base, ignore_errors=True)
         if errors:
             raise HarnessError("; ".join(errors))
 
