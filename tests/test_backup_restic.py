@@ -31,20 +31,11 @@ from reconciler.providers.backup.restic import (
     archive_of,
     parse_snapshots,
 )
+from tests.simclock import Clock
 
 pytestmark = pytest.mark.skipif(shutil.which("restic") is None, reason="restic is not installed")
 
 HOST = "h1"
-
-
-class Clock:
-    """A settable clock for the provider: simulated time."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture(scope="module")

@@ -25,19 +25,10 @@ from reconciler.model import HostDesired
 from reconciler.plan import Plan
 from reconciler.providers.backup import retention
 from reconciler.providers.backup.provider import BackupProvider
+from tests.simclock import Clock
 
 FAKE = Path(__file__).parent / "fake_tarsnap" / "tarsnap"
 HOST = "h1"
-
-
-class Clock:
-    """A settable clock for the provider: simulated time."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 class Account:

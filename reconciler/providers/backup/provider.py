@@ -32,11 +32,11 @@ from reconciler.errors import ProviderError, ReconcilerError
 from reconciler.model import HostDesired
 from reconciler.plan import Action, Change, Op, PlanError
 from reconciler.providers.backup import retention
-from reconciler.providers.backup.restic import ResticBackend, ResticBusy, ResticConfig
+from reconciler.providers.backup.common import BackendBusy
+from reconciler.providers.backup.restic import ResticBackend, ResticConfig
 from reconciler.providers.backup.tarsnap import (
     SequenceMismatch,
     TarsnapBackend,
-    TarsnapBusy,
     TarsnapConfig,
 )
 
@@ -243,7 +243,7 @@ def _with_fsck(backend: Backend, call: Callable[[], _T]) -> _T:
 
 
 def _with_retry_note(e: ReconcilerError) -> str:
-    if isinstance(e, TarsnapBusy | ResticBusy):
+    if isinstance(e, BackendBusy):
         return f"{e.message}; {RETRY_NOTE}"
     return e.message
 

@@ -26,12 +26,12 @@ import os
 import re
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler.errors import ProviderError
+from reconciler.providers.backup.common import BackendBusy, BackendError, DeleteResult
 from reconciler.providers.backup.retention import ARCHIVE_RE
 
 DEFAULT_BATCH = 200
@@ -50,27 +50,11 @@ _FOREIGN_ENV = (
 )
 
 
-class ResticError(ProviderError):
-    """restic failed for one backup set.
-
-    ``stderr`` is what restic printed; ``deleted`` lists archives that really went away during
-    a failed deletion (found by re-listing), so the caller can record them.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        address: str | None = None,
-        stderr: str = "",
-        deleted: Sequence[str] = (),
-    ) -> None:
-        super().__init__(message, address=address)
-        self.stderr = stderr
-        self.deleted: tuple[str, ...] = tuple(deleted)
+class ResticError(BackendError):
+    """restic failed for one backup set."""
 
 
-class ResticBusy(ResticError):
+class ResticBusy(ResticError, BackendBusy):
     """The repository is locked by another restic process: retry on a later run."""
 
 
@@ -112,18 +96,6 @@ class ArchiveInfo:
     created: datetime | None
     id: str = ""
     paths: tuple[str, ...] = ()
-
-
-@dataclass
-class DeleteResult:
-    """What a :meth:`ResticBackend.delete` did."""
-
-    deleted: list[str] = field(default_factory=list)
-    """Archives that are gone now (requested and no longer listed)."""
-    missing: list[str] = field(default_factory=list)
-    """Requested archives that were not in the repository before the call."""
-    calls: int = 0
-    """Number of ``restic forget`` invocations."""
 
 
 @dataclass(frozen=True)

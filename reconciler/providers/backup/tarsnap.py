@@ -34,12 +34,13 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler.errors import CommandError, ProviderError
+from reconciler.errors import CommandError
+from reconciler.providers.backup.common import BackendBusy, BackendError, DeleteResult
 
 DEFAULT_BATCH = 500
 """Archives per ``tarsnap -d`` call: bounded so one argv stays far below ARG_MAX."""
@@ -49,27 +50,11 @@ _EXISTS = re.compile(r'An archive already exists with the name "(.*)"$', re.MULT
 _NOT_EXIST = re.compile(r"^[^:\n]*: Archive does not exist: (.*)$", re.MULTILINE)
 
 
-class TarsnapError(ProviderError):
-    """tarsnap failed for one backup set.
-
-    ``stderr`` is what tarsnap printed; ``deleted`` lists archives that really went away during
-    the failed operation (found by re-listing), so the caller can record them.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        address: str | None = None,
-        stderr: str = "",
-        deleted: Sequence[str] = (),
-    ) -> None:
-        super().__init__(message, address=address)
-        self.stderr = stderr
-        self.deleted: tuple[str, ...] = tuple(deleted)
+class TarsnapError(BackendError):
+    """tarsnap failed for one backup set."""
 
 
-class TarsnapBusy(TarsnapError):
+class TarsnapBusy(TarsnapError, BackendBusy):
     """Another tarsnap (or another reconciler run) holds the cache: retry later.
 
     Not a failure of the whole run: the set is skipped this time and retried on the next run.
@@ -134,18 +119,6 @@ class ArchiveInfo:
 
     name: str
     created: datetime | None
-
-
-@dataclass
-class DeleteResult:
-    """What a :meth:`TarsnapBackend.delete` did."""
-
-    deleted: list[str] = field(default_factory=list)
-    """Archives that are gone now (requested and no longer listed)."""
-    missing: list[str] = field(default_factory=list)
-    """Requested archives tarsnap reported as not existing (already gone before the call)."""
-    calls: int = 0
-    """Number of ``tarsnap -d`` invocations."""
 
 
 @dataclass(frozen=True)

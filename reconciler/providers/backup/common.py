@@ -1,0 +1,52 @@
+"""What the backup backends (tarsnap, restic) share: their error types and delete result.
+
+The provider treats both backends alike through these: a :class:`BackendBusy` error means
+"another process holds the backend, retry on the next run", and :class:`DeleteResult` says
+what a batched deletion really did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from reconciler.errors import ProviderError
+
+
+class BackendError(ProviderError):
+    """A backup backend failed for one backup set.
+
+    ``stderr`` is what the backend's command printed; ``deleted`` lists archives that really
+    went away during a failed deletion (found by re-listing), so the caller can record them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        address: str | None = None,
+        stderr: str = "",
+        deleted: Sequence[str] = (),
+    ) -> None:
+        super().__init__(message, address=address)
+        self.stderr = stderr
+        self.deleted: tuple[str, ...] = tuple(deleted)
+
+
+class BackendBusy(BackendError):
+    """Another process holds the backend (a cache or repository lock): retry on a later run.
+
+    Not a failure of the whole run: the set is skipped this time.
+    """
+
+
+@dataclass
+class DeleteResult:
+    """What a batched deletion did."""
+
+    deleted: list[str] = field(default_factory=list)
+    """Archives that are gone now (requested and no longer listed)."""
+    missing: list[str] = field(default_factory=list)
+    """Requested archives that did not exist before the call (already gone)."""
+    calls: int = 0
+    """Number of backend invocations (``tarsnap -d`` / ``restic forget``)."""
