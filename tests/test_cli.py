@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,19 +12,10 @@ from reconciler.lock import RunLock
 from reconciler.plan import Change, Op, Plan, PlanError
 from reconciler.render import text
 from reconciler.state import StateDir
+from tests.clirun import reconcile
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = sorted(p for p in (Path(__file__).parent / "data" / "desired").iterdir() if p.is_dir())
-
-
-def reconcile(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "reconciler", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        check=False,
-    )
 
 
 def test_validate_example_exits_0() -> None:

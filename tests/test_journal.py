@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +12,7 @@ from reconciler.errors import ProviderError
 from reconciler.model import HostDesired
 from reconciler.plan import Change, Op, PlanError
 from reconciler.state import StateDir
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def reconcile(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "reconciler", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        env=env,
-    )
+from tests.clirun import reconcile
 
 
 class FakeProvider:

@@ -19,6 +19,7 @@ import pytest
 from reconciler import log
 from reconciler.errors import LockHeldError
 from reconciler.lock import RunLock
+from tests.clirun import run_backup_only
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,21 +141,9 @@ def test_an_empty_or_own_lock_file_is_taken_silently(tmp_path: Path, logs: io.St
 # --- through the CLI -------------------------------------------------------------------
 
 
-def cli(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    repo = tmp_path / "repo"
-    repo.mkdir(exist_ok=True)
-    (repo / "fleet.yaml").write_text("{}\n")
-    return subprocess.run(
-        [sys.executable, "-m", "reconciler", "--repo", str(repo), "--host", "h1",
-         "--only", "backup", "--state-dir", str(tmp_path / "state"),
-         "--lock-file", str(tmp_path / "lock"), "--metrics-file", "", *extra],
-        capture_output=True, text=True, cwd=ROOT, check=False,
-    )  # fmt: skip
-
-
 def test_cli_exits_1_naming_the_live_holder(tmp_path: Path) -> None:
     with holder(tmp_path / "lock") as proc:
-        result = cli(tmp_path)
+        result = run_backup_only(tmp_path)
     assert result.returncode == 1
     assert f"another reconcile run (pid {proc.pid}) holds the lock" in result.stderr
     assert "Traceback" not in result.stderr
@@ -164,6 +153,6 @@ def test_cli_exits_1_naming_the_live_holder(tmp_path: Path) -> None:
 def test_cli_wait_runs_once_the_holder_is_done(tmp_path: Path) -> None:
     with holder(tmp_path / "lock") as proc:
         release_after(proc, 1.0)
-        result = cli(tmp_path, "--wait", "30")
+        result = run_backup_only(tmp_path, "--wait", "30")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "state" / "runs.jsonl").read_text().count("\n") == 1

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,8 +13,8 @@ import pytest
 
 from reconciler import metrics
 from reconciler.state import StateDir
+from tests.clirun import run_backup_only
 
-ROOT = Path(__file__).resolve().parent.parent
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
 SAMPLE = re.compile(rf"^({NAME})(?:\{{({LABEL}(?:,{LABEL})*)?\}})? (\S+)$")
@@ -210,26 +208,11 @@ def test_default_path_only_uses_an_existing_textfile_dir(
 # --- through the CLI -------------------------------------------------------------------
 
 
-def cli_run(
-    tmp_path: Path, *extra: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    repo = tmp_path / "repo"
-    repo.mkdir(exist_ok=True)
-    (repo / "fleet.yaml").write_text("{}\n")
-    return subprocess.run(
-        [sys.executable, "-m", "reconciler", "--repo", str(repo), "--host", "h1",
-         "--only", "backup", "--state-dir", str(tmp_path / "state"),
-         "--lock-file", str(tmp_path / "lock"), "--log-format", "json", *extra],
-        capture_output=True, text=True, cwd=ROOT, check=False,
-        env=env if env is not None else {**os.environ, "RECONCILER_METRICS_FILE": ""},
-    )  # fmt: skip
-
-
 def test_cli_writes_metrics_after_a_run_and_not_after_a_dry_run(tmp_path: Path) -> None:
     prom = tmp_path / "reconciler.prom"
-    assert cli_run(tmp_path, "--dry-run", "--metrics-file", str(prom)).returncode == 0
+    assert run_backup_only(tmp_path, "--dry-run", "--metrics-file", str(prom)).returncode == 0
     assert not prom.exists()
-    proc = cli_run(tmp_path, "--metrics-file", str(prom))
+    proc = run_backup_only(tmp_path, "--metrics-file", str(prom))
     assert proc.returncode == 0, proc.stderr
     series, _ = parse_exposition(prom.read_text())
     assert series[("reconciler_last_run_success", ())] == 1
@@ -238,13 +221,13 @@ def test_cli_writes_metrics_after_a_run_and_not_after_a_dry_run(tmp_path: Path) 
 
 def test_cli_takes_the_metrics_file_from_the_environment(tmp_path: Path) -> None:
     prom = tmp_path / "env.prom"
-    proc = cli_run(tmp_path, env={**os.environ, "RECONCILER_METRICS_FILE": str(prom)})
+    proc = run_backup_only(tmp_path, env={**os.environ, "RECONCILER_METRICS_FILE": str(prom)})
     assert proc.returncode == 0, proc.stderr
     assert "reconciler_last_run_success 1" in prom.read_text()
 
 
 def test_a_metrics_failure_never_fails_the_run(tmp_path: Path) -> None:
-    proc = cli_run(tmp_path, "--metrics-file", str(tmp_path / "no" / "such" / "dir.prom"))
+    proc = run_backup_only(tmp_path, "--metrics-file", str(tmp_path / "no" / "such" / "dir.prom"))
     assert proc.returncode == 0, proc.stderr
     assert "metrics_not_written" in proc.stderr and "Traceback" not in proc.stderr
     assert len(StateDir(tmp_path / "state").runs().records) == 1

@@ -7,7 +7,8 @@ what a batched deletion really did.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from reconciler.errors import ProviderError
@@ -50,3 +51,33 @@ class DeleteResult:
     """Requested archives that did not exist before the call (already gone)."""
     calls: int = 0
     """Number of backend invocations (``tarsnap -d`` / ``restic forget``)."""
+
+
+def run_backend(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    timeout: float | None,
+    error: type[BackendError],
+    address: str,
+    name: str,
+    what: str,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run one backend command (``name`` is tarsnap or restic) with no stdin and its output
+    captured. A command that is not installed, or that runs past ``timeout`` seconds (killed),
+    raises ``error`` for ``address``; ``what`` names the call in the timeout message."""
+    try:
+        return subprocess.run(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=dict(env),
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise error(f"{name} command not found: {argv[0]}", address=address) from None
+    except subprocess.TimeoutExpired:
+        raise error(
+            f"{name} did not finish within {timeout:g} s: {what}", address=address
+        ) from None

@@ -24,14 +24,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler.providers.backup.common import BackendBusy, BackendError, DeleteResult
+from reconciler.providers.backup.common import (
+    BackendBusy,
+    BackendError,
+    DeleteResult,
+    run_backend,
+)
 from reconciler.providers.backup.retention import ARCHIVE_RE
 
 DEFAULT_BATCH = 200
@@ -187,24 +191,15 @@ class ResticBackend:
 
     def _run(self, args: Sequence[str]) -> _Result:
         argv = [self.config.command, *self.config.extra_args, *args]
-        try:
-            proc = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                env=self._env(),
-                timeout=self.config.timeout,
-                check=False,
-            )
-        except FileNotFoundError:
-            raise ResticError(
-                f"restic command not found: {self.config.command}", address=self.address
-            ) from None
-        except subprocess.TimeoutExpired:
-            raise ResticError(
-                f"restic did not finish within {self.config.timeout:g} s: {' '.join(args[:1])}",
-                address=self.address,
-            ) from None
+        proc = run_backend(
+            argv,
+            env=self._env(),
+            timeout=self.config.timeout,
+            error=ResticError,
+            address=self.address,
+            name="restic",
+            what=" ".join(args[:1]),
+        )
         return _Result(
             tuple(argv),
             proc.returncode,

@@ -30,7 +30,6 @@ import math
 import os
 import re
 import stat
-import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -40,7 +39,12 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import CommandError
-from reconciler.providers.backup.common import BackendBusy, BackendError, DeleteResult
+from reconciler.providers.backup.common import (
+    BackendBusy,
+    BackendError,
+    DeleteResult,
+    run_backend,
+)
 
 DEFAULT_BATCH = 500
 """Archives per ``tarsnap -d`` call: bounded so one argv stays far below ARG_MAX."""
@@ -255,24 +259,15 @@ class TarsnapBackend:
         # Reads take no lock (tarsnap's listing takes none either): creating our lock file
         # would be a write, and a dry-run must write nothing.
         with self.session() if lock else contextlib.nullcontext():
-            try:
-                proc = subprocess.run(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    capture_output=True,
-                    env=env,
-                    timeout=self.config.timeout,
-                    check=False,
-                )
-            except FileNotFoundError:
-                raise TarsnapError(
-                    f"tarsnap command not found: {self.config.command}", address=self.address
-                ) from None
-            except subprocess.TimeoutExpired:
-                raise TarsnapError(
-                    f"tarsnap did not finish within {self.config.timeout:g} s: {' '.join(args)}",
-                    address=self.address,
-                ) from None
+            proc = run_backend(
+                argv,
+                env=env,
+                timeout=self.config.timeout,
+                error=TarsnapError,
+                address=self.address,
+                name="tarsnap",
+                what=" ".join(args),
+            )
         return _Result(
             tuple(argv), proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace")
         )
