@@ -38,6 +38,12 @@ _MEMORY = re.compile(r"<memory(?:\s+unit=['\"](\w+)['\"])?\s*>\s*(\d+)\s*</memor
 _VCPU = re.compile(r"<vcpu\b[^>]*>\s*(\d+)\s*</vcpu>")
 _GRAPHICS_VNC = re.compile(r"<graphics\b[^>]*\btype=(['\"])vnc\1[^>]*>")
 _ATTR = re.compile(r"\b(port|autoport)=(['\"])([^'\"]*)\2")
+# libvirt's own formatting (attribute order and quotes fixed by its XML formatter): matched
+# first because it costs one search instead of a tag search plus an attribute scan.
+_CANON = re.compile(
+    r"<memory unit='(\w+)'>(\d+)</memory>.*?<vcpu\b[^>]*>(\d+)</vcpu>", re.DOTALL
+)
+_CANON_VNC = re.compile(r"<graphics type='vnc'(?: port='(-?\d+)')? autoport='(yes|no)'")
 
 
 @dataclass(frozen=True)
@@ -78,9 +84,15 @@ def parse_domain_xml(text: str) -> DomainXmlInfo:
 
     Raises ValueError on XML that is not a domain.
     """
+    if "<!--" in text or "<metadata" in text:  # may hold look-alike elements: parse it
+        return parse_definition(text)
+    canon = _CANON.search(text)
+    if canon is not None:
+        unit, mem_text, vcpu_text = canon.groups()
+        return DomainXmlInfo(_to_kib(int(mem_text), unit), int(vcpu_text), _vnc_config(text))
     mem = _MEMORY.search(text)
     vcpu = _VCPU.search(text)
-    if mem is not None and vcpu is not None and "<!--" not in text:
+    if mem is not None and vcpu is not None:
         g = _GRAPHICS_VNC.search(text)
         return DomainXmlInfo(
             _to_kib(int(mem.group(2)), mem.group(1)),
@@ -90,10 +102,20 @@ def parse_domain_xml(text: str) -> DomainXmlInfo:
     return parse_definition(text)
 
 
+def _vnc_config(text: str) -> VncConfig | None:
+    """The first VNC graphics of libvirt-formatted XML (canonical tag first)."""
+    c = _CANON_VNC.search(text)
+    if c is not None:
+        port = int(c.group(1)) if c.group(1) is not None else None
+        return VncConfig(port if port is not None and port > 0 else None, c.group(2) == "yes")
+    g = _GRAPHICS_VNC.search(text)
+    return _vnc_from_tag(g.group(0)) if g else None
+
+
 def live_vnc_port(text: str) -> int | None:
     """The VNC port a running domain listens on, from its live XML (None without VNC)."""
-    g = _GRAPHICS_VNC.search(text)
-    return _vnc_from_tag(g.group(0)).port if g else None
+    vnc = _vnc_config(text)
+    return vnc.port if vnc is not None else None
 
 
 def parse_definition(text: str) -> DomainXmlInfo:
@@ -322,6 +344,13 @@ class NodeIO:
             return str(self._lookup(uuid).XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
         except libvirt.libvirtError as e:
             raise ProviderError(f"node {self.name}: reading live XML of {uuid}: {_err(e)}") from e
+
+
+def in_process_uri(uri: str) -> bool:
+    """Whether ``uri`` names a driver that runs inside this process (``test:///...``, no
+    transport, no host): its calls never wait on a socket."""
+    scheme, sep, rest = uri.partition("://")
+    return bool(sep) and scheme == "test" and rest.startswith("/")
 
 
 def open_node(name: str, uri: str) -> NodeIO:
