@@ -82,3 +82,25 @@ class StateError(ReconcilerError):
 
 class NotConvergedError(ReconcilerError):
     """After apply, re-reading live state still shows changes for this resource."""
+
+
+class SourceError(ReconcilerError):
+    """The git source could not be used: not a repository, unknown ref, dirty tree, fetch
+    failure with no earlier checkout to fall back to."""
+
+
+class VerifyError(ReconcilerError):
+    """A commit failed verification (unsigned, bad or untrusted signature, a rewind).
+
+    ``commit`` is the full hash of the offending commit (None when the refusal is about the
+    range as a whole, e.g. no keys pinned on the host).
+    """
+
+    def __init__(self, message: str, *, commit: str | None = None) -> None:
+        super().__init__(message, address="source")
+        self.commit = commit
+
+
+class SnapshotError(ReconcilerError):
+    """A live-state snapshot file is unreadable, corrupt, from another host, or of a newer
+    format than this version understands."""
