@@ -8,19 +8,21 @@ another run); 2 changes pending, only with ``--detailed-exitcode`` and ``--dry-r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
-import subprocess
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from reconciler import desired as desired_mod
-from reconciler import engine, journal, log, metrics
-from reconciler.errors import ReconcilerError, StateError, ValidationError
+from reconciler import engine, gitsource, journal, log, metrics, trust
+from reconciler.errors import ReconcilerError, StateError, ValidationError, VerifyError
 from reconciler.lock import RunLock
+from reconciler.plan import PlanError
 from reconciler.providers.base import Provider
 from reconciler.render import json as render_json
 from reconciler.render import text as render_text
@@ -59,9 +61,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--repo",
         default=os.environ.get("RECONCILER_REPO", "."),
-        help="desired-state directory (default: $RECONCILER_REPO or .)",
+        help="desired-state directory or git URL (default: $RECONCILER_REPO or .); a URL is "
+        "cloned into the state dir and fetched on every run",
     )
-    p.add_argument("--ref", help="git revision to use (git sources: not implemented yet)")
+    p.add_argument(
+        "--ref",
+        help="branch, tag or commit to use (default: a URL's default branch; a local work "
+        "tree as it is)",
+    )
+    p.add_argument(
+        "--path",
+        default=os.environ.get("RECONCILER_PATH", ""),
+        metavar="SUBDIR",
+        help="the desired state's directory inside the repository (default: its top)",
+    )
+    p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="apply a local work tree with uncommitted changes (recorded as <commit>+dirty)",
+    )
+    p.add_argument(
+        "--allow-rewind",
+        action="store_true",
+        help="accept a target that is not a descendant of the last applied commit",
+    )
+    p.add_argument(
+        "--require-signed",
+        action="store_true",
+        default=os.environ.get("RECONCILER_REQUIRE_SIGNED", "") not in ("", "0", "no"),
+        help="verify commit signatures even if fleet.yaml has no verify: block "
+        "(default: $RECONCILER_REQUIRE_SIGNED)",
+    )
+    p.add_argument(
+        "--signer-pins",
+        default=os.environ.get("RECONCILER_SIGNER_PINS", trust.DEFAULT_PINS),
+        metavar="FILE",
+        help="fingerprints of the signers this host trusts, one per line "
+        f"(default: $RECONCILER_SIGNER_PINS or {trust.DEFAULT_PINS})",
+    )
     p.add_argument(
         "--host",
         default=os.environ.get("RECONCILER_HOST"),
@@ -157,15 +194,6 @@ def _short_hostname() -> str:
     return socket.gethostname().split(".")[0]
 
 
-def _commit_of(repo: Path) -> str | None:
-    if not (repo / ".git").exists():
-        return None
-    proc = subprocess.run(
-        ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
-    )
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
-
-
 def _providers(
     kinds: Sequence[str],
     state: StateDir,
@@ -215,20 +243,118 @@ def cmd_reconcile(argv: Sequence[str]) -> int:
     """``reconcile [options]``: plan, and unless --dry-run apply and verify."""
     args = build_parser().parse_args(argv)
     log.configure(json_lines=None if args.log_format == "auto" else args.log_format == "json")
-    logger = log.get()
-    repo = Path(args.repo)
-    if args.ref or "://" in args.repo:
-        print(
-            "reconcile: git sources (--ref, URLs) are not implemented yet; "
-            "pass a local directory with --repo",
-            file=sys.stderr,
-        )
+    host = args.host or _short_hostname()
+    kinds = args.only or list(KINDS)
+    try:
+        # The lock covers the source too: a fetch and checkout update the clone in the
+        # state dir, which two runs must not do at once.
+        with RunLock(Path(args.lock_file), wait=args.wait), contextlib.ExitStack() as stack:
+            state = StateDir(Path(args.state_dir))
+            if gitsource.is_url(args.repo):
+                source = stack.enter_context(
+                    gitsource.open_remote(args.repo, args.ref, state.path, args.path)
+                )
+            else:
+                source = stack.enter_context(
+                    gitsource.open_local(Path(args.repo), args.ref, args.path)
+                )
+            refusal = _accept_source(args, source, state)
+            if refusal is not None:
+                return _refuse(args, host, kinds, state, refusal)
+            return _run(args, host, kinds, source, state)
+    except ReconcilerError as e:
+        # StateError (corrupt ours.json ...), LockHeldError, SourceError ...: the message
+        # says it all.
+        print(f"reconcile: {e}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _accept_source(
+    args: argparse.Namespace, source: gitsource.Source, state: StateDir
+) -> VerifyError | None:
+    """Check the rewind rule and signatures of the source's target; check out a clone's
+    target once accepted. Returns the refusal (nothing is checked out then), else None."""
+    target = source.target or source.clean_commit
+    if source.repo is None or target is None:
+        if args.require_signed:
+            return VerifyError(
+                f"signed commits are required but {args.repo} is not a git repository with "
+                "a commit: nothing can be verified"
+            )
+        return None
+    if source.fetch_error is not None:
+        return None  # the last good checkout was accepted when it was checked out
+    try:
+        decision = trust.decide(
+            source.repo,
+            source.subdir,
+            state.applied_commit(),
+            target,
+            pins_path=Path(args.signer_pins),
+            require_signed=args.require_signed,
+            allow_rewind=args.allow_rewind,
+        )
+    except VerifyError as e:
+        return e
+    if decision.verification:
+        log.get().info(
+            "commits_verified",
+            target=target,
+            commits=len(decision.verified),
+            signers=list(decision.signers),
+        )
+    if source.url is not None and source.commit != target:
+        gitsource.checkout(source, target)
+    return None
+
+
+def _refuse(
+    args: argparse.Namespace, host: str, kinds: list[str], state: StateDir, e: VerifyError
+) -> int:
+    """A refused target: nothing is applied, the last applied state stays; the refusal is
+    recorded in the journal (not for a dry-run) and the run exits 1."""
+    print(f"reconcile: refused: {e.message}", file=sys.stderr)
+    if not args.dry_run:
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        record = {
+            "format_version": journal.FORMAT_VERSION,
+            "host": host,
+            "commit": e.commit,
+            "dry_run": False,
+            "started": now,
+            "finished": now,
+            "kinds": kinds,
+            "ok": False,
+            "changes": [],
+            "refused": [],
+            "errors": [{"address": "source", "message": e.message}],
+        }
+        try:
+            state.append_run(record)
+        except StateError as err:
+            print(f"reconcile: {err}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _run(
+    args: argparse.Namespace,
+    host: str,
+    kinds: list[str],
+    source: gitsource.Source,
+    state: StateDir,
+) -> int:
+    logger = log.get()
+    repo = source.path
     if not repo.is_dir():
         print(f"reconcile: {repo}: not a directory", file=sys.stderr)
         return EXIT_ERROR
-    host = args.host or _short_hostname()
-    kinds = args.only or list(KINDS)
+    if source.dirty and not args.dry_run and not args.allow_dirty:
+        print(
+            f"reconcile: {args.repo} has uncommitted changes: commit them, or pass "
+            "--allow-dirty to apply the work tree as it is; nothing was applied",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     try:
         # Validate before anything is read from, or written to, the host.
         desired = desired_mod.load_host(repo, host)
@@ -255,26 +381,31 @@ def cmd_reconcile(argv: Sequence[str]) -> int:
                 kind=kind,
                 note="desired state validated but not reconciled by this version",
             )
-    commit = _commit_of(repo)
-    try:
-        with RunLock(Path(args.lock_file), wait=args.wait):
-            state = StateDir(Path(args.state_dir))
-            providers = _providers(kinds, state, args.force, vms, repo)
-            plan, _ = engine.make_plan(desired, providers, commit)
-            plan_dict = plan.to_dict()
-            if args.dry_run:
-                _emit(plan_dict, args.output, dry_run=True)
-                if plan.errors or any(c.refused for c in plan.changes):
-                    return EXIT_ERROR
-                if plan.changes and args.detailed_exitcode:
-                    return EXIT_CHANGES
-                return EXIT_OK
-            result = engine.apply_plan(desired, providers, plan, state)
-            _write_metrics(args.metrics_file, state, result)
-    except ReconcilerError as e:
-        # StateError (corrupt ours.json ...), LockHeldError ...: the message says it all.
-        print(f"reconcile: {e}", file=sys.stderr)
-        return EXIT_ERROR
+    source_errors = []
+    if source.fetch_error is not None:
+        source_errors.append(
+            PlanError(
+                "source",
+                f"{source.fetch_error}; using the last good checkout {(source.commit or '?')[:12]}",
+            )
+        )
+    providers = _providers(kinds, state, args.force, vms, repo)
+    plan, _ = engine.make_plan(desired, providers, source.commit)
+    plan.errors[:0] = source_errors
+    plan_dict = plan.to_dict()
+    if args.dry_run:
+        _emit(plan_dict, args.output, dry_run=True)
+        if plan.errors or any(c.refused for c in plan.changes):
+            return EXIT_ERROR
+        if plan.changes and args.detailed_exitcode:
+            return EXIT_CHANGES
+        return EXIT_OK
+    result = engine.apply_plan(desired, providers, plan, state)
+    if source.repo is not None and source.commit is not None and not source.dirty:
+        # The base of the next run's rewind check and verification: this commit was
+        # accepted and applied (in part if some resources failed: they are retried).
+        state.set_applied_commit(source.commit, args.repo)
+    _write_metrics(args.metrics_file, state, result)
     plan_dict["applied"] = result.applied
     plan_dict["apply_errors"] = [e.to_dict() for e in result.errors]
     _emit(plan_dict, args.output, dry_run=False)

@@ -630,6 +630,23 @@ def _load_host_file(repo: Path, rel: str) -> YamlDoc:
         return doc
     schema_problems = _schema_problems(doc, "host.schema.json", "kind")
     doc.problems += schema_problems
+    if rel != FLEET_FILE and isinstance(doc.data, dict) and "verify" in doc.data:
+        # Commit verification is repository-wide: a host file cannot switch it off or on.
+        doc.problems.append(
+            doc.problem(
+                ("verify",), "'verify' belongs in fleet.yaml (it covers every host)", key=True
+            )
+        )
+    elif isinstance(doc.data, dict) and isinstance(doc.data.get("verify"), dict):
+        for i, signer in enumerate(doc.data["verify"].get("signers") or []):
+            if not isinstance(signer, dict):
+                continue
+            for field in ("openpgp", "ssh"):
+                key = signer.get(field)
+                if isinstance(key, str) and not (repo / key).is_file():
+                    doc.problems.append(
+                        doc.problem(("verify", "signers", i, field), f"no such key file {key}")
+                    )
     doc.problems += _check_host_semantics(doc)
     doc.problems += _check_nic_merge_conflicts(repo / rel, doc)
     return doc

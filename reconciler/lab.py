@@ -140,7 +140,9 @@ class Lab:
         cli_args = [
             "--repo", str(self.repo), "--host", host, "--only", "ipset,nic",
             "--state-dir", str(state / "state"), "--lock-file", str(state / "lock"),
-            "--log-format", "json", *args,
+            "--log-format", "json",
+            # The lab is where you try edits to desired-state/ before committing them.
+            "--allow-dirty", *args,
         ]  # fmt: skip
         shown = f"reconcile {' '.join(args)}".strip()
         self.say(f"\n[{host}] $ {shown}")
@@ -440,7 +442,8 @@ class _Placement:
         cli_args = [
             "--repo", str(self.repo), "--host", self.controller, "--only", "vm",
             "--state-dir", str(self.workdir / "state"),
-            "--lock-file", str(self.workdir / "lock"), "--log-format", "json", *args,
+            "--lock-file", str(self.workdir / "lock"), "--log-format", "json",
+            "--allow-dirty", *args,
         ]  # fmt: skip
         shown = f"reconcile --only vm --host {self.controller} {' '.join(args)}".strip()
         print(f"\n[{self.controller}] $ {shown}", flush=True)

@@ -40,9 +40,7 @@ _GRAPHICS_VNC = re.compile(r"<graphics\b[^>]*\btype=(['\"])vnc\1[^>]*>")
 _ATTR = re.compile(r"\b(port|autoport)=(['\"])([^'\"]*)\2")
 # libvirt's own formatting (attribute order and quotes fixed by its XML formatter): matched
 # first because it costs one search instead of a tag search plus an attribute scan.
-_CANON = re.compile(
-    r"<memory unit='(\w+)'>(\d+)</memory>.*?<vcpu\b[^>]*>(\d+)</vcpu>", re.DOTALL
-)
+_CANON = re.compile(r"<memory unit='(\w+)'>(\d+)</memory>.*?<vcpu\b[^>]*>(\d+)</vcpu>", re.DOTALL)
 _CANON_VNC = re.compile(r"<graphics type='vnc'(?: port='(-?\d+)')? autoport='(yes|no)'")
 
 

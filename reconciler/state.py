@@ -7,6 +7,11 @@ leaves a half-written file):
     ``{"ipset": {"mgmt": {"created": "...", "rules": [[binary, chain, arg, ...], ...]}}}``:
     resources this tool created (and rules it inserted). Only these may be pruned when they
     leave git; anything else on the host is never touched.
+``source.json``
+    ``{"commit": "<hash>", "source": "<path or URL>", "applied": "<time>"}``: the commit the
+    last applied run used; the base of the rewind check and of commit verification.
+``source/``
+    the clone of a ``--repo`` URL (a cache: removing it costs one clone).
 ``runs.jsonl``
     the run journal, one JSON object per applied run: commit, start/end, the changes
     applied (drift flagged), errors. Append-only; see :mod:`reconciler.journal`.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +64,48 @@ class StateDir:
         data = self._load()
         data[kind] = records
         _atomic_write(self.ours_file, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    @property
+    def source_file(self) -> Path:
+        """Path of the record of the last applied commit (the base for verification)."""
+        return self.path / "source.json"
+
+    def applied_commit(self) -> str | None:
+        """The commit the last applied run used (git sources), None before the first one.
+
+        Raises StateError when ``source.json`` is corrupt: silently forgetting it would turn
+        off the rewind check.
+        """
+        try:
+            text = self.source_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StateError(f"cannot read {self.source_file}: {e.strerror}") from e
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            data = None
+            detail = f"line {e.lineno}: {e.msg}"
+        else:
+            detail = "expected an object with a 40-hex 'commit'"
+        commit = data.get("commit") if isinstance(data, dict) else None
+        if not (isinstance(commit, str) and len(commit) == 40):
+            raise StateError(
+                f"{self.source_file} is corrupt ({detail}); it records the last applied "
+                "commit, the base of the rewind check and of signature verification. Remove "
+                "it to accept the next target as a first run."
+            )
+        return commit
+
+    def set_applied_commit(self, commit: str, source: str) -> None:
+        """Record ``commit`` (from ``source``: a path or URL) as applied, atomically."""
+        record = {
+            "commit": commit,
+            "source": source,
+            "applied": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        _atomic_write(self.source_file, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
     def append_run(self, record: dict[str, Any]) -> None:
         """Append one run record to ``runs.jsonl`` (one line, fsynced); StateError if not."""

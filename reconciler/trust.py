@@ -1,0 +1,137 @@
+"""Which commit a run may use: the rewind check and signature verification, before checkout.
+
+Verification is on when ``fleet.yaml`` has ``verify:`` at the last applied commit or at the
+target, or when the host asks for it (``--require-signed``). Taking the last applied commit
+into account means a commit cannot switch verification off without itself being verified.
+The signers' public keys come from the repository; only those whose fingerprints are pinned
+on the host (``--signer-pins``) are trusted, so adding a key to the repository grants nothing.
+
+Without verification the rewind check still runs for git sources: a target that is not a
+descendant of the last applied commit (a force-push, an old branch) is refused unless
+``--allow-rewind``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import git
+import yaml
+
+from reconciler.errors import VerifyError
+from reconciler.gitsource import read_file_at
+
+if TYPE_CHECKING:
+    from reconciler.gitverify import Signer
+
+DEFAULT_PINS = "/etc/reconciler/signers.pin"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome for one target: ``verified`` lists the commits checked (oldest first)."""
+
+    commit: str
+    verified: tuple[str, ...] = ()
+    signers: tuple[str, ...] = ()
+    verification: bool = False
+
+
+def _fleet_verify(repo: git.Repo, commit: str, subdir: str) -> dict[str, Any] | None:
+    rel = f"{subdir}/fleet.yaml" if subdir else "fleet.yaml"
+    text = read_file_at(repo, commit, rel)
+    if text is None:
+        return None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None  # the schema check reports it; an unparsable file enables nothing
+    block = data.get("verify") if isinstance(data, dict) else None
+    return block if isinstance(block, dict) else None
+
+
+def signers_at(repo: git.Repo, commit: str, subdir: str) -> list[Signer]:
+    """The ``verify.signers`` of ``fleet.yaml`` at ``commit`` (key paths made relative to the
+    repository root); empty when there is no ``verify:``."""
+    from reconciler.gitverify import Signer  # only runs that verify pay for it
+
+    block = _fleet_verify(repo, commit, subdir) or {}
+    out = []
+    for s in block.get("signers") or []:
+        if not isinstance(s, dict) or not isinstance(s.get("name"), str):
+            continue
+        for kind in ("openpgp", "ssh"):
+            if isinstance(s.get(kind), str):
+                path = f"{subdir}/{s[kind]}" if subdir else s[kind]
+                out.append(Signer(s["name"], kind, path))
+    return out
+
+
+def _is_commit(repo: git.Repo, rev: str) -> bool:
+    try:
+        repo.commit(rev)
+    except (git.BadName, ValueError, git.GitCommandError):
+        return False
+    return True
+
+
+def _descends(repo: git.Repo, base: str, target: str) -> bool:
+    """Whether ``target`` has ``base`` in its history (False when ``base`` is gone)."""
+    if not _is_commit(repo, base):
+        return False
+    return bool(repo.is_ancestor(repo.commit(base), repo.commit(target)))
+
+
+def decide(
+    repo: git.Repo,
+    subdir: str,
+    base: str | None,
+    target: str,
+    *,
+    pins_path: Path,
+    require_signed: bool = False,
+    allow_rewind: bool = False,
+) -> Decision:
+    """Accept ``target`` or raise :class:`VerifyError` naming the offending commit.
+
+    ``base`` is the last applied commit (None on a first run). Reads git objects only; the
+    work tree is not touched, so a refusal leaves the last applied checkout in place.
+    """
+    wanted = _fleet_verify(repo, target, subdir) is not None
+    if base is not None and _is_commit(repo, base):
+        wanted = wanted or _fleet_verify(repo, base, subdir) is not None
+    if not (wanted or require_signed):
+        if (
+            base is not None
+            and base != target
+            and not allow_rewind
+            and not _descends(repo, base, target)
+        ):
+            raise VerifyError(
+                f"target {target[:12]} is not a descendant of the last applied commit "
+                f"{base[:12]} (a force-push or an older branch): refusing a rewind; pass "
+                "--allow-rewind to accept it",
+                commit=target,
+            )
+        return Decision(target)
+    signers = signers_at(repo, target, subdir)
+    if base is not None and _is_commit(repo, base):
+        known = {(s.kind, s.key_path) for s in signers}
+        signers += [s for s in signers_at(repo, base, subdir) if (s.kind, s.key_path) not in known]
+    if not signers:
+        raise VerifyError(
+            "signed commits are required (--require-signed) but fleet.yaml lists no verify.signers",
+            commit=target,
+        )
+    from reconciler import gitverify
+
+    pins = gitverify.read_pins(pins_path)
+    result = gitverify.verify_range(repo, base, target, signers, pins, allow_rewind=allow_rewind)
+    return Decision(
+        target,
+        result.commits,
+        tuple(sorted(set(result.signers.values()))),
+        verification=True,
+    )
