@@ -13,14 +13,21 @@ import json
 import os
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reconciler import __version__, engine, gitsource, journal, log, metrics, trust
 from reconciler import desired as desired_mod
-from reconciler import engine, gitsource, journal, log, metrics, trust
-from reconciler.errors import ReconcilerError, StateError, ValidationError, VerifyError
+from reconciler.errors import (
+    ReconcilerError,
+    SourceError,
+    StateError,
+    ValidationError,
+    VerifyError,
+)
 from reconciler.lock import RunLock
 from reconciler.plan import PlanError
 from reconciler.providers.base import Provider
@@ -106,6 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--only", type=_kinds, help=f"comma-separated kinds: {','.join(KINDS)}")
     p.add_argument("--output", choices=("text", "json"), default="text")
+    ci = p.add_argument_group(
+        "CI dry-run (no host is contacted; needs --dry-run)",
+        "Plan hosts from a CI checkout: against each host's snapshot (reconcile snapshot), "
+        "else against the desired state at --against REV.",
+    )
+    ci.add_argument("--all-hosts", action="store_true", help="plan every hosts/*.yaml")
+    ci.add_argument(
+        "--snapshots",
+        metavar="DIR",
+        help="directory of <host>.json live-state snapshots written by 'reconcile snapshot'",
+    )
+    ci.add_argument(
+        "--against",
+        metavar="REV",
+        help="plan hosts without a snapshot against the desired state at git revision REV",
+    )
     p.add_argument(
         "--detailed-exitcode",
         action="store_true",
@@ -241,8 +264,13 @@ def cmd_validate(argv: Sequence[str]) -> int:
 
 def cmd_reconcile(argv: Sequence[str]) -> int:
     """``reconcile [options]``: plan, and unless --dry-run apply and verify."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     log.configure(json_lines=None if args.log_format == "auto" else args.log_format == "json")
+    if args.all_hosts or args.against or args.snapshots:
+        if not args.dry_run:
+            parser.error("--all-hosts, --snapshots and --against plan only: add --dry-run")
+        return cmd_ci(args)
     host = args.host or _short_hostname()
     kinds = args.only or list(KINDS)
     try:
@@ -412,6 +440,191 @@ def _run(
     if args.output == "text":
         _print_outcome(result)
     return EXIT_OK if result.ok else EXIT_ERROR
+
+
+def cmd_ci(args: argparse.Namespace) -> int:
+    """The CI dry-run (:mod:`reconciler.ci`): exit 1 on an invalid repository or any host's
+    errors, 2 with --detailed-exitcode when something would change, else 0."""
+    from reconciler import ci
+
+    if gitsource.is_url(args.repo):
+        print(
+            "reconcile: the CI dry-run reads a checkout: pass its path as --repo", file=sys.stderr
+        )
+        return EXIT_ERROR
+    kinds = args.only or list(KINDS)
+    try:
+        with contextlib.ExitStack() as stack:
+            source = stack.enter_context(gitsource.open_local(Path(args.repo), args.ref, args.path))
+            base = None
+            if args.against:
+                if source.repo is None:
+                    raise SourceError(
+                        f"--against {args.against}: {args.repo} is not in a git repository"
+                    )
+                rev = gitsource.resolve(source.repo, args.against)
+                tmp = Path(
+                    stack.enter_context(tempfile.TemporaryDirectory(prefix="reconciler-base-"))
+                )
+                gitsource.export_tree(source.repo, rev, source.subdir, tmp)
+                base = tmp
+            if args.all_hosts:
+                hosts = desired_mod.list_hosts(source.path)
+                controller = _controller(source.path)
+                if controller is not None and controller not in hosts:
+                    hosts.append(controller)  # it may have no host file of its own
+            else:
+                hosts = [args.host or _short_hostname()]
+            result = ci.plan_all(
+                source.path,
+                hosts,
+                kinds,
+                commit=source.commit,
+                base=base,
+                base_rev=args.against,
+                snapshots=Path(args.snapshots) if args.snapshots else None,
+            )
+    except ReconcilerError as e:
+        print(f"reconcile: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    if result.problems:
+        return _invalid(ValidationError(result.problems))
+    if args.output == "json":
+        doc = {
+            "format_version": 1,
+            "commit": source.commit,
+            "against": args.against,
+            "hosts": result.plans,
+            "summary": {"hosts": len(result.plans), "changes": result.changes},
+        }
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        sys.stdout.write(ci.render_text(result, source.commit))
+    sys.stdout.flush()
+    if result.failed:
+        return EXIT_ERROR
+    if result.changes and args.detailed_exitcode:
+        return EXIT_CHANGES
+    return EXIT_OK
+
+
+def _controller(repo: Path) -> str | None:
+    """The controller named in ``vms.yaml`` (None without one, or when it is invalid: the
+    validation that follows reports that)."""
+    try:
+        vms = desired_mod.load_vms(repo)
+    except ValidationError:
+        return None
+    return str(vms["controller"]) if vms is not None else None
+
+
+def build_snapshot_parser() -> argparse.ArgumentParser:
+    """The parser for ``reconcile snapshot``."""
+    p = argparse.ArgumentParser(
+        prog="reconcile snapshot",
+        description="Write this host's live state (read only, nothing changed) to a JSON file "
+        "that 'reconcile --dry-run --snapshots DIR' plans against in CI.",
+    )
+    p.add_argument("--repo", default=os.environ.get("RECONCILER_REPO", "."))
+    p.add_argument("--path", default=os.environ.get("RECONCILER_PATH", ""), metavar="SUBDIR")
+    p.add_argument("--host", default=os.environ.get("RECONCILER_HOST"))
+    p.add_argument("--only", type=_kinds)
+    p.add_argument(
+        "--state-dir",
+        default=os.environ.get("RECONCILER_STATE_DIR", DEFAULT_STATE_DIR),
+    )
+    p.add_argument(
+        "--lock-file",
+        default=os.environ.get("RECONCILER_LOCK_FILE", DEFAULT_LOCK_FILE),
+    )
+    p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS")
+    p.add_argument(
+        "--output", "-o", metavar="FILE", help="where to write it (default: ./<host>.json)"
+    )
+    p.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
+    return p
+
+
+def cmd_snapshot(argv: Sequence[str]) -> int:
+    """``reconcile snapshot``: read every kind's live state and write it atomically.
+
+    The desired state (a local path; the timer's clone is ``<state-dir>/source``) tells the
+    providers what to read; NICs are read wide (every physical NIC) so a commit that adds a
+    NIC can still be planned. A kind that cannot be read is recorded as an error in the
+    snapshot (exit 1), the others are written.
+    """
+    from reconciler import snapshot
+
+    args = build_snapshot_parser().parse_args(argv)
+    log.configure(json_lines=None if args.log_format == "auto" else args.log_format == "json")
+    host = args.host or _short_hostname()
+    kinds = args.only or list(KINDS)
+    out = Path(args.output or f"{host}.json")
+    try:
+        # Taken so the snapshot never shows a half-applied run.
+        with RunLock(Path(args.lock_file), wait=args.wait), contextlib.ExitStack() as stack:
+            source = stack.enter_context(gitsource.open_local(Path(args.repo), None, args.path))
+            try:
+                desired = desired_mod.load_host(source.path, host)
+                vms = desired_mod.load_vms(source.path) if "vm" in kinds else None
+            except ValidationError as e:
+                return _invalid(e)
+            if vms is not None and vms["controller"] != host:
+                vms = None
+            state = (
+                StateDir(Path(args.state_dir), create=False)
+                if Path(args.state_dir).is_dir()
+                else None
+            )
+            providers = _providers(
+                kinds,
+                state or StateDir(Path(stack.enter_context(tempfile.TemporaryDirectory()))),
+                False,
+                vms,
+                source.path,
+            )
+            lives: dict[str, Any] = {}
+            errors: dict[str, str] = {}
+            for p in providers:
+                try:
+                    lives[p.kind] = p.read(_wide(p, desired))
+                except ReconcilerError as e:
+                    errors[p.kind] = e.message
+            commit = state.applied_commit() if state is not None else None
+            snap = snapshot.Snapshot(
+                host=host,
+                created=datetime.now(UTC),
+                commit=commit or source.clean_commit,
+                tool_version=__version__,
+                lives=lives,
+                errors=errors,
+            )
+            snapshot.write_snapshot(out, snap)
+    except ReconcilerError as e:
+        print(f"reconcile snapshot: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    for kind, message in errors.items():
+        print(f"reconcile snapshot: {kind}: {message}", file=sys.stderr)
+    print(f"{out}: snapshot of {host} ({', '.join(sorted(lives)) or 'nothing'})")
+    return EXIT_ERROR if errors else EXIT_OK
+
+
+def _wide(provider: Provider, desired: Any) -> Any:
+    """The desired state a snapshot reads with: for NICs every link but VM ports and
+    loopback (with its bridge ports), so a NIC added by a later commit is in it."""
+    if provider.kind != "nic":
+        return desired
+    from dataclasses import replace
+
+    from reconciler.model import NicSpec
+    from reconciler.providers.nic import is_vm_port
+
+    links = provider.io.links()  # type: ignore[attr-defined]
+    nics = dict(desired.nics)
+    for name, link in links.items():
+        if name != "lo" and not is_vm_port(link) and name not in nics:
+            nics[name] = NicSpec(name, ports=NicSpec(name) if link.kind == "bridge" else None)
+    return replace(desired, nics=nics)
 
 
 def _write_metrics(option: str | None, state: StateDir, result: engine.RunResult) -> None:
@@ -592,6 +805,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_validate(argv[1:])
         if argv[:1] == ["status"]:
             return cmd_status(argv[1:])
+        if argv[:1] == ["snapshot"]:
+            return cmd_snapshot(argv[1:])
         return cmd_reconcile(argv)
     except KeyboardInterrupt:
         print("reconcile: interrupted", file=sys.stderr)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import hashlib
 import json
 import re
 import xml.parsers.expat
@@ -623,8 +624,28 @@ def _check_definition(doc: YamlDoc, repo: Path, vm: str, definition: str) -> lis
 # --------------------------------------------------------------------------------------------
 
 
-def _load_host_file(repo: Path, rel: str) -> YamlDoc:
+class LoadCache:
+    """Parsed files and typed ipsets shared between loads, keyed by file *content*.
+
+    A CI dry-run loads every host at two revisions: ``fleet.yaml`` (with a 5,000-CIDR set)
+    would otherwise be parsed and validated 2,000 times, and a host file unchanged between
+    the revisions twice. Keyed by (name, SHA-256 of the bytes), so a changed file is always
+    loaded afresh. Documents in the cache are never modified by their users.
+    """
+
+    def __init__(self) -> None:
+        self.docs: dict[tuple[str, bytes], YamlDoc] = {}
+        self.ipsets: dict[tuple[int, str], IpsetSpec] = {}
+
+
+def _load_host_file(repo: Path, rel: str, cache: LoadCache | None = None) -> YamlDoc:
     """Load and fully validate one fleet/host file; problems are in ``doc.problems``."""
+    if cache is not None:
+        key = (rel, hashlib.sha256((repo / rel).read_bytes()).digest())
+        cached = cache.docs.get(key)
+        if cached is None:
+            cached = cache.docs[key] = _load_host_file(repo, rel)
+        return cached
     doc = load_yaml(repo / rel, rel)
     if doc.data is None:
         return doc
@@ -642,10 +663,10 @@ def _load_host_file(repo: Path, rel: str) -> YamlDoc:
             if not isinstance(signer, dict):
                 continue
             for field in ("openpgp", "ssh"):
-                key = signer.get(field)
-                if isinstance(key, str) and not (repo / key).is_file():
+                key_file = signer.get(field)
+                if isinstance(key_file, str) and not (repo / key_file).is_file():
                     doc.problems.append(
-                        doc.problem(("verify", "signers", i, field), f"no such key file {key}")
+                        doc.problem(("verify", "signers", i, field), f"no such key file {key_file}")
                     )
     doc.problems += _check_host_semantics(doc)
     doc.problems += _check_nic_merge_conflicts(repo / rel, doc)
@@ -781,7 +802,7 @@ def _stray_host_files(repo: Path) -> list[Problem]:
     return out
 
 
-def validate_repo(repo: Path) -> list[Problem]:
+def validate_repo(repo: Path, cache: LoadCache | None = None) -> list[Problem]:
     """Validate the whole desired-state repository and return every problem, sorted.
 
     Checks ``fleet.yaml`` (optional), every ``hosts/*.yaml``, ``vms.yaml`` (optional) and the
@@ -790,9 +811,9 @@ def validate_repo(repo: Path) -> list[Problem]:
     """
     problems: list[Problem] = []
     if (repo / FLEET_FILE).exists():
-        problems += _load_host_file(repo, FLEET_FILE).problems
+        problems += _load_host_file(repo, FLEET_FILE, cache).problems
     for host in list_hosts(repo):
-        problems += _load_host_file(repo, f"{HOSTS_DIR}/{host}.yaml").problems
+        problems += _load_host_file(repo, f"{HOSTS_DIR}/{host}.yaml", cache).problems
     problems += _stray_host_files(repo)
     if (repo / VMS_FILE).exists():
         problems += _load_vms_file(repo).problems
@@ -844,7 +865,7 @@ def _normalise_offloads(offloads: dict[str, Any]) -> dict[str, bool]:
     return {k: (v if isinstance(v, bool) else v == "on") for k, v in offloads.items()}
 
 
-def load_host(repo: Path, host: str) -> HostDesired:
+def load_host(repo: Path, host: str, cache: LoadCache | None = None) -> HostDesired:
     """Validate ``fleet.yaml`` and ``hosts/<host>.yaml`` and return the merged desired state.
 
     A missing host file means "fleet only"; a missing ``fleet.yaml`` means "host only". Raises
@@ -854,16 +875,17 @@ def load_host(repo: Path, host: str) -> HostDesired:
     :class:`IpsetSpec` (canonical members, ``source`` at the set's key); ``nics`` become
     :class:`NicSpec` (``source`` at the NIC's key, a ``ports`` block's at its ``ports`` key);
     ``nics``, ``backups`` and ``tarsnap`` are also returned validated in ``raw`` (offload
-    values normalised to ``bool``, ``tarsnap.command`` defaulting to ``tarsnap``).
+    values normalised to ``bool``, ``tarsnap.command`` defaulting to ``tarsnap``). With a
+    :class:`LoadCache`, files already loaded (same name and content) are not parsed again.
     """
     if not _HOST_NAME.match(host):
         raise ValidationError([Problem(f"{HOSTS_DIR}/{host}.yaml", 0, 0, "", "invalid host name")])
     docs: list[YamlDoc] = []
     if (repo / FLEET_FILE).exists():
-        docs.append(_load_host_file(repo, FLEET_FILE))
+        docs.append(_load_host_file(repo, FLEET_FILE, cache))
     host_rel = f"{HOSTS_DIR}/{host}.yaml"
     if (repo / host_rel).exists():
-        docs.append(_load_host_file(repo, host_rel))
+        docs.append(_load_host_file(repo, host_rel, cache))
     problems = [p for d in docs for p in d.problems]
     if problems:
         raise ValidationError(problems)
@@ -876,8 +898,13 @@ def load_host(repo: Path, host: str) -> HostDesired:
     for doc in docs:
         data: dict[str, Any] = doc.data
         for name, spec in (data.get("ipsets") or {}).items():
-            line, col = doc.pos(("ipsets", name), key=True)
-            ipsets[name] = _ipset_spec(name, spec, Location(doc.file, line, col))
+            typed = cache.ipsets.get((id(doc), name)) if cache is not None else None
+            if typed is None:
+                line, col = doc.pos(("ipsets", name), key=True)
+                typed = _ipset_spec(name, spec, Location(doc.file, line, col))
+                if cache is not None:
+                    cache.ipsets[(id(doc), name)] = typed  # the doc lives as long as the cache
+            ipsets[name] = typed
         for name, spec in (data.get("nics") or {}).items():
             nic = copy.deepcopy(spec)
             if "offloads" in nic:
@@ -923,6 +950,7 @@ __all__ = [
     "HOST_KINDS",
     "KERNEL_FEATURES",
     "OFFLOAD_ALIASES",
+    "LoadCache",
     "format_path",
     "list_hosts",
     "load_host",

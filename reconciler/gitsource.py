@@ -81,7 +81,8 @@ def _git_error(e: Exception) -> str:
     return str(e)
 
 
-def _resolve(repo: git.Repo, rev: str) -> str:
+def resolve(repo: git.Repo, rev: str) -> str:
+    """The full hash of the commit ``rev`` names; SourceError when there is none."""
     try:
         return str(repo.commit(rev).hexsha)
     except (git.BadName, ValueError, git.GitCommandError) as e:
@@ -123,7 +124,7 @@ def open_local(path: Path, ref: str | None, subdir: str = "") -> Iterator[Source
     rel = "/".join(p for p in (rel, subdir) if p and p != ".")
     try:
         if ref is not None:
-            commit = _resolve(repo, ref)
+            commit = resolve(repo, ref)
             with tempfile.TemporaryDirectory(prefix="reconciler-tree-") as tmp:
                 export_tree(repo, commit, rel, Path(tmp))
                 yield Source(Path(tmp), commit, repo, subdir=rel)

@@ -54,7 +54,12 @@ def _op_line(op: dict[str, Any]) -> str:
     if name == "define" and a.get("from_node"):
         return f"+ define {a['vm']} on {a['node']} from {a['from_node']} (VNC {a['vnc_port']})"
     if name == "define":
-        return f"+ define {a['vm']} on {a['node']} from {a['definition']} (VNC {a['vnc_port']})"
+        src = a.get("definition") or "its definition"
+        return f"+ define {a['vm']} on {a['node']} from {src} (VNC {a['vnc_port']})"
+    if name == "move":
+        return f"> move {a['vm']} {a['from_node']} -> {a['to_node']}"
+    if name == "set_field":
+        return f"~ {a['field']}: {_value(a.get('from'))} -> {_value(a.get('to'))}"
     if name == "undefine":
         return f"- undefine {a['vm']} on {a['node']} (kept on {a['kept_on']})"
     if name == "start":
@@ -67,6 +72,16 @@ def _op_line(op: dict[str, Any]) -> str:
         return f"> live-migrate {a['vm']} {a['from_node']} -> {a['to_node']} (VNC {a['vnc_port']})"
     rest = " ".join(f"{k}={v}" for k, v in a.items())
     return f"* {name} {rest}".rstrip()
+
+
+def _value(v: Any) -> str:
+    if v is None:
+        return "(unset)"
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, list):
+        return "[" + ", ".join(str(x) for x in v) + "]"
+    return str(v)
 
 
 def _ops_lines(ops: list[dict[str, Any]]) -> list[str]:

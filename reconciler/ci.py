@@ -1,0 +1,260 @@
+"""The CI dry-run: every host's plan for a commit, without reaching any host.
+
+``reconcile --dry-run --all-hosts [--snapshots DIR] [--against REV]`` validates the whole
+repository, then plans each host against the best basis it has:
+
+1. ``DIR/<host>.json``, a live-state snapshot written on the host by ``reconcile snapshot``
+   (kept in git or as a CI artifact): the providers' own diff runs on it, exactly as on the
+   host, and the plan says how old the snapshot is;
+2. else the desired state at ``REV`` (:mod:`reconciler.against`): the change the commit asks
+   for, assuming the host had converged at ``REV``;
+3. else an error for that host (nothing to compare with).
+
+Nothing here reads from or writes to a host: no netlink, no libvirt, no backup tool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from reconciler import against
+from reconciler import desired as desired_mod
+from reconciler.errors import Problem, SnapshotError, ValidationError
+from reconciler.model import HostDesired
+from reconciler.plan import Change, Plan, PlanError
+
+#: A snapshot older than this gets a warning on its host's plan.
+STALE_AFTER_SECONDS = 7 * 24 * 3600
+
+
+@dataclass
+class Basis:
+    """What one host's plan was computed against (shown with the plan)."""
+
+    kind: str  # "snapshot" | "against" | "none"
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"kind": ..., **detail}`` for the JSON output."""
+        return {"kind": self.kind, **self.detail}
+
+
+@dataclass
+class CiResult:
+    """Every host's plan (as plan dicts with a ``basis``), or the repository's problems."""
+
+    plans: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def changes(self) -> int:
+        """Changes across all hosts."""
+        return sum(len(p["changes"]) for p in self.plans)
+
+    @property
+    def failed(self) -> bool:
+        """True when the repository is invalid or any host has errors or refusals."""
+        return bool(self.problems) or any(
+            p["errors"] or any(c.get("refused") for c in p["changes"]) for p in self.plans
+        )
+
+
+def _age(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def _snapshot_plan(
+    path: Path,
+    desired: HostDesired,
+    kinds: set[str],
+    vms: dict[str, Any] | None,
+    repo: Path,
+    now: datetime,
+) -> tuple[list[Change], list[PlanError], Basis]:
+    from reconciler import snapshot
+
+    try:
+        snap = snapshot.read_snapshot(path, host=desired.host)
+    except SnapshotError as err:
+        return [], [PlanError("snapshot", err.message)], Basis("snapshot", {"file": str(path)})
+    seconds = max(0.0, snap.age(now).total_seconds())
+    basis = Basis(
+        "snapshot",
+        {
+            "file": str(path),
+            "taken": snap.created.isoformat(timespec="seconds"),
+            "age_seconds": int(seconds),
+            "age": _age(seconds),
+            "host_commit": snap.commit,
+        },
+    )
+    changes: list[Change] = []
+    errors: list[PlanError] = []
+    for kind in sorted(kinds):
+        if kind in snap.errors:
+            errors.append(PlanError(kind, f"not in the snapshot: {snap.errors[kind]}"))
+            continue
+        live = snap.lives.get(kind)
+        if live is None:
+            if kind != "vm" or vms is not None:
+                errors.append(PlanError(kind, f"the snapshot {path} has no {kind} state"))
+            continue
+        provider = _provider(kind, vms, repo, now)
+        if provider is None:
+            continue
+        want = desired
+        if kind == "backup":
+            # A set added since the snapshot has no archive list in it: the provider would
+            # call that an error; it is a new set, shown as created from git.
+            backups = desired.raw.get("backups") or {}
+            new = {n: s for n, s in backups.items() if n not in live.sets and n not in live.errors}
+            if new:
+                want = replace(desired, raw={**desired.raw, "backups": {
+                    n: s for n, s in backups.items() if n not in new}})  # fmt: skip
+                changes += against.host_changes(
+                    None, replace(desired, raw={**desired.raw, "backups": new}), {"backup"}
+                )
+        if kind == "vm":
+            from reconciler.providers.vm import read_definitions
+
+            # The definitions come from the commit being planned, not the host's checkout.
+            live = replace(live, definitions=read_definitions(vms or {}, repo))
+        c, e = provider.diff(want, live)
+        changes += c
+        errors += e
+    if seconds > STALE_AFTER_SECONDS:
+        errors_or_warn = f"snapshot is {_age(seconds)} old: the host may have changed since"
+        changes = [_with_warning(c, errors_or_warn) for c in changes]
+    return changes, errors, basis
+
+
+def _with_warning(c: Change, warning: str) -> Change:
+    return Change(
+        c.kind, c.name, c.action, c.ops, c.before, c.after, c.refused, (*c.warnings, warning)
+    )
+
+
+def _provider(kind: str, vms: dict[str, Any] | None, repo: Path, now: datetime) -> Any:
+    """A provider used for its pure ``diff`` only (no connection, no state dir)."""
+    if kind == "ipset":
+        from reconciler.providers.ipset import IpsetProvider
+
+        return IpsetProvider(None)
+    if kind == "nic":
+        from reconciler.providers.nic import NicProvider
+
+        return NicProvider()
+    if kind == "backup":
+        from reconciler.providers.backup.provider import BackupProvider
+
+        return BackupProvider(clock=lambda: now)
+    if kind == "vm" and vms is not None:
+        from reconciler.providers.vm import VmProvider
+
+        return VmProvider(vms, repo)
+    return None
+
+
+def plan_all(
+    repo: Path,
+    hosts: Sequence[str],
+    kinds: Sequence[str],
+    *,
+    commit: str | None,
+    base: Path | None = None,
+    base_rev: str | None = None,
+    snapshots: Path | None = None,
+    now: datetime | None = None,
+) -> CiResult:
+    """Validate ``repo`` and plan every host in ``hosts`` (see the module docstring).
+
+    ``base`` is the desired-state directory at ``base_rev`` (exported by the caller). Pure
+    apart from reading those directories and the snapshot files.
+    """
+    now = now or datetime.now(UTC)
+    cache = desired_mod.LoadCache()
+    result = CiResult(problems=desired_mod.validate_repo(repo, cache))
+    if result.problems:
+        return result
+    wanted = set(kinds)
+    vms = desired_mod.load_vms(repo) if "vm" in wanted else None
+    vms_before: dict[str, Any] | None = None
+    base_vms_problem = None
+    if base is not None and vms is not None:
+        try:
+            vms_before = desired_mod.load_vms(base)
+        except ValidationError as e:
+            base_vms_problem = f"vms.yaml is invalid at {base_rev} ({len(e.problems)} problem(s))"
+    for host in hosts:
+        desired = desired_mod.load_host(repo, host, cache)
+        controller = vms is not None and vms["controller"] == host
+        host_vms = vms if controller else None
+        snap = snapshots / f"{host}.json" if snapshots is not None else None
+        warnings: list[str] = []
+        if snap is not None and snap.exists():
+            changes, errors, basis = _snapshot_plan(
+                snap, desired, wanted - ({"vm"} if not controller else set()), host_vms, repo, now
+            )
+        elif base is not None:
+            before = None
+            try:
+                before = desired_mod.load_host(base, host, cache)
+            except ValidationError as e:
+                warnings.append(
+                    f"the desired state of {host} is invalid at {base_rev} "
+                    f"({len(e.problems)} problem(s)): planned as a new host"
+                )
+            changes = against.host_changes(before, desired, wanted)
+            if controller and host_vms is not None:
+                changes += against.vm_changes(vms_before, host_vms)
+                if base_vms_problem:
+                    warnings.append(base_vms_problem)
+            errors = []
+            basis = Basis("against", {"rev": base_rev})
+        else:
+            where = f"no snapshot {snap}" if snap is not None else "no snapshot"
+            changes, basis = [], Basis("none")
+            errors = [PlanError("host", f"{where} and no --against REV: nothing to compare with")]
+        plan = Plan(host=host, commit=commit, changes=changes, errors=errors)
+        d = plan.to_dict()
+        d["basis"] = basis.to_dict()
+        if warnings:
+            d["warnings"] = warnings
+        result.plans.append(d)
+    return result
+
+
+def render_text(result: CiResult, commit: str | None) -> str:
+    """The human output: one section per host, each rendered from its plan dict."""
+    from reconciler.render import text as render_text_mod
+
+    out = []
+    for d in result.plans:
+        b = d["basis"]
+        if b["kind"] == "snapshot" and "taken" in b:
+            how = f"against snapshot {b['file']} taken {b['taken']} ({b['age']} ago)"
+        elif b["kind"] == "snapshot":
+            how = f"against snapshot {b['file']}"
+        elif b["kind"] == "against":
+            how = f"against the desired state at {b['rev']}"
+        else:
+            how = "with nothing to compare against"
+        out.append(f"=== host {d['host']}: {how}")
+        for w in d.get("warnings", []):
+            out.append(f"warning: {w}")
+        out.append(render_text_mod.render(d, dry_run=True).rstrip("\n"))
+        out.append("")
+    n_hosts = sum(1 for d in result.plans if d["changes"])
+    out.append(
+        f"{len(result.plans)} host(s) planned at {commit[:12] if commit else 'the work tree'}: "
+        f"{result.changes} change(s) on {n_hosts} host(s)"
+    )
+    return "\n".join(out) + "\n"
