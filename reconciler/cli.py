@@ -29,6 +29,7 @@ from reconciler.errors import (
     VerifyError,
 )
 from reconciler.lock import RunLock
+from reconciler.model import HostDesired
 from reconciler.plan import PlanError
 from reconciler.providers.base import Provider
 from reconciler.render import json as render_json
@@ -273,28 +274,46 @@ def cmd_reconcile(argv: Sequence[str]) -> int:
         return cmd_ci(args)
     host = args.host or _short_hostname()
     kinds = args.only or list(KINDS)
+    cache = desired_mod.LoadCache()
     try:
-        # The lock covers the source too: a fetch and checkout update the clone in the
-        # state dir, which two runs must not do at once.
-        with RunLock(Path(args.lock_file), wait=args.wait), contextlib.ExitStack() as stack:
-            state = StateDir(Path(args.state_dir))
-            if gitsource.is_url(args.repo):
-                source = stack.enter_context(
-                    gitsource.open_remote(args.repo, args.ref, state.path, args.path)
-                )
-            else:
+        with contextlib.ExitStack() as stack:
+            remote = gitsource.is_url(args.repo)
+            if not remote:
                 source = stack.enter_context(
                     gitsource.open_local(Path(args.repo), args.ref, args.path)
+                )
+                # A local desired state is validated before anything is read from, or
+                # written to, the host: not even the state dir or lock file is created.
+                try:
+                    _load(source.path, host, kinds, cache)
+                except ValidationError as e:
+                    return _invalid(e)
+            # The lock covers the source too: a fetch and checkout update the clone in the
+            # state dir, which two runs must not do at once.
+            stack.enter_context(RunLock(Path(args.lock_file), wait=args.wait))
+            state = StateDir(Path(args.state_dir))
+            if remote:
+                source = stack.enter_context(
+                    gitsource.open_remote(args.repo, args.ref, state.path, args.path)
                 )
             refusal = _accept_source(args, source, state)
             if refusal is not None:
                 return _refuse(args, host, kinds, state, refusal)
-            return _run(args, host, kinds, source, state)
+            return _run(args, host, kinds, source, state, cache)
     except ReconcilerError as e:
         # StateError (corrupt ours.json ...), LockHeldError, SourceError ...: the message
         # says it all.
         print(f"reconcile: {e}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _load(
+    repo: Path, host: str, kinds: Sequence[str], cache: desired_mod.LoadCache
+) -> tuple[HostDesired, dict[str, Any] | None]:
+    """The host's desired state and (with the vm kind) vms.yaml; ValidationError if bad."""
+    desired = desired_mod.load_host(repo, host, cache)
+    vms = desired_mod.load_vms(repo) if "vm" in kinds else None
+    return desired, vms
 
 
 def _accept_source(
@@ -370,6 +389,7 @@ def _run(
     kinds: list[str],
     source: gitsource.Source,
     state: StateDir,
+    cache: desired_mod.LoadCache,
 ) -> int:
     logger = log.get()
     repo = source.path
@@ -384,24 +404,18 @@ def _run(
         )
         return EXIT_ERROR
     try:
-        # Validate before anything is read from, or written to, the host.
-        desired = desired_mod.load_host(repo, host)
+        # Validate before anything is read from the host (a fetched commit is checked here).
+        desired, vms = _load(repo, host, kinds, cache)
     except ValidationError as e:
         return _invalid(e)
-    vms = None
-    if "vm" in kinds:
-        try:
-            vms = desired_mod.load_vms(repo)
-        except ValidationError as e:
-            return _invalid(e)
-        if vms is not None and vms["controller"] != host:
-            # VM placement is cluster-wide: only the controller applies it.
-            logger.info(
-                "vm_skipped",
-                reason=f"this host ({host}) is not the controller ({vms['controller']}) "
-                "named in vms.yaml",
-            )
-            vms = None
+    if vms is not None and vms["controller"] != host:
+        # VM placement is cluster-wide: only the controller applies it.
+        logger.info(
+            "vm_skipped",
+            reason=f"this host ({host}) is not the controller ({vms['controller']}) "
+            "named in vms.yaml",
+        )
+        vms = None
     for kind in kinds:
         if kind not in IMPLEMENTED and desired.raw.get(f"{kind}s"):
             logger.warning(
