@@ -7,9 +7,8 @@ domains under TCG.
 1. The problem, reproduced for real: two domains with VNC port 5901 on one node, the second
    does not start; the same for a VM moved by hand onto a node where 5901 is taken.
 2. The reconciler's answer: the same move through ``python -m reconciler --only vm`` starts
-   cleanly, and a move interrupted between define and undefine is completed by the next run.
-   These two skip, with "the vm provider is not implemented yet" and for no other reason,
-   while ``reconciler/providers/vm.py`` does not exist.
+   cleanly, and a move interrupted between define and undefine (a run killed there, and the
+   state such a crash leaves built by hand) is completed by the next run.
 
 The error texts below are what libvirt 9.0.0 / QEMU 7.2 (Debian bookworm) really say; the
 tests assert on the stable part of each and print the whole message (``pytest -s`` shows it).
@@ -17,7 +16,6 @@ tests assert on the stable part of each and print the whole message (``pytest -s
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -44,10 +42,6 @@ RESERVE_FAILED = "Failed to reserve port 5901"
 #    Address already in use"
 BIND_FAILED = "Failed to find an available port: Address already in use"
 
-VM_PROVIDER_MISSING = "the vm provider is not implemented yet"
-# Checked at collection time, so the placeholders skip for this reason only, before any
-# daemon is started.
-HAVE_VM_PROVIDER = importlib.util.find_spec("reconciler.providers.vm") is not None
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NODE_NAMES = ("kvm1", "kvm2")
 
@@ -251,27 +245,18 @@ def _write_desired_state(
     (repo / "vms.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
+def _reconcile_args(tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "--repo", str(tmp_path / "repo"), "--host", "master", "--only", "vm",
+        "--lock-file", str(tmp_path / "reconcile.lock"), "--state-dir", str(tmp_path / "state"),
+        "--log-format", "json", *extra,
+    ]  # fmt: skip
+
+
 def _reconcile(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     """``python -m reconciler --only vm`` on the controller host, with private lock/state."""
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "reconciler",
-            "--repo",
-            str(tmp_path / "repo"),
-            "--host",
-            "master",
-            "--only",
-            "vm",
-            "--lock-file",
-            str(tmp_path / "reconcile.lock"),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--log-format",
-            "json",
-            *extra,
-        ],
+        [sys.executable, "-m", "reconciler", *_reconcile_args(tmp_path, *extra)],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -321,10 +306,8 @@ _DESIRED_VMS: dict[str, dict[str, object]] = {
 }
 
 
-@pytest.mark.skipif(not HAVE_VM_PROVIDER, reason=VM_PROVIDER_MISSING)
 def test_reconciler_move_starts_cleanly(cluster: Cluster, tmp_path: Path) -> None:
-    """PLACEHOLDER until reconciler/providers/vm.py exists: the same move, done by the
-    reconciler, gets a free VNC port on the target and starts."""
+    """The same move, done by the reconciler, gets a free VNC port on the target and starts."""
     web_uuid = _port_conflict_setup(cluster)
     _write_desired_state(tmp_path / "repo", cluster.nodes, _DESIRED_VMS)
 
@@ -338,17 +321,12 @@ def test_reconciler_move_starts_cleanly(cluster: Cluster, tmp_path: Path) -> Non
     _assert_moved_cleanly(cluster, "web", web_uuid, tmp_path)
 
 
-@pytest.mark.skipif(not HAVE_VM_PROVIDER, reason=VM_PROVIDER_MISSING)
 def test_reconciler_completes_move_interrupted_between_define_and_undefine(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    """PLACEHOLDER until reconciler/providers/vm.py exists: after a crash between "define on
-    the target" and "undefine on the source", the next run completes the move.
-
-    The crash is injected by constructing exactly the state it leaves: the same UUID defined
-    on both nodes, the target's copy carrying a rewritten, free port. (Killing a real run at
-    that instant needs a fault hook in the provider; the state is what the next run sees.)
-    """
+    """The state a crash between "define on the target" and "undefine on the source" leaves,
+    built by hand (the same UUID on both nodes, the target's copy on a free port): the next
+    run recognises its own move and completes it."""
     web_uuid = _port_conflict_setup(cluster)
     _define(cluster.conns["kvm2"], "web", 5990, domain_uuid=web_uuid)
     _write_desired_state(tmp_path / "repo", cluster.nodes, _DESIRED_VMS)
@@ -358,4 +336,56 @@ def test_reconciler_completes_move_interrupted_between_define_and_undefine(
     plan = json.loads(proc.stdout)
     assert plan["errors"] == [], plan  # recognised as our own move, not "on two nodes"
     assert [c["address"] for c in plan["changes"]] == ["vm/web"]
+    _assert_moved_cleanly(cluster, "web", web_uuid, tmp_path)
+
+
+# Runs the real CLI, but the process dies (os._exit: no cleanup, no journal, the lock file
+# left behind with its pid) the moment the move reaches "undefine on the source": the target
+# definition has been written and verified, the source one not yet removed.
+_CRASH_AT_UNDEFINE = textwrap.dedent(
+    """
+    import os, sys
+    from reconciler import libvirtio
+    from reconciler.cli import main
+
+    def crash(self, uuid):
+        print(f"crashing before undefine of {uuid} on {self.name}", file=sys.stderr, flush=True)
+        os._exit(137)
+
+    libvirtio.NodeIO.undefine = crash
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_run_killed_between_define_and_undefine_is_finished_by_the_next(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A real run, killed between define and undefine; the next run takes over the dead
+    run's lock and completes the move."""
+    web_uuid = _port_conflict_setup(cluster)
+    _write_desired_state(tmp_path / "repo", cluster.nodes, _DESIRED_VMS)
+    args = _reconcile_args(tmp_path)
+    crashed = subprocess.run(
+        [sys.executable, "-c", _CRASH_AT_UNDEFINE, *args], cwd=PROJECT_ROOT,
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert crashed.returncode == 137, _output(crashed)
+    assert "crashing before undefine" in crashed.stderr
+    # What the crash left: the VM defined on both nodes (never on neither), the lock file.
+    on = {
+        n: {d.name(): d.UUIDString() for d in c.listAllDomains()} for n, c in cluster.conns.items()
+    }
+    assert on["kvm1"]["web"] == on["kvm2"]["web"] == web_uuid
+    assert (tmp_path / "reconcile.lock").exists()
+    assert not (tmp_path / "state" / "runs.jsonl").exists()
+
+    proc = _reconcile(tmp_path, "--output", "json")
+    assert proc.returncode == 0, _output(proc)
+    assert "lock_taken_over" in proc.stderr, proc.stderr
+    plan = json.loads(proc.stdout)
+    assert plan["errors"] == [], plan
+    (change,) = plan["changes"]
+    assert change["address"] == "vm/web" and change["action"] == "move"
+    assert any("interrupted move" in w for w in change["warnings"])
     _assert_moved_cleanly(cluster, "web", web_uuid, tmp_path)
