@@ -13,6 +13,7 @@ controller's ``vms.yaml``) did not exist at the base.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,44 +59,84 @@ def _ipset_summary(spec: IpsetSpec) -> dict[str, Any]:
     }
 
 
-def ipset_changes(before: Mapping[str, IpsetSpec], after: Mapping[str, IpsetSpec]) -> list[Change]:
-    """Sets created, deleted (pruned when reconciler created them) and updated."""
+class Memo:
+    """The last few ipset changes computed, by the identity of their two specs.
+
+    Entries hold the specs themselves, so an id is never reused while its entry exists (a
+    hit is checked by identity), and only ``size`` entries are kept: the pairs shared by
+    every host (fleet.yaml's set at both revisions) stay, per-host pairs pass through.
+    """
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[int, int], tuple[object, object, Change | None]] = (
+            OrderedDict()
+        )
+
+    def get(self, b: object, a: object) -> tuple[bool, Change | None]:
+        """(found, change) for the pair ``b``, ``a``."""
+        entry = self._entries.get((id(b), id(a)))
+        if entry is None or entry[0] is not b or entry[1] is not a:
+            return False, None
+        self._entries.move_to_end((id(b), id(a)))
+        return True, entry[2]
+
+    def put(self, b: object, a: object, change: Change | None) -> None:
+        """Remember ``change`` for the pair."""
+        self._entries[(id(b), id(a))] = (b, a, change)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
+def ipset_changes(
+    before: Mapping[str, IpsetSpec], after: Mapping[str, IpsetSpec], memo: Memo | None = None
+) -> list[Change]:
+    """Sets created, deleted (pruned when reconciler created them) and updated.
+
+    ``memo`` (kept by the caller while the specs are alive) reuses the change between the
+    same two spec objects: every host sharing fleet.yaml's 5,000-CIDR set has the same one.
+    """
     out: list[Change] = []
     for name in sorted(before.keys() | after.keys()):
         b, a = before.get(name), after.get(name)
-        if b == a:  # identical objects when both come from one cached fleet.yaml
+        if b is a:  # the same object: both from one cached fleet.yaml
             continue
-        if a is None:
-            assert b is not None
-            out.append(
-                Change("ipset", name, "delete", (Op("destroy_set", {"set": name}),),
-                       _ipset_summary(b), None, None,
-                       ("deleted on the host only if reconciler created it (ours.json)",))
-            )  # fmt: skip
-            continue
-        summary = _ipset_summary(a)
-        if b is None:
-            ops = [Op("create_set", {"set": name, "type": a.type, "family": a.family})]
-            ops += [Op("add_member", {"member": m}) for m in sorted(a.members, key=sort_key)]
-            out.append(Change("ipset", name, "create", tuple(ops), None, summary))
-            continue
-        bs, as_ = _ipset_summary(b), summary
-        ops = _field_ops(
-            {k: v for k, v in bs.items() if k != "members"},
-            {k: v for k, v in as_.items() if k != "members"},
-            {"set": name},
-        )
-        action: Action = "update"
-        if b.type != a.type or b.family != a.family:
-            action = "replace"
-        ops += [
-            Op("add_member", {"member": m}) for m in sorted(a.members - b.members, key=sort_key)
-        ]
-        ops += [
-            Op("delete_member", {"member": m}) for m in sorted(b.members - a.members, key=sort_key)
-        ]
-        out.append(Change("ipset", name, action, tuple(ops), bs, as_))
+        found, change = memo.get(b, a) if memo is not None else (False, None)
+        if not found:
+            change = ipset_change(name, b, a)
+            if memo is not None:
+                memo.put(b, a, change)
+        if change is not None:
+            out.append(change)
     return out
+
+
+def ipset_change(name: str, b: IpsetSpec | None, a: IpsetSpec | None) -> Change | None:
+    """The change of one set from ``b`` to ``a`` (None: absent), None when they are equal."""
+    if b == a:
+        return None
+    if a is None:
+        assert b is not None
+        note = "deleted on the host only if reconciler created it (ours.json)"
+        op = Op("destroy_set", {"set": name})
+        return Change("ipset", name, "delete", (op,), _ipset_summary(b), None, None, (note,))
+    summary = _ipset_summary(a)
+    if b is None:
+        ops = [Op("create_set", {"set": name, "type": a.type, "family": a.family})]
+        ops += [Op("add_member", {"member": m}) for m in sorted(a.members, key=sort_key)]
+        return Change("ipset", name, "create", tuple(ops), None, summary)
+    bs, as_ = _ipset_summary(b), summary
+    ops = _field_ops(
+        {k: v for k, v in bs.items() if k != "members"},
+        {k: v for k, v in as_.items() if k != "members"},
+        {"set": name},
+    )
+    action: Action = "update"
+    if b.type != a.type or b.family != a.family:
+        action = "replace"
+    ops += [Op("add_member", {"member": m}) for m in sorted(a.members - b.members, key=sort_key)]
+    ops += [Op("delete_member", {"member": m}) for m in sorted(b.members - a.members, key=sort_key)]
+    return Change("ipset", name, action, tuple(ops), bs, as_)
 
 
 def _settings_changes(
@@ -127,13 +168,16 @@ def _backup_sets(desired: HostDesired) -> dict[str, Any]:
     return out
 
 
-def host_changes(before: HostDesired | None, after: HostDesired, kinds: set[str]) -> list[Change]:
-    """Every change the move from ``before`` to ``after`` asks of one host, kind by kind."""
+def host_changes(
+    before: HostDesired | None, after: HostDesired, kinds: set[str], memo: Memo | None = None
+) -> list[Change]:
+    """Every change the move from ``before`` to ``after`` asks of one host, kind by kind
+    (``memo``: see :func:`ipset_changes`)."""
     empty = HostDesired(host=after.host)
     b = before or empty
     out: list[Change] = []
     if "ipset" in kinds:
-        out += ipset_changes(b.ipsets, after.ipsets)
+        out += ipset_changes(b.ipsets, after.ipsets, memo)
     if "nic" in kinds:
         out += _settings_changes("nic", "nic", b.raw.get("nics") or {}, after.raw.get("nics") or {})
     if "backup" in kinds:

@@ -180,12 +180,21 @@ def plan_all(
     apart from reading those directories and the snapshot files.
     """
     now = now or datetime.now(UTC)
-    cache = desired_mod.LoadCache()
-    result = CiResult(problems=desired_mod.validate_repo(repo, cache))
-    if result.problems:
-        return result
+    # fleet.yaml is kept, host files only while their host is planned (a file unchanged
+    # since the base is parsed once): memory holds one host at a time, plus the plans.
+    cache = desired_mod.LoadCache(max_host_files=2)
+    problems: set[Problem] = set()
+    if (repo / desired_mod.FLEET_FILE).exists():
+        problems.update(cache.load(repo, desired_mod.FLEET_FILE).problems)
+    problems.update(desired_mod.stray_host_files(repo))
     wanted = set(kinds)
-    vms = desired_mod.load_vms(repo) if "vm" in wanted else None
+    vms: dict[str, Any] | None = None
+    try:
+        vms = desired_mod.load_vms(repo)
+    except ValidationError as e:
+        problems.update(e.problems)
+    if "vm" not in wanted:
+        vms = None
     vms_before: dict[str, Any] | None = None
     base_vms_problem = None
     if base is not None and vms is not None:
@@ -193,43 +202,77 @@ def plan_all(
             vms_before = desired_mod.load_vms(base)
         except ValidationError as e:
             base_vms_problem = f"vms.yaml is invalid at {base_rev} ({len(e.problems)} problem(s))"
-    for host in hosts:
-        desired = desired_mod.load_host(repo, host, cache)
-        controller = vms is not None and vms["controller"] == host
-        host_vms = vms if controller else None
-        snap = snapshots / f"{host}.json" if snapshots is not None else None
-        warnings: list[str] = []
-        if snap is not None and snap.exists():
-            changes, errors, basis = _snapshot_plan(
-                snap, desired, wanted - ({"vm"} if not controller else set()), host_vms, repo, now
+    plans: dict[str, dict[str, Any]] = {}
+    memo = against.Memo()
+    planned = set(hosts)
+    # Every host file is validated, also those not planned: CI checks the whole commit.
+    for host in sorted(planned | set(desired_mod.list_hosts(repo))):
+        try:
+            desired = desired_mod.load_host(repo, host, cache)
+        except ValidationError as e:
+            problems.update(e.problems)
+            continue
+        if problems or host not in planned:
+            continue  # once anything is invalid nothing is planned; keep collecting problems
+        plans[host] = _plan_host(
+            host, desired, wanted, vms, vms_before, base_vms_problem, repo, cache, memo,
+            base=base, base_rev=base_rev, snapshots=snapshots, commit=commit, now=now,
+        )  # fmt: skip
+    if problems:
+        return CiResult(problems=sorted(problems))
+    return CiResult(plans=[plans[h] for h in hosts])
+
+
+def _plan_host(
+    host: str,
+    desired: HostDesired,
+    wanted: set[str],
+    vms: dict[str, Any] | None,
+    vms_before: dict[str, Any] | None,
+    base_vms_problem: str | None,
+    repo: Path,
+    cache: desired_mod.LoadCache,
+    memo: against.Memo,
+    *,
+    base: Path | None,
+    base_rev: str | None,
+    snapshots: Path | None,
+    commit: str | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """One host's plan dict, with its ``basis`` (and ``warnings`` about the basis)."""
+    controller = vms is not None and vms["controller"] == host
+    host_vms = vms if controller else None
+    snap = snapshots / f"{host}.json" if snapshots is not None else None
+    warnings: list[str] = []
+    if snap is not None and snap.exists():
+        kinds = wanted - ({"vm"} if not controller else set())
+        changes, errors, basis = _snapshot_plan(snap, desired, kinds, host_vms, repo, now)
+    elif base is not None:
+        before = None
+        try:
+            before = desired_mod.load_host(base, host, cache)
+        except ValidationError as e:
+            warnings.append(
+                f"the desired state of {host} is invalid at {base_rev} "
+                f"({len(e.problems)} problem(s)): planned as a new host"
             )
-        elif base is not None:
-            before = None
-            try:
-                before = desired_mod.load_host(base, host, cache)
-            except ValidationError as e:
-                warnings.append(
-                    f"the desired state of {host} is invalid at {base_rev} "
-                    f"({len(e.problems)} problem(s)): planned as a new host"
-                )
-            changes = against.host_changes(before, desired, wanted)
-            if controller and host_vms is not None:
-                changes += against.vm_changes(vms_before, host_vms)
-                if base_vms_problem:
-                    warnings.append(base_vms_problem)
-            errors = []
-            basis = Basis("against", {"rev": base_rev})
-        else:
-            where = f"no snapshot {snap}" if snap is not None else "no snapshot"
-            changes, basis = [], Basis("none")
-            errors = [PlanError("host", f"{where} and no --against REV: nothing to compare with")]
-        plan = Plan(host=host, commit=commit, changes=changes, errors=errors)
-        d = plan.to_dict()
-        d["basis"] = basis.to_dict()
-        if warnings:
-            d["warnings"] = warnings
-        result.plans.append(d)
-    return result
+        changes = against.host_changes(before, desired, wanted, memo)
+        if controller and host_vms is not None:
+            changes += against.vm_changes(vms_before, host_vms)
+            if base_vms_problem:
+                warnings.append(base_vms_problem)
+        errors = []
+        basis = Basis("against", {"rev": base_rev})
+    else:
+        where = f"no snapshot {snap}" if snap is not None else "no snapshot"
+        changes, basis = [], Basis("none")
+        errors = [PlanError("host", f"{where} and no --against REV: nothing to compare with")]
+    d = Plan(host=host, commit=commit, changes=changes, errors=errors).to_dict()
+    d["basis"] = basis.to_dict()
+    if warnings:
+        d["warnings"] = warnings
+    return d
 
 
 def render_text(result: CiResult, commit: str | None) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import tarfile
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -144,27 +144,28 @@ def open_local(path: Path, ref: str | None, subdir: str = "") -> Iterator[Source
 def export_tree(repo: git.Repo, commit: str, subdir: str, dest: Path) -> None:
     """Write the files of ``subdir`` (the whole tree when empty) at ``commit`` into ``dest``.
 
-    Uses ``git archive`` (one process, one tar stream) rather than a blob per file: 1,000 host
-    files export in a fraction of a second. Raises SourceError when ``subdir`` is not there.
+    ``git archive`` piped into ``tar -x`` (one process each, no Python per file: 1,000 host
+    files in well under a second; Python's tarfile took 1.3 s). Raises SourceError when
+    ``subdir`` is not there or either tool fails.
     """
-    with tempfile.TemporaryFile() as tar:
-        try:
-            args = [commit] + ([subdir] if subdir else [])
-            repo.git.archive(*args, format="tar", output_stream=tar)
-        except git.GitCommandError as e:
-            raise SourceError(
-                f"cannot export {subdir or 'the tree'} at {commit[:12]}: {_git_error(e)}"
-            ) from e
-        tar.seek(0)
-        with tarfile.open(fileobj=tar) as tf:
-            strip = f"{subdir}/" if subdir else ""
-            for member in tf.getmembers():
-                if strip and member.name.startswith(strip):
-                    member.name = member.name[len(strip) :]
-                elif strip:
-                    continue
-                if member.name:
-                    tf.extract(member, dest, filter="data")
+    args = ["git", "-C", str(repo.working_tree_dir or repo.git_dir), "archive", "--format=tar"]
+    args += [commit] + ([subdir] if subdir else [])
+    strip = [f"--strip-components={len(Path(subdir).parts)}"] if subdir else []
+    try:
+        archive = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert archive.stdout is not None
+        untar = subprocess.run(
+            ["tar", "-x", "-C", str(dest), *strip], stdin=archive.stdout,
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        archive.stdout.close()
+        err = archive.stderr.read().decode(errors="replace") if archive.stderr else ""
+        rc = archive.wait()
+    except FileNotFoundError as e:
+        raise SourceError(f"cannot export {commit[:12]}: {e.filename} is not installed") from e
+    if rc != 0 or untar.returncode != 0:
+        why = (err.strip() or untar.stderr.strip() or "failed").splitlines()[-1]
+        raise SourceError(f"cannot export {subdir or 'the tree'} at {commit[:12]}: {why}")
 
 
 def _clone_dir(state_dir: Path) -> Path:

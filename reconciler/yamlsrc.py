@@ -62,6 +62,9 @@ class YamlDoc:
     keys: dict[YPath, Pos] = field(default_factory=dict)
     texts: dict[YPath, str] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    #: Results of the checks that later steps reuse (e.g. an ipset's canonical members,
+    #: so 5,000 CIDRs are not canonicalised twice), keyed by what they are about.
+    derived: dict[tuple[str, ...], Any] = field(default_factory=dict)
 
     def pos(self, path: YPath, *, key: bool = False) -> Pos:
         """Position of ``path`` (of its key with ``key=True``), else of its nearest ancestor."""
