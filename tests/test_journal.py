@@ -12,7 +12,7 @@ from reconciler.errors import ProviderError
 from reconciler.model import HostDesired
 from reconciler.plan import Change, Op, PlanError
 from reconciler.state import StateDir
-from tests.clirun import reconcile
+from tests.clirun import reconcile, run_backup_only
 
 
 class FakeProvider:
@@ -286,3 +286,18 @@ def test_a_real_run_through_the_cli_is_journaled(tmp_path: Path) -> None:
     (rec,) = StateDir(tmp_path / "state").runs().records
     assert rec["ok"] is True and rec["kinds"] == ["backup"] and rec["dry_run"] is False
     assert rec["commit"] is None and rec["host"] == "h1"
+
+
+def test_run_with_a_state_dir_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("not a directory")
+    proc = run_backup_only(tmp_path)
+    assert proc.returncode == 1
+    assert "cannot create state directory" in proc.stderr and "Traceback" not in proc.stderr
+    assert (tmp_path / "state").read_text() == "not a directory"  # left as it was
+
+
+def test_run_with_a_missing_state_dir_creates_it(tmp_path: Path) -> None:
+    proc = run_backup_only(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "state").is_dir()
+    assert (tmp_path / "state" / "runs.jsonl").exists()
