@@ -326,11 +326,23 @@ class NodeIO:
             raise ProviderError(f"node {self.name}: shutting down {uuid}: {_err(e)}") from e
         return True
 
-    def migrate_live(self, uuid: str, dest: NodeIO, xml: str) -> None:
-        """Live-migrate to ``dest`` with the destination XML ``xml`` (new VNC port), persist
-        it there and undefine it here. Not testable with the test driver (no migration)."""
+    def migrate_live(
+        self, uuid: str, dest: NodeIO, xml: str, persist_xml: str, uri: str | None = None
+    ) -> None:
+        """Live-migrate to ``dest``: ``xml`` is the running domain there (new VNC port),
+        ``persist_xml`` its persistent definition there (also the new port: without it libvirt
+        persists the source's definition, whose port the next start would clash on); it is
+        undefined here. ``uri`` is where QEMU sends the memory (``tcp://host``), None for
+        libvirt's choice. Client-managed (no peer-to-peer): the daemons need not reach each
+        other, only the QEMU processes do."""
+        params: dict[str, Any] = {
+            libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml,
+            libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: persist_xml,
+        }
+        if uri is not None:
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = uri
         try:
-            self._lookup(uuid).migrate2(dest.conn, xml, MIGRATE_FLAGS, None, None, 0)
+            self._lookup(uuid).migrate3(dest.conn, params, MIGRATE_FLAGS)
         except libvirt.libvirtError as e:
             raise ProviderError(
                 f"node {self.name}: live migration of {uuid} to {dest.name}: {_err(e)}"

@@ -389,3 +389,58 @@ def test_run_killed_between_define_and_undefine_is_finished_by_the_next(
     assert change["address"] == "vm/web" and change["action"] == "move"
     assert any("interrupted move" in w for w in change["warnings"])
     _assert_moved_cleanly(cluster, "web", web_uuid, tmp_path)
+
+
+def _link_nodes(cluster: Cluster) -> str:
+    """A veth link between the two nodes' network namespaces (10.250.0.1 - 10.250.0.2), the
+    path live-migration data takes; idempotent. Returns kvm2's migration URI."""
+    kvm1, kvm2 = cluster.nodes["kvm1"], cluster.nodes["kvm2"]
+    probe = subprocess.run(
+        kvm1.nsenter_net(["ip", "link", "show", "mig1"]), capture_output=True, check=False
+    )
+    if probe.returncode != 0:
+        subprocess.run(
+            ["ip", "link", "add", "mig1", "netns", str(kvm1.init_pid), "type", "veth",
+             "peer", "name", "mig2", "netns", str(kvm2.init_pid)],
+            check=True,
+        )  # fmt: skip
+        for node, dev, addr in ((kvm1, "mig1", "10.250.0.1/24"), (kvm2, "mig2", "10.250.0.2/24")):
+            subprocess.run(node.nsenter_net(["ip", "addr", "add", addr, "dev", dev]), check=True)
+            subprocess.run(node.nsenter_net(["ip", "link", "set", dev, "up"]), check=True)
+    return "tcp://10.250.0.2"
+
+
+def test_live_migration_moves_a_running_vm_without_stopping_it(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """``live_migrate: true``: the running VM moves to kvm2 (where 5901 is taken) while it
+    runs, listening on a free port there, its persistent definition carrying that port."""
+    import libvirt
+
+    migration_uri = _link_nodes(cluster)
+    web_uuid = _port_conflict_setup(cluster)
+    web = cluster.conns["kvm1"].lookupByUUIDString(web_uuid)
+    web.create()
+    vms = {
+        "db": {"node": "kvm2", "vnc_port": 5901, "state": "running"},
+        "web": {"node": "kvm2", "vnc_port": "auto", "state": "running", "live_migrate": True},
+    }
+    _write_desired_state(tmp_path / "repo", cluster.nodes, vms)
+    doc = yaml.safe_load((tmp_path / "repo" / "vms.yaml").read_text())
+    doc["nodes"]["kvm2"]["migration_uri"] = migration_uri
+    (tmp_path / "repo" / "vms.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    proc = _reconcile(tmp_path, "--output", "json")
+    assert proc.returncode == 0, _output(proc)
+    (change,) = json.loads(proc.stdout)["changes"]
+    assert [op["op"] for op in change["ops"]] == ["migrate"]  # no shutdown, no start
+    port = change["ops"][0]["vnc_port"]
+    assert port != 5901
+    moved = cluster.conns["kvm2"].lookupByUUIDString(web_uuid)
+    assert moved.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert _vnc(moved.XMLDesc(0)) == (port, "no")  # listening there now
+    assert _vnc(moved.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) == (port, "no")  # and after
+    assert ("127.0.0.1", port) in cluster.nodes["kvm2"].tcp_listeners()
+    # The QEMU log of the target shows an incoming migration, not a fresh boot.
+    assert "-incoming" in cluster.nodes["kvm2"].qemu_log("web")
+    _assert_moved_cleanly(cluster, "web", web_uuid, tmp_path)

@@ -792,10 +792,13 @@ class VmProvider:
             self._verify(io, vm, uuid, a["vnc_port"])
         elif op.op == "migrate":
             src, dst = self._node(a["from_node"]), self._node(a["to_node"])
-            xml = src.live_xml(a["uuid"])
+            xml, persist = src.live_xml(a["uuid"]), src.config_xml(a["uuid"])
             if a.get("vnc_port") is not None:
                 xml = with_vnc_port(xml, int(a["vnc_port"]))
-            src.migrate_live(a["uuid"], dst, xml)
+                persist = with_vnc_port(persist, int(a["vnc_port"]))
+            uri = self.config["nodes"][a["to_node"]].get("migration_uri")
+            src.migrate_live(a["uuid"], dst, xml, persist, uri)
+            self._verify(dst, vm, a["uuid"], a.get("vnc_port"))
         else:  # a plan from a newer version, or a bug: never guess
             raise ProviderError(f"unknown op {op.op!r}")
 
