@@ -12,7 +12,11 @@ import ipaddress
 import re
 import socket
 
-_V4 = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})(?:/([0-9]{1,2}))?")
+# Octets 0-255 and prefixes 0-32 written without leading zeros: exactly the IPv4 forms
+# ipaddress accepts (it rejects leading zeros as ambiguous); anything else takes the slow
+# path, which also produces the error.
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_V4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?:/(3[0-2]|[12]?[0-9]))?")
 
 
 def canonical_network(text: str) -> tuple[int, int, str]:
@@ -24,21 +28,16 @@ def canonical_network(text: str) -> tuple[int, int, str]:
     """
     m = _V4.fullmatch(text)
     if m is not None:
-        parts = m.groups()
-        octets = parts[:4]
-        plen = parts[4]
-        # Leading zeros are ambiguous (octal?) and ipaddress rejects them: let it say so.
-        if not any((len(o) > 1 and o[0] == "0") or int(o) > 255 for o in octets) and (
-            plen is None or (int(plen) <= 32 and not (len(plen) > 1 and plen[0] == "0"))
-        ):
-            prefix = 32 if plen is None else int(plen)
-            a, b, c, d = (int(o) for o in octets)
-            value = (a << 24 | b << 16 | c << 8 | d) & ((0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF)
-            return (
-                4,
-                prefix,
-                f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}/{prefix}",
-            )
+        a, b, c, d, plen = m.groups()
+        prefix = 32 if plen is None else int(plen)
+        value = (int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)) & (
+            (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
+        )
+        return (
+            4,
+            prefix,
+            f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}/{prefix}",
+        )
     net = ipaddress.ip_network(text, strict=False)
     return net.version, net.prefixlen, str(net)
 

@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
 from reconciler.desired import (
     list_hosts,
@@ -223,3 +224,17 @@ def test_vm_stop_and_migration_switches(tmp_path: Path) -> None:
     )
     problems = [str(p) for p in validate_repo(tmp_path)]
     assert len(problems) == 1 and "vms.vm2.allow_stop" in problems[0], problems
+
+
+def test_the_slash_shortcut_in_tag_resolution_changes_no_value(tmp_path: Path) -> None:
+    """yamlsrc resolves a plain scalar containing "/" as a string without trying YAML's
+    implicit types; every value must load exactly as PyYAML's own safe loader loads it."""
+    text = (
+        "a: 10.0.0.0/8\nb: 2024-01-01\nc: 1/2\nd: on\ne: 0x1F\nf: 1.5e3\ng: ~\n"
+        "h: '10.0.0.0/8'\ni: [192.0.2.0/24, 2001:db8::/32, 12:30:00, .inf]\nj: /etc\n"
+    )
+    path = tmp_path / "f.yaml"
+    path.write_text(text)
+    doc = load_yaml(path, "f.yaml")
+    assert doc.problems == []
+    assert doc.data == yaml.safe_load(text)
