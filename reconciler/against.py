@@ -20,6 +20,7 @@ from typing import Any
 from reconciler.cidr import sort_key
 from reconciler.model import HostDesired, IpsetSpec
 from reconciler.plan import Action, Change, Op
+from reconciler.providers.ipset import spec_summary
 
 NOT_MANAGED = "no longer in git: reconciler stops managing it and leaves its settings as they are"
 
@@ -46,17 +47,14 @@ def _field_ops(
 
 
 def _ipset_summary(spec: IpsetSpec) -> dict[str, Any]:
+    """The provider's summary of a set, plus its firewall rule (a change a commit can make)."""
     fw = spec.firewall
-    return {
-        "type": spec.type,
-        "family": spec.family,
-        "maxelem": spec.maxelem,
-        "hashsize": spec.hashsize,
-        "members": len(spec.members),
-        "firewall": None
+    rule = (
+        None
         if fw is None
-        else {"chain": fw.chain, "target": fw.target, "in_interface": fw.in_interface},
-    }
+        else {"chain": fw.chain, "target": fw.target, "in_interface": fw.in_interface}
+    )
+    return {**spec_summary(spec), "firewall": rule}
 
 
 class Memo:

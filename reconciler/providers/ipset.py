@@ -81,7 +81,8 @@ def _header_dict(s: LiveSet) -> dict[str, Any]:
     }
 
 
-def _spec_dict(spec: IpsetSpec) -> dict[str, Any]:
+def spec_summary(spec: IpsetSpec) -> dict[str, Any]:
+    """The plan's ``after`` summary of a desired set (members as a count)."""
     return {
         "type": spec.type,
         "family": spec.family,
@@ -194,7 +195,7 @@ class IpsetProvider:
                 )
             ]
             ops += [Op("add_member", {"member": m}) for m in sorted(spec.members, key=sort_key)]
-            return Change(KIND, name, "create", tuple(ops + rule_ops), None, _spec_dict(spec))
+            return Change(KIND, name, "create", tuple(ops + rule_ops), None, spec_summary(spec))
 
         h = cur.header
         live_members = cur.members if cur.members is not None else frozenset()
@@ -223,7 +224,7 @@ class IpsetProvider:
 
         refusal = self._guard(spec, cur, live, delete)
         before = _header_dict(cur)
-        after = _spec_dict(spec)
+        after = spec_summary(spec)
         if structural or sizing:
             return self._rebuild(
                 spec, cur, live, structural, sizing, add, delete, before, after, refusal, need_rule
