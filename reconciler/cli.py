@@ -296,7 +296,7 @@ def cmd_reconcile(argv: Sequence[str]) -> int:
                 source = stack.enter_context(
                     gitsource.open_remote(args.repo, args.ref, state.path, args.path)
                 )
-            refusal = _accept_source(args, source, state)
+            refusal = _accept_source(args, source, state, stack)
             if refusal is not None:
                 return _refuse(args, host, kinds, state, refusal)
             return _run(args, host, kinds, source, state, cache)
@@ -317,7 +317,10 @@ def _load(
 
 
 def _accept_source(
-    args: argparse.Namespace, source: gitsource.Source, state: StateDir
+    args: argparse.Namespace,
+    source: gitsource.Source,
+    state: StateDir,
+    stack: contextlib.ExitStack[Any],
 ) -> VerifyError | None:
     """Check the rewind rule and signatures of the source's target; check out a clone's
     target once accepted. Returns the refusal (nothing is checked out then), else None."""
@@ -351,7 +354,14 @@ def _accept_source(
             signers=list(decision.signers),
         )
     if source.url is not None and source.commit != target:
-        gitsource.checkout(source, target)
+        if args.dry_run:
+            # A dry-run plans the target from an export: the clone's checkout stays the last
+            # one a real run accepted.
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reconciler-")))
+            gitsource.export_tree(source.repo, target, source.subdir, tmp)
+            source.path, source.commit = tmp, target
+        else:
+            gitsource.checkout(source, target)
     return None
 
 

@@ -251,3 +251,22 @@ def test_corrupt_applied_commit_record_is_a_clear_error(remote: Remote, host: Ho
     assert r.returncode == 1
     assert "source.json is corrupt" in r.stderr and "Remove it" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_dry_run_on_a_url_plans_the_new_commit_and_moves_nothing(
+    remote: Remote, host: Host
+) -> None:
+    a = remote.commit(A, "first")
+    remote.push()
+    assert host.run(remote.url).returncode == 0
+    b = remote.commit(B, "second", subdir="")
+    remote.push()
+    r = host.run(remote.url, "--dry-run", "--detailed-exitcode")
+    assert r.returncode == 2, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["commit"] == b
+    ops = plan["changes"][0]["ops"]
+    assert {"op": "add_member", "member": B[0]} in ops
+    assert host.ns.ipset_members("mgmt") == set(A)  # the host is untouched
+    assert git(host.state / "source", "rev-parse", "HEAD") == a  # and so is the checkout
+    assert host.applied() == a
