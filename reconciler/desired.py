@@ -512,7 +512,7 @@ def _check_backup(doc: YamlDoc, name: str, spec: dict[str, Any]) -> list[Problem
                 )
             )
     if spec.get("backend") == "tarsnap":
-        for key in ("repository", "password_file"):
+        for key in ("repository", "password_file", "prune"):
             if key in spec:
                 out.append(
                     doc.problem((*base, key), f"{key!r} only applies to backend restic", key=True)

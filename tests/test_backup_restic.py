@@ -7,6 +7,7 @@ test live through years of simulated time in seconds. No root needed.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -20,6 +21,7 @@ import pytest
 from reconciler import cli, engine
 from reconciler import desired as desired_mod
 from reconciler.engine import RunResult
+from reconciler.errors import ValidationError
 from reconciler.model import HostDesired
 from reconciler.plan import Plan
 from reconciler.providers.backup import retention
@@ -31,6 +33,7 @@ from reconciler.providers.backup.restic import (
     archive_of,
     parse_snapshots,
 )
+from reconciler.render import text as render_text
 from tests.simclock import Clock
 
 pytestmark = pytest.mark.skipif(shutil.which("restic") is None, reason="restic is not installed")
@@ -338,3 +341,61 @@ def test_delete_in_bounded_batches(site: Site, monkeypatch: pytest.MonkeyPatch) 
     assert site.names() == {names[2]}
     with pytest.raises(ResticError):
         backend.create("etc-20200201-000000", [str(site.root / "gone")])
+
+
+def _raw_size(site: Site) -> int:
+    """Bytes of pack files stored in the repository (what prune frees; ``restic stats``
+    counts only what snapshots reference, which a forget alone already lowers)."""
+    data = site.repo("repo") / "data"
+    return sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
+
+
+def test_prune_frees_the_data_of_expired_snapshots(site: Site) -> None:
+    """``prune: true``: the expired snapshots are forgotten, then ``restic prune`` frees
+    their data in the same run; the repository still checks clean."""
+    backend = site.backend()
+    for day in (1, 2, 3):
+        # Incompressible, different each time: every snapshot brings its own data.
+        (site.data / "etc" / "blob").write_bytes(os.urandom(1_000_000))
+        name = f"etc-202001{day:02d}-000000"
+        backend.create(name, [str(site.data / "etc")], when=datetime(2020, 1, day, tzinfo=UTC))
+    before = _raw_size(site)
+    desired = site.write({"etc": site.restic_set(every="100d", keep={"last": 1}, prune=True)})
+    provider = BackupProvider(clock=Clock(datetime(2020, 1, 3, 1, tzinfo=UTC)))
+    plan, result = run(desired, provider)
+    assert [o.op for o in plan.changes[0].ops] == [
+        "delete_archive",
+        "delete_archive",
+        "prune_repository",
+    ]
+    assert result.ok, result.errors
+    text = render_text.render(plan.to_dict(), dry_run=False)
+    assert f"- prune {site.repo('repo')} (frees the expired snapshots' data)" in text
+    assert site.names() == {"etc-20200103-000000"}
+    after = _raw_size(site)
+    assert after < before - 1_500_000, (before, after)  # two snapshots' unique data freed
+    check = subprocess.run(
+        ["restic", "check"], env=site.backend()._env(), capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_without_prune_forget_only_and_the_data_stays(site: Site) -> None:
+    backend = site.backend()
+    for day in (1, 2):
+        (site.data / "etc" / "blob").write_bytes(os.urandom(1_000_000))
+        name = f"etc-202001{day:02d}-000000"
+        backend.create(name, [str(site.data / "etc")], when=datetime(2020, 1, day, tzinfo=UTC))
+    before = _raw_size(site)
+    desired = site.write({"etc": site.restic_set(every="100d", keep={"last": 1})})
+    plan, result = run(desired, BackupProvider(clock=Clock(datetime(2020, 1, 2, 1, tzinfo=UTC))))
+    assert [o.op for o in plan.changes[0].ops] == ["delete_archive"]
+    assert result.ok and site.names() == {"etc-20200102-000000"}
+    assert _raw_size(site) == before
+
+
+def test_prune_is_a_restic_only_key(site: Site) -> None:
+    with pytest.raises(ValidationError) as ei:
+        site.write({"etc": {"backend": "tarsnap", "paths": ["/etc"], "every": "1d",
+                            "keep": {"last": 1}, "prune": True}})  # fmt: skip
+    assert "'prune' only applies to backend restic" in str(ei.value)

@@ -49,6 +49,8 @@ def _op_line(op: dict[str, Any]) -> str:
     if name == "create_archive":
         excl = f" excluding {', '.join(a['exclude'])}" if a.get("exclude") else ""
         return f"+ archive {a['archive']} ({', '.join(a['paths'])}){excl}"
+    if name == "prune_repository":
+        return f"- prune {a['repository']} (frees the expired snapshots' data)"
     if name == "delete_archive":
         return f"- archive {a['archive']}: {a['reason']}"
     if name == "define" and a.get("from_node"):

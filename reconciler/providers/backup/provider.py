@@ -201,7 +201,8 @@ class BackupProvider:
     # ------------------------------------------------------------------------------ apply
     def apply(self, change: Change) -> list[Op]:
         """Execute ``change``: the ``create_archive`` op first, then ``delete_archive`` ops in
-        batches of ``delete_batch``. Returns the ops executed.
+        batches of ``delete_batch``, then ``prune_repository`` (restic). Returns the ops
+        executed.
 
         Raises ProviderError (with the set's address) on the first failure; a create that
         fails stops the deletions. A busy backend's error says the next run retries.
@@ -215,6 +216,7 @@ class BackupProvider:
         done: list[Op] = []
         creates = [op for op in change.ops if op.op == "create_archive"]
         deletes = [op for op in change.ops if op.op == "delete_archive"]
+        prunes = [op for op in change.ops if op.op == "prune_repository"]
         try:
             for op in creates:
                 _with_fsck(backend, functools.partial(_create, backend, change.name, op))
@@ -224,6 +226,11 @@ class BackupProvider:
                 result = _with_fsck(backend, lambda: backend.delete(names, batch=self.delete_batch))
                 gone = set(result.deleted) | set(result.missing)
                 done += [op for op in deletes if op.args["archive"] in gone]
+            for op in prunes:
+                if not isinstance(backend, ResticBackend):  # a plan from elsewhere: never guess
+                    raise ProviderError(f"{op.op} is a restic operation", address=change.address)
+                backend.prune()
+                done.append(op)
         except ReconcilerError as e:
             raise ProviderError(_with_retry_note(e), address=change.address) from e
         return done
@@ -313,9 +320,12 @@ def diff_set(name: str, spec: Mapping[str, Any], state: SetLive, now: datetime) 
         if archive == new_name:  # impossible (decide keeps the newest); never delete it
             continue
         ops.append(Op("delete_archive", {"archive": archive, "reason": rows[archive].reason}))
+    deleted = len(ops) - (1 if due else 0)
+    if deleted and spec.get("prune"):
+        # Frees the data of what was just forgotten (restic only; the schema checks).
+        ops.append(Op("prune_repository", {"repository": spec["repository"]}))
     if not ops:
         return None
-    deleted = len(ops) - (1 if due else 0)
     action: Action = "create" if not times else "update"
     before = None if not times else {"archives": len(times), "newest": newest_any}
     after = {

@@ -326,8 +326,8 @@ class ResticBackend:
         Only snapshots this backend lists (ours, this host's) are resolved, so nothing else is
         ever touched; a name held by several snapshots forgets them all. Stops at the first
         failing call and re-lists, so the error's ``deleted`` says exactly what is gone.
-        ``forget`` only drops snapshots; their data is freed by a ``restic prune`` (not run
-        here: it rewrites packs and can take hours).
+        ``forget`` only drops snapshots; their data is freed by :meth:`prune`, which runs
+        only for sets with ``prune: true`` (it rewrites packs and can take hours).
         """
         if batch < 1:
             raise ValueError("batch must be at least 1")
@@ -363,6 +363,16 @@ class ResticBackend:
             )
             raise self._fail(res, what, deleted=result.deleted)
         return result
+
+    def prune(self) -> None:
+        """``restic prune``: free the data no snapshot references any more (after a forget).
+
+        Repository-wide and exclusive: restic locks the repository for its duration, and a
+        lock held by another process is BackendBusy (retried next run), like a backup's.
+        """
+        res = self._run(["prune"])
+        if res.returncode != 0:
+            raise self._fail(res, "pruning the repository (snapshots were forgotten)")
 
 
 def _summary_snapshot(stdout: str) -> str | None:
