@@ -247,7 +247,17 @@ def plan_vms(config: Mapping[str, Any], live: VmLive) -> tuple[list[Change], lis
     _check_capacity(vms, index, changes, vm_errors, reachable)
 
     # Domains git does not manage: reported on every change that touches their node.
-    unmanaged = {n: sorted(set(nl.domains) - set(vms_cfg)) for n, nl in reachable.items()}
+    managed = set(vms_cfg)
+    touched_nodes = {
+        a
+        for ch in changes.values()
+        for op in ch.ops
+        for k, a in op.args.items()
+        if k.endswith("node")
+    }
+    unmanaged = {
+        n: sorted(set(nl.domains) - managed) for n, nl in reachable.items() if n in touched_nodes
+    }
     out: list[Change] = []
     for name in sorted(changes):
         ch = changes[name]
@@ -357,12 +367,17 @@ def _sized(v: _Vm) -> None:
     v.size = (v.current.memory_kib, v.current.vcpus)
 
 
-def _port_users(reachable: Mapping[str, NodeLive]) -> dict[str, dict[int, set[str]]]:
-    """Per node, VNC port -> the domains holding it (configured or listening)."""
+def _foreign_ports(
+    reachable: Mapping[str, NodeLive], managed: set[str]
+) -> dict[str, dict[int, set[str]]]:
+    """Per node, VNC port -> the domains git does not manage that hold it (configured or
+    listening). Managed domains are left out: their ports are handed out by the allocator."""
     out: dict[str, dict[int, set[str]]] = {}
     for n, nl in reachable.items():
         users: dict[int, set[str]] = {}
-        for d in nl.domains.values():
+        for name, d in nl.domains.items():
+            if name in managed:
+                continue
             for p in d.ports():
                 users.setdefault(p, set()).add(d.name)
         out[n] = users
@@ -384,9 +399,9 @@ def _allocate_ports(
     on T (configured, defined or running, or listening), and no other managed VM listens on
     it on T now.
     """
-    users = _port_users(reachable)
-    claimed: dict[int, str] = {}
     managed = set(vms)
+    users = _foreign_ports(reachable, managed)
+    claimed: dict[int, str] = {}
     # Ports managed VMs listen on now, per node: really taken until they stop. Their
     # configured ports are not: those VMs get their own port below (claimed), and a
     # configured port somebody else keeps is changed on them.
@@ -397,12 +412,19 @@ def _allocate_ports(
                 listening[n][d.live_vnc_port] = d.name
 
     def used_on(node: str, port: int, me: str) -> set[str]:
-        holders = {d for d in users.get(node, {}).get(port, set()) if d not in managed}
+        holders = set(users.get(node, {}).get(port, ()))
         live = listening.get(node, {}).get(port)
         if live is not None:
             holders.add(live)
         holders.discard(me)
         return holders
+
+    def taken(node: str, port: int, me: str) -> bool:
+        # used_on(...) != set(), without building sets: this runs once per VM and port tried.
+        if port in users.get(node, {}):
+            return True  # held by a domain git does not manage (never ``me``)
+        live = listening.get(node, {}).get(port)
+        return live is not None and live != me
 
     for name, v in vms.items():
         want = v.spec.get("vnc_port", "auto")
@@ -445,7 +467,7 @@ def _allocate_ports(
         listens = v.current is not None and v.current.live_vnc_port == have
         keepers.append((not listens, name, v, have))
     for _, name, v, have in sorted(keepers, key=lambda k: (k[0], k[1])):
-        if have not in claimed and not used_on(v.target, have, name):
+        if have not in claimed and not taken(v.target, have, name):
             v.port = have
             claimed[have] = name
         else:
@@ -453,7 +475,7 @@ def _allocate_ports(
     pending.sort(key=lambda v: v.name)
     for v in pending:
         port = VNC_BASE
-        while port <= VNC_MAX and (port in claimed or used_on(v.target, port, v.name)):
+        while port <= VNC_MAX and (port in claimed or taken(v.target, port, v.name)):
             port += 1
         if port > VNC_MAX:
             vm_errors[v.name] = "no free VNC port left between 5900 and 65535"
@@ -475,6 +497,13 @@ def _vnc_summary(vnc: VncConfig | None) -> Any:
 def _change_for(v: _Vm, reachable: Mapping[str, NodeLive]) -> Change | None:
     """The change for one located VM with its port allocated (None when it matches)."""
     want_running = v.spec.get("state", "running") == "running"
+    if v.mode == "here":
+        # The common case (a timer run on a converged cluster): decided before any dict is
+        # built for it.
+        cur0 = v.current
+        assert cur0 is not None
+        if (v.port is None or cur0.config_port == v.port) and want_running == cur0.active:
+            return None
     name, target = v.name, v.target
     after = {"node": target, "state": v.spec.get("state", "running"), "vnc_port": v.port}
     cur = v.current
@@ -601,25 +630,24 @@ def _check_capacity(
     has. Only changes adding load to an overfull node are dropped: a node already over
     capacity by hand does not block unrelated changes."""
 
-    def placement(with_changes: bool) -> dict[str, dict[str, tuple[int, int]]]:
-        load: dict[str, dict[str, tuple[int, int]]] = {n: {} for n in reachable}
-        for n, nl in reachable.items():
-            for d in nl.domains.values():
-                if d.name not in vms and d.active:
-                    load[n][d.name] = (d.memory_kib, d.vcpus)
-        for name, v in vms.items():
-            ch = changes.get(name) if with_changes else None
-            if ch is not None and not ch.refused:
-                if v.spec.get("state", "running") == "running" and v.target in load:
-                    load[v.target][name] = v.size
-                continue
-            for n, here in index.get(name, []):
-                if here.active:
-                    load[n][name] = (here.memory_kib, here.vcpus)
-        return load
-
-    now = placement(False)
-    after = placement(True)
+    # What runs where now: every active domain (git's or not) on the node it is on.
+    now: dict[str, dict[str, tuple[int, int]]] = {n: {} for n in reachable}
+    for n, nl in reachable.items():
+        load = now[n]
+        for d in nl.domains.values():
+            if d.active:
+                load[d.name] = (d.memory_kib, d.vcpus)
+    # After the plan: the same, with each planned (not refused) VM taken from where it runs
+    # and put on its target when git wants it running.
+    after = {n: dict(load) for n, load in now.items()}
+    for name, ch in changes.items():
+        if ch.refused:
+            continue
+        v = vms[name]
+        for n, _ in index.get(name, []):
+            after[n].pop(name, None)
+        if v.spec.get("state", "running") == "running" and v.target in after:
+            after[v.target][name] = v.size
     for n in sorted(reachable):
         nl = reachable[n]
         mem = sum(m for m, _ in after[n].values())
