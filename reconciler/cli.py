@@ -33,6 +33,7 @@ from reconciler.model import HostDesired
 from reconciler.plan import PlanError
 from reconciler.providers.base import Provider
 from reconciler.render import json as render_json
+from reconciler.render import status as render_status
 from reconciler.render import text as render_text
 from reconciler.state import StateDir
 
@@ -372,22 +373,8 @@ def _refuse(
     recorded in the journal (not for a dry-run) and the run exits 1."""
     print(f"reconcile: refused: {e.message}", file=sys.stderr)
     if not args.dry_run:
-        now = datetime.now(UTC).isoformat(timespec="milliseconds")
-        record = {
-            "format_version": journal.FORMAT_VERSION,
-            "host": host,
-            "commit": e.commit,
-            "dry_run": False,
-            "started": now,
-            "finished": now,
-            "kinds": kinds,
-            "ok": False,
-            "changes": [],
-            "refused": [],
-            "errors": [{"address": "source", "message": e.message}],
-        }
         try:
-            state.append_run(record)
+            state.append_run(journal.refusal_record(host, kinds, e.commit, e.message))
         except StateError as err:
             print(f"reconcile: {err}", file=sys.stderr)
     return EXIT_ERROR
@@ -578,6 +565,7 @@ def cmd_snapshot(argv: Sequence[str]) -> int:
     snapshot (exit 1), the others are written.
     """
     from reconciler import snapshot
+    from reconciler.providers.nic import NicProvider
 
     args = build_snapshot_parser().parse_args(argv)
     log.configure(json_lines=None if args.log_format == "auto" else args.log_format == "json")
@@ -611,7 +599,8 @@ def cmd_snapshot(argv: Sequence[str]) -> int:
             errors: dict[str, str] = {}
             for p in providers:
                 try:
-                    lives[p.kind] = p.read(_wide(p, desired))
+                    wide = p.every_nic(desired) if isinstance(p, NicProvider) else desired
+                    lives[p.kind] = p.read(wide)
                 except ReconcilerError as e:
                     errors[p.kind] = e.message
             commit = state.applied_commit() if state is not None else None
@@ -631,24 +620,6 @@ def cmd_snapshot(argv: Sequence[str]) -> int:
         print(f"reconcile snapshot: {kind}: {message}", file=sys.stderr)
     print(f"{out}: snapshot of {host} ({', '.join(sorted(lives)) or 'nothing'})")
     return EXIT_ERROR if errors else EXIT_OK
-
-
-def _wide(provider: Provider, desired: Any) -> Any:
-    """The desired state a snapshot reads with: for NICs every link but VM ports and
-    loopback (with its bridge ports), so a NIC added by a later commit is in it."""
-    if provider.kind != "nic":
-        return desired
-    from dataclasses import replace
-
-    from reconciler.model import NicSpec
-    from reconciler.providers.nic import is_vm_port
-
-    links = provider.io.links()  # type: ignore[attr-defined]
-    nics = dict(desired.nics)
-    for name, link in links.items():
-        if name != "lo" and not is_vm_port(link) and name not in nics:
-            nics[name] = NicSpec(name, ports=NicSpec(name) if link.kind == "bridge" else None)
-    return replace(desired, nics=nics)
 
 
 def _write_metrics(option: str | None, state: StateDir, result: engine.RunResult) -> None:
@@ -705,88 +676,12 @@ def cmd_status(argv: Sequence[str]) -> int:
         }
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
-        sys.stdout.write(_status_text(state.path, runs, shown, success, drift, owned))
+        sys.stdout.write(render_status.render(state.path, runs, shown, success, drift, owned))
     sys.stdout.flush()
     if ours_error is not None:
         print(f"reconcile status: {ours_error}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK
-
-
-def _short(commit: Any) -> str:
-    return commit[:12] if isinstance(commit, str) else "(no git)"
-
-
-def _when(value: Any) -> str:
-    t = journal.parse_time(value)
-    return t.strftime("%Y-%m-%d %H:%M:%S") if t is not None else "?"
-
-
-def _status_text(
-    path: Path,
-    runs: list[dict[str, Any]],
-    shown: list[dict[str, Any]],
-    success: dict[str, Any] | None,
-    drift: list[journal.DriftEvent],
-    owned: dict[str, list[str]],
-) -> str:
-    out = [f"State dir: {path}"]
-    if runs:
-        out += _runs_text(runs, shown, success, drift)
-    else:
-        out.append("No runs recorded yet.")
-    if owned:
-        out.append("")
-        out.append("Owned by reconciler (ours.json):")
-        for kind, names in owned.items():
-            out.append(f"  {kind}: {', '.join(names)}")
-    return "\n".join(out) + "\n"
-
-
-def _runs_text(
-    runs: list[dict[str, Any]],
-    shown: list[dict[str, Any]],
-    success: dict[str, Any] | None,
-    drift: list[journal.DriftEvent],
-) -> list[str]:
-    out = []
-    if success is None:
-        out.append("Applied commit: none (no run has succeeded yet)")
-    else:
-        out.append(
-            f"Applied commit: {_short(success.get('commit'))} "
-            f"(last successful run {_when(success.get('finished'))} UTC)"
-        )
-    last = runs[-1]
-    if not journal.run_ok(last):
-        out.append(f"Last run FAILED at {_when(last.get('finished'))} UTC")
-    out.append("")
-    out.append(f"Last {len(shown)} of {len(runs)} run(s), times in UTC:")
-    out.append(f"  {'FINISHED':<19}  {'COMMIT':<12}  {'RESULT':<6}  CHANGES  DRIFT  ERRORS")
-    for rec in shown:
-        changes = journal.changes_of(rec)
-        n_drift = sum(1 for c in changes if c.get("drift") is True)
-        errors = journal.errors_of(rec)
-        result = "ok" if journal.run_ok(rec) else "FAILED"
-        out.append(
-            f"  {_when(rec.get('finished')):<19}  {_short(rec.get('commit')):<12}  {result:<6}  "
-            f"{len(changes):>7}  {n_drift:>5}  {len(errors):>6}"
-        )
-        for err in errors[:5]:
-            out.append(f"      ! {err.get('address') or 'run'}: {err.get('message', '')}")
-        if len(errors) > 5:
-            out.append(f"      ! ... and {len(errors) - 5} more error(s)")
-    out.append("")
-    if drift:
-        out.append(f"Drift (changes applied without a new commit) in these {len(shown)} run(s):")
-        for d in drift:
-            out.append(
-                f"  {_when(d.finished):<19}  {_short(d.commit):<12}  {d.address}  "
-                f"{d.action} ({d.ops} op(s))"
-            )
-    else:
-        out.append(f"No drift in these {len(shown)} run(s).")
-    return out
 
 
 def _invalid(e: ValidationError) -> int:

@@ -36,7 +36,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +272,27 @@ def drift_events(records: Iterable[dict[str, Any]]) -> list[DriftEvent]:
                     )
                 )
     return out
+
+
+def refusal_record(
+    host: str, kinds: Sequence[str], commit: str | None, message: str
+) -> dict[str, Any]:
+    """The record of a run that refused its target (a rewind, a bad signature): nothing was
+    applied; ``commit`` is the refused one, the error's address ``source``."""
+    now = datetime.now(UTC).isoformat(timespec="milliseconds")
+    return {
+        "format_version": FORMAT_VERSION,
+        "host": host,
+        "commit": commit,
+        "dry_run": False,
+        "started": now,
+        "finished": now,
+        "kinds": list(kinds),
+        "ok": False,
+        "changes": [],
+        "refused": [],
+        "errors": [{"address": "source", "message": message}],
+    }
 
 
 def parse_time(value: Any) -> datetime | None:

@@ -189,13 +189,13 @@ def test_host_without_snapshot_or_base_is_an_error_for_that_host(
 # --- snapshots ----------------------------------------------------------------------------
 
 
-def take_snapshot(ns: Netns, repo: Repo, tmp: Path, host: str) -> Path:
+def take_snapshot(ns: Netns, repo: Repo, tmp: Path, host: str, only: str = "ipset") -> Path:
     out = tmp / "snaps" / f"{host}.json"
     out.parent.mkdir(exist_ok=True)
     env = {**GIT_ENV, "PYTHONPATH": str(ROOT)}
     r = ns.run(
         [sys.executable, "-m", "reconciler", "snapshot", "--repo", str(repo.ds), "--host", host,
-         "--only", "ipset", "--state-dir", str(tmp / "state"), "--lock-file", str(tmp / "lock"),
+         "--only", only, "--state-dir", str(tmp / "state"), "--lock-file", str(tmp / "lock"),
          "--log-format", "json", "-o", str(out)],
         check=False, env=env,
     )  # fmt: skip
@@ -309,3 +309,31 @@ def test_snapshot_writes_nothing_to_the_host(
     assert netns.ipset_save() == before == ""
     assert not (tmp_path / "state").exists()  # not even a state dir
     assert os.path.exists(tmp_path / "snaps" / "a.json")
+
+
+def test_snapshot_reads_every_nic_so_a_new_nic_can_be_planned(
+    repo: Repo,
+    netns: Netns,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The snapshot holds NICs git did not list yet (and a bridge's ports): a commit that
+    adds settings for them is planned against their real state, not reported missing."""
+    netns.run(["ip", "link", "add", "eth0", "type", "veth", "peer", "name", "peer0"])
+    netns.run(["ip", "link", "add", "br0", "type", "bridge"])
+    netns.run(["ip", "link", "add", "eth1", "type", "veth", "peer", "name", "peer1"])
+    netns.run(["ip", "link", "set", "eth1", "master", "br0"])
+    base = repo.write()
+    snap = take_snapshot(netns, repo, tmp_path, "a", only="nic")
+    nics = json.loads(snap.read_text())["lives"]["nic"]["nics"]
+    assert {"eth0", "br0", "eth1"} <= set(nics)
+    # The new commit tunes the bridge's port for the first time.
+    (repo.ds / "hosts" / "a.yaml").write_text(
+        HOST_A.format(rx=4096) + "  br0:\n    ports:\n      offloads: {gso: off}\n"
+    )
+    git(repo.root, "commit", "-q", "-am", "bridge ports")
+    r = repo.plan("--snapshots", str(snap.parent), "--against", base, "--only", "nic",
+                  "--output", "json")  # fmt: skip
+    plan = by_host(r.stdout)["a"]
+    assert plan["basis"]["kind"] == "snapshot"
+    assert [c["address"] for c in plan["changes"] if c["address"] == "nic/eth1"] == ["nic/eth1"]
+    assert not any("br0" in e["address"] or "eth1" in e["address"] for e in plan["errors"])

@@ -35,7 +35,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler import log
@@ -326,6 +326,17 @@ class NicProvider:
             self._io_obj = None
 
     # ----------------------------------------------------------------------------- read
+    def every_nic(self, desired: HostDesired) -> HostDesired:
+        """``desired`` with every link of the host added (no settings), except loopback and
+        VM ports, bridges with their ports: reading it records every NIC's state, which a
+        snapshot needs so that a later commit adding a NIC can be planned in CI."""
+        nics = dict(desired.nics)
+        for name, link in self.io.links().items():
+            if name != "lo" and not is_vm_port(link) and name not in nics:
+                ports = NicSpec(name) if link.kind == "bridge" else None
+                nics[name] = NicSpec(name, ports=ports)
+        return replace(desired, nics=nics)
+
     def read(self, desired: HostDesired) -> NicLive:
         """Read links, and rings and features of every desired NIC and resolved bridge port.
 
