@@ -131,15 +131,9 @@ def _snapshot_plan(
         changes += c
         errors += e
     if seconds > STALE_AFTER_SECONDS:
-        errors_or_warn = f"snapshot is {_age(seconds)} old: the host may have changed since"
-        changes = [_with_warning(c, errors_or_warn) for c in changes]
+        stale = f"snapshot is {_age(seconds)} old: the host may have changed since"
+        changes = [c.with_warnings(stale) for c in changes]
     return changes, errors, basis
-
-
-def _with_warning(c: Change, warning: str) -> Change:
-    return Change(
-        c.kind, c.name, c.action, c.ops, c.before, c.after, c.refused, (*c.warnings, warning)
-    )
 
 
 def _provider(kind: str, vms: dict[str, Any] | None, repo: Path, now: datetime) -> Any:
@@ -165,7 +159,7 @@ def _provider(kind: str, vms: dict[str, Any] | None, repo: Path, now: datetime) 
 
 def plan_all(
     repo: Path,
-    hosts: Sequence[str],
+    hosts: Sequence[str] | None,
     kinds: Sequence[str],
     *,
     commit: str | None,
@@ -174,7 +168,9 @@ def plan_all(
     snapshots: Path | None = None,
     now: datetime | None = None,
 ) -> CiResult:
-    """Validate ``repo`` and plan every host in ``hosts`` (see the module docstring).
+    """Validate ``repo`` and plan every host in ``hosts`` (see the module docstring); with
+    ``hosts=None`` every ``hosts/*.yaml`` and the VM controller named in ``vms.yaml`` (which
+    may have no host file of its own).
 
     ``base`` is the desired-state directory at ``base_rev`` (exported by the caller). Pure
     apart from reading those directories and the snapshot files.
@@ -193,6 +189,10 @@ def plan_all(
         vms = desired_mod.load_vms(repo)
     except ValidationError as e:
         problems.update(e.problems)
+    if hosts is None:
+        hosts = desired_mod.list_hosts(repo)
+        if vms is not None and vms["controller"] not in hosts:
+            hosts.append(vms["controller"])
     if "vm" not in wanted:
         vms = None
     vms_before: dict[str, Any] | None = None

@@ -275,7 +275,7 @@ def cmd_reconcile(argv: Sequence[str]) -> int:
         return cmd_ci(args)
     host = args.host or _short_hostname()
     kinds = args.only or list(KINDS)
-    cache = desired_mod.LoadCache()
+    loaded = None
     try:
         with contextlib.ExitStack() as stack:
             remote = gitsource.is_url(args.repo)
@@ -286,7 +286,7 @@ def cmd_reconcile(argv: Sequence[str]) -> int:
                 # A local desired state is validated before anything is read from, or
                 # written to, the host: not even the state dir or lock file is created.
                 try:
-                    _load(source.path, host, kinds, cache)
+                    loaded = _load(source.path, host, kinds)
                 except ValidationError as e:
                     return _invalid(e)
             # The lock covers the source too: a fetch and checkout update the clone in the
@@ -300,7 +300,7 @@ def cmd_reconcile(argv: Sequence[str]) -> int:
             refusal = _accept_source(args, source, state, stack)
             if refusal is not None:
                 return _refuse(args, host, kinds, state, refusal)
-            return _run(args, host, kinds, source, state, cache)
+            return _run(args, host, kinds, source, state, loaded)
     except ReconcilerError as e:
         # StateError (corrupt ours.json ...), LockHeldError, SourceError ...: the message
         # says it all.
@@ -308,11 +308,9 @@ def cmd_reconcile(argv: Sequence[str]) -> int:
         return EXIT_ERROR
 
 
-def _load(
-    repo: Path, host: str, kinds: Sequence[str], cache: desired_mod.LoadCache
-) -> tuple[HostDesired, dict[str, Any] | None]:
+def _load(repo: Path, host: str, kinds: Sequence[str]) -> tuple[HostDesired, dict[str, Any] | None]:
     """The host's desired state and (with the vm kind) vms.yaml; ValidationError if bad."""
-    desired = desired_mod.load_host(repo, host, cache)
+    desired = desired_mod.load_host(repo, host)
     vms = desired_mod.load_vms(repo) if "vm" in kinds else None
     return desired, vms
 
@@ -386,8 +384,10 @@ def _run(
     kinds: list[str],
     source: gitsource.Source,
     state: StateDir,
-    cache: desired_mod.LoadCache,
+    loaded: tuple[HostDesired, dict[str, Any] | None] | None,
 ) -> int:
+    """Plan, and unless --dry-run apply. ``loaded`` is the desired state when it was
+    validated before the lock (a local source); a fetched one is loaded here."""
     logger = log.get()
     repo = source.path
     if not repo.is_dir():
@@ -402,7 +402,7 @@ def _run(
         return EXIT_ERROR
     try:
         # Validate before anything is read from the host (a fetched commit is checked here).
-        desired, vms = _load(repo, host, kinds, cache)
+        desired, vms = loaded if loaded is not None else _load(repo, host, kinds)
     except ValidationError as e:
         return _invalid(e)
     if vms is not None and vms["controller"] != host:
@@ -479,13 +479,7 @@ def cmd_ci(args: argparse.Namespace) -> int:
                 )
                 gitsource.export_tree(source.repo, rev, source.subdir, tmp)
                 base = tmp
-            if args.all_hosts:
-                hosts = desired_mod.list_hosts(source.path)
-                controller = _controller(source.path)
-                if controller is not None and controller not in hosts:
-                    hosts.append(controller)  # it may have no host file of its own
-            else:
-                hosts = [args.host or _short_hostname()]
+            hosts = None if args.all_hosts else [args.host or _short_hostname()]
             result = ci.plan_all(
                 source.path,
                 hosts,
@@ -517,16 +511,6 @@ def cmd_ci(args: argparse.Namespace) -> int:
     if result.changes and args.detailed_exitcode:
         return EXIT_CHANGES
     return EXIT_OK
-
-
-def _controller(repo: Path) -> str | None:
-    """The controller named in ``vms.yaml`` (None without one, or when it is invalid: the
-    validation that follows reports that)."""
-    try:
-        vms = desired_mod.load_vms(repo)
-    except ValidationError:
-        return None
-    return str(vms["controller"]) if vms is not None else None
 
 
 def build_snapshot_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ objects, so the two can never disagree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 FORMAT_VERSION = 1
@@ -55,6 +55,10 @@ class Change:
     def address(self) -> str:
         """``kind/name``: the resource address used in plans, logs and errors."""
         return f"{self.kind}/{self.name}"
+
+    def with_warnings(self, *extra: str) -> Change:
+        """The same change with ``extra`` warnings appended."""
+        return replace(self, warnings=(*self.warnings, *extra))
 
     def to_dict(self) -> dict[str, Any]:
         """Serialise to the JSON plan's change object."""

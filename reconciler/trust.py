@@ -52,21 +52,21 @@ def _fleet_verify(repo: git.Repo, commit: str, subdir: str) -> dict[str, Any] | 
     return block if isinstance(block, dict) else None
 
 
-def signers_at(repo: git.Repo, commit: str, subdir: str) -> list[Signer]:
-    """The ``verify.signers`` of ``fleet.yaml`` at ``commit`` (key paths made relative to the
-    repository root); empty when there is no ``verify:``."""
+def _signers(blocks: list[dict[str, Any]], subdir: str) -> list[Signer]:
+    """The ``verify.signers`` of the given ``verify:`` blocks (the target's first), each key
+    once, with key paths made relative to the repository root."""
     from reconciler.gitverify import Signer  # only runs that verify pay for it
 
-    block = _fleet_verify(repo, commit, subdir) or {}
-    out = []
-    for s in block.get("signers") or []:
-        if not isinstance(s, dict) or not isinstance(s.get("name"), str):
-            continue
-        for kind in ("openpgp", "ssh"):
-            if isinstance(s.get(kind), str):
-                path = f"{subdir}/{s[kind]}" if subdir else s[kind]
-                out.append(Signer(s["name"], kind, path))
-    return out
+    out: dict[tuple[str, str], Signer] = {}
+    for block in blocks:
+        for s in block.get("signers") or []:
+            if not isinstance(s, dict) or not isinstance(s.get("name"), str):
+                continue
+            for kind in ("openpgp", "ssh"):
+                if isinstance(s.get(kind), str):
+                    path = f"{subdir}/{s[kind]}" if subdir else s[kind]
+                    out.setdefault((kind, path), Signer(s["name"], kind, path))
+    return list(out.values())
 
 
 def _is_commit(repo: git.Repo, rev: str) -> bool:
@@ -99,10 +99,14 @@ def decide(
     ``base`` is the last applied commit (None on a first run). Reads git objects only; the
     work tree is not touched, so a refusal leaves the last applied checkout in place.
     """
-    wanted = _fleet_verify(repo, target, subdir) is not None
-    if base is not None and _is_commit(repo, base):
-        wanted = wanted or _fleet_verify(repo, base, subdir) is not None
-    if not (wanted or require_signed):
+    # Each commit's verify: block is read once: it says both whether to verify and who signs.
+    base_known = base is not None and _is_commit(repo, base)
+    found = [_fleet_verify(repo, target, subdir)]
+    if base_known:
+        assert base is not None
+        found.append(_fleet_verify(repo, base, subdir))
+    blocks = [b for b in found if b is not None]
+    if not (blocks or require_signed):
         if (
             base is not None
             and base != target
@@ -116,10 +120,7 @@ def decide(
                 commit=target,
             )
         return Decision(target)
-    signers = signers_at(repo, target, subdir)
-    if base is not None and _is_commit(repo, base):
-        known = {(s.kind, s.key_path) for s in signers}
-        signers += [s for s in signers_at(repo, base, subdir) if (s.kind, s.key_path) not in known]
+    signers = _signers(blocks, subdir)
     if not signers:
         raise VerifyError(
             "signed commits are required (--require-signed) but fleet.yaml lists no verify.signers",

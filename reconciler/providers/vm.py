@@ -268,18 +268,7 @@ def plan_vms(config: Mapping[str, Any], live: VmLive) -> tuple[list[Change], lis
             for n in touched
             if unmanaged.get(n)
         ]
-        if notes:
-            ch = Change(
-                ch.kind,
-                ch.name,
-                ch.action,
-                ch.ops,
-                ch.before,
-                ch.after,
-                ch.refused,
-                (*ch.warnings, *notes),
-            )
-        out.append(ch)
+        out.append(ch.with_warnings(*notes) if notes else ch)
     errors += [PlanError(f"{KIND}/{n}", vm_errors[n]) for n in sorted(vm_errors)]
     return out, errors
 
