@@ -9,11 +9,12 @@ their declared field types does the (de)serialisation: adding a field to a ``*Li
 needs no change here, and a field of a type this module does not know fails loudly (a
 ``TypeError`` naming the type) in the round-trip tests instead of being silently dropped.
 
-Encoding, by declared type: dataclass -> object of its fields; ``Mapping[str, V]`` -> object;
-``Mapping[K, V]`` with other keys -> list of ``[key, value]`` pairs; ``tuple``/``Sequence``/
-``list`` -> list; ``frozenset``/``set`` -> sorted list; ``datetime`` -> ISO 8601 text; enum ->
-its value; ``Any`` -> the value itself, which must be JSON data. Decoding checks every value
-against its type and reports the JSON path of the first bad one (``$.sets.mgmt.header``).
+Encoding, by declared type: dataclass or NamedTuple -> object of its fields;
+``Mapping[str, V]`` -> object; ``Mapping[K, V]`` with other keys -> list of ``[key, value]``
+pairs; ``tuple``/``Sequence``/``list`` -> list; ``frozenset``/``set`` -> sorted list;
+``datetime`` -> ISO 8601 text; enum -> its value; ``Any`` -> the value itself, which must be
+JSON data. Decoding checks every value against its type and reports the JSON path of the
+first bad one (``$.sets.mgmt.header``).
 """
 
 from __future__ import annotations
@@ -107,16 +108,35 @@ def _what(value: Any) -> str:
     return type(value).__name__
 
 
-_HINTS: dict[type[Any], tuple[tuple[dataclasses.Field[Any], Any], ...]] = {}
+_FIELDS: dict[type[Any], tuple[tuple[str, Any, bool], ...]] = {}
 
 
-def _hints(cls: type[Any]) -> tuple[tuple[dataclasses.Field[Any], Any], ...]:
-    """(field, resolved type) of each init field of a dataclass. Cached: resolving the
-    string annotations (``from __future__ import annotations``) is the slow part."""
-    got = _HINTS.get(cls)
+def _is_namedtuple(tp: type[Any]) -> bool:
+    return issubclass(tp, tuple) and hasattr(tp, "_fields") and hasattr(tp, "_field_defaults")
+
+
+def _fields(cls: type[Any]) -> tuple[tuple[str, Any, bool], ...]:
+    """(name, resolved type, required) of each field of a record type: the init fields of
+    a dataclass, or the fields of a NamedTuple (used for per-domain records, where a
+    frozen dataclass costs three times as much to build). Cached: resolving the string
+    annotations (``from __future__ import annotations``) is the slow part."""
+    got = _FIELDS.get(cls)
     if got is None:
         hints = typing.get_type_hints(cls)
-        got = _HINTS[cls] = tuple((f, hints[f.name]) for f in dataclasses.fields(cls) if f.init)
+        if dataclasses.is_dataclass(cls):
+            got = tuple(
+                (
+                    f.name,
+                    hints[f.name],
+                    f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING,
+                )
+                for f in dataclasses.fields(cls)
+                if f.init
+            )
+        else:
+            got = tuple((n, hints[n], n not in cls._field_defaults) for n in cls._fields)
+        _FIELDS[cls] = got
     return got
 
 
@@ -154,8 +174,8 @@ def _kind_of(tp: Any) -> str:
         if origin in (abc.Set, abc.MutableSet, frozenset, set):
             return "set"
     elif isinstance(tp, type):
-        if dataclasses.is_dataclass(tp):
-            return "dataclass"
+        if dataclasses.is_dataclass(tp) or _is_namedtuple(tp):
+            return "record"
         # bool before int: bool is a subclass of int, and True must not pass as 1.
         for scalar in (bool, str, int, float, datetime):
             if tp is scalar:
@@ -192,11 +212,12 @@ def _encode(tp: Any, value: Any, path: str) -> Any:
         if value not in typing.get_args(tp):
             raise _Bad(path, f"expected one of {typing.get_args(tp)!r}, found {_what(value)}")
         return value
-    if kind == "dataclass":
+    if kind == "record":
         if not isinstance(value, tp):
             raise _Bad(path, f"expected {tp.__name__}, found {_what(value)}")
         return {
-            f.name: _encode(ftp, getattr(value, f.name), _at(path, f.name)) for f, ftp in _hints(tp)
+            name: _encode(ftp, getattr(value, name), _at(path, name))
+            for name, ftp, _ in _fields(tp)
         }
     if kind == "mapping":
         if not isinstance(value, Mapping):
@@ -257,8 +278,8 @@ def _decode(tp: Any, data: Any, path: str) -> Any:
         if data not in typing.get_args(tp):
             raise _Bad(path, f"expected one of {typing.get_args(tp)!r}, found {_what(data)}")
         return data
-    if kind == "dataclass":
-        return _decode_dataclass(tp, data, path)
+    if kind == "record":
+        return _decode_record(tp, data, path)
     if kind == "mapping":
         ktp, vtp = _pair_types(tp)
         if ktp is str:
@@ -315,22 +336,22 @@ def _decode(tp: Any, data: Any, path: str) -> Any:
     return _scalar(kind, data, path)
 
 
-def _decode_dataclass(cls: type[Any], data: Any, path: str) -> Any:
+def _decode_record(cls: type[Any], data: Any, path: str) -> Any:
     if not isinstance(data, dict):
         raise _Bad(path, f"expected an object ({cls.__name__}), found {_what(data)}")
-    known = _hints(cls)
-    names = {f.name for f, _ in known}
+    known = _fields(cls)
+    names = {name for name, _, _ in known}
     # An unknown field is refused rather than ignored: it would be state the writer's diff
     # used and this reader's diff cannot, i.e. a plan made on partial information.
     for k in data:
         if k not in names:
             raise _Bad(_at(path, k), f"unknown field of {cls.__name__}")
     kwargs: dict[str, Any] = {}
-    for f, ftp in known:
-        if f.name in data:
-            kwargs[f.name] = _decode(ftp, data[f.name], _at(path, f.name))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise _Bad(_at(path, f.name), f"missing field of {cls.__name__}")
+    for name, ftp, required in known:
+        if name in data:
+            kwargs[name] = _decode(ftp, data[name], _at(path, name))
+        elif required:
+            raise _Bad(_at(path, name), f"missing field of {cls.__name__}")
         # else: a field with a default that an older writer did not know takes its default.
     try:
         return cls(**kwargs)
