@@ -38,9 +38,11 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -182,6 +184,7 @@ class _Vm:
     name: str
     spec: Mapping[str, Any]
     target: str
+    want_port: Any = "auto"  # vnc_port from git: a number or "auto"
     current: DomainLive | None = None  # the copy whose config we carry (target's if there)
     current_node: str | None = None
     source: str | None = None  # a move's (or an interrupted move's) other node
@@ -215,19 +218,32 @@ def plan_vms(config: Mapping[str, Any], live: VmLive) -> tuple[list[Change], lis
     for n in unreachable:
         errors.append(PlanError(f"node/{n}", f"{live.nodes[n].error}; its VMs are skipped"))
 
-    # Where is each VM in git now? (One index: 5,000 VMs x 50 nodes must stay linear.)
-    index: dict[str, list[tuple[str, DomainLive]]] = {}
-    for n, nl in reachable.items():
-        for dname, dom in nl.domains.items():
-            index.setdefault(dname, []).append((n, dom))
+    # Where is each VM in git now? Counting names across the nodes runs in C; the common
+    # case (on its node, nowhere else) is then two dict lookups per VM, and only the others
+    # have their copies gathered node by node.
+    copies = Counter(chain.from_iterable(nl.domains for nl in reachable.values()))
+
+    def where(name: str) -> list[tuple[str, DomainLive]]:
+        return [(n, nl.domains[name]) for n, nl in reachable.items() if name in nl.domains]
+
     vms: dict[str, _Vm] = {}
     vm_errors: dict[str, str] = {}
     for name in sorted(vms_cfg):
         spec = vms_cfg[name]
-        v = _Vm(name, spec, spec["node"])
-        vms[name] = v
+        target = spec["node"]
+        want = spec.get("vnc_port", "auto")
+        if copies[name] == 1:
+            nl = reachable.get(target)
+            dom = nl.domains.get(name) if nl is not None else None
+            if dom is not None and dom.persistent:
+                vms[name] = _Vm(
+                    name, spec, target, want, dom, target, None, None, "here", None,
+                    dom.vnc is not None, (dom.memory_kib, dom.vcpus),
+                )  # fmt: skip
+                continue
+        v = vms[name] = _Vm(name, spec, target, want)
         try:
-            _locate(v, index.get(name, []), reachable, unreachable, live)
+            _locate(v, where(name), reachable, unreachable, live)
         except _Blocked as e:
             vm_errors[name] = str(e)
             v.mode = "error"
@@ -239,6 +255,15 @@ def plan_vms(config: Mapping[str, Any], live: VmLive) -> tuple[list[Change], lis
     for name, v in vms.items():
         if name in vm_errors:
             continue
+        cur = v.current
+        # The common case (a timer run on a converged cluster), decided inline.
+        if (
+            v.mode == "here"
+            and cur is not None
+            and (v.port is None or cur.config_port == v.port)
+            and (v.spec.get("state", "running") == "running") == (cur.state != "shutoff")
+        ):
+            continue
         try:
             ch = _change_for(v, reachable)
         except _Blocked as e:
@@ -247,7 +272,7 @@ def plan_vms(config: Mapping[str, Any], live: VmLive) -> tuple[list[Change], lis
         if ch is not None:
             changes[name] = ch
 
-    _check_capacity(vms, index, changes, vm_errors, reachable)
+    _check_capacity(vms, changes, vm_errors, reachable)
 
     # Domains git does not manage: reported on every change that touches their node.
     managed = set(vms_cfg)
@@ -372,9 +397,8 @@ def _foreign_ports(
     out: dict[str, dict[int, set[str]]] = {}
     for n, nl in reachable.items():
         users: dict[int, set[str]] = {}
-        for name, d in nl.domains.items():
-            if name in managed:
-                continue
+        for name in nl.domains.keys() - managed:  # a set difference: no loop over the rest
+            d = nl.domains[name]
             for p in d.ports():
                 users.setdefault(p, set()).add(d.name)
         out[n] = users
@@ -402,12 +426,14 @@ def _allocate_ports(
     # Ports managed VMs listen on now, per node: really taken until they stop. Their
     # configured ports are not: those VMs get their own port below (claimed), and a
     # configured port somebody else keeps is changed on them.
-    listening: dict[str, dict[int, str]] = {n: {} for n in reachable}
-    for n, nl in reachable.items():
-        on_node = listening[n]
-        for d in nl.domains.values():
-            if d.live_vnc_port is not None and d.name in managed:
-                on_node[d.live_vnc_port] = d.name
+    listening: dict[str, dict[int, str]] = {
+        n: {
+            d.live_vnc_port: d.name
+            for d in nl.domains.values()
+            if d.live_vnc_port is not None and d.name in managed
+        }
+        for n, nl in reachable.items()
+    }
     no_users: dict[int, set[str]] = {}
     no_listeners: dict[int, str] = {}
 
@@ -420,9 +446,8 @@ def _allocate_ports(
         return live is not None and live != me
 
     # 1. Fixed ports.
-    wants = {name: v.spec.get("vnc_port", "auto") for name, v in vms.items()}
     for name, v in vms.items():
-        want = wants[name]
+        want = v.want_port
         if want == "auto" or name in vm_errors:
             continue
         claimed[int(want)] = name
@@ -444,7 +469,7 @@ def _allocate_ports(
     for name, v in vms.items():
         if name in vm_errors:
             continue
-        want = wants[name]
+        want = v.want_port
         if not v.has_vnc:
             if want != "auto":
                 vm_errors[name] = (
@@ -463,11 +488,15 @@ def _allocate_ports(
         keepers.append((cur is None or cur.live_vnc_port != have, name, v, have))
     keepers.sort()  # by (not listening, name): names are unique, so never compares a _Vm
     for _, name, v, have in keepers:
-        if have not in claimed and not taken(v.target, have, name):
-            v.port = have
-            claimed[have] = name
-        else:
+        if have in claimed or have in users.get(v.target, no_users):
             pending.append(v)
+            continue
+        live = listening.get(v.target, no_listeners).get(have)
+        if live is not None and live != name:  # taken(), inline: this runs for every VM
+            pending.append(v)
+            continue
+        v.port = have
+        claimed[have] = name
     # 4. The lowest free port, by name. Every port below ``low`` is claimed (claims only
     # grow), so the search starts there: linear in VMs, not VMs x ports.
     pending.sort(key=lambda v: v.name)
@@ -622,7 +651,6 @@ def _blocked_msg(v: _Vm, src: str) -> str:
 
 def _check_capacity(
     vms: Mapping[str, _Vm],
-    index: Mapping[str, list[tuple[str, DomainLive]]],
     changes: dict[str, Change],
     vm_errors: dict[str, str],
     reachable: Mapping[str, NodeLive],
@@ -631,37 +659,41 @@ def _check_capacity(
     has. Only changes adding load to an overfull node are dropped: a node already over
     capacity by hand does not block unrelated changes."""
 
-    # What runs where now: every active domain (git's or not) on the node it is on.
-    now: dict[str, dict[str, tuple[int, int]]] = {n: {} for n in reachable}
+    # What runs where now: every active domain (git's or not) on the node it is on, summed.
+    now: dict[str, tuple[int, int]] = {}
     for n, nl in reachable.items():
-        load = now[n]
-        for d in nl.domains.values():
-            if d.active:
-                load[d.name] = (d.memory_kib, d.vcpus)
+        active = [d for d in nl.domains.values() if d.state != "shutoff"]
+        now[n] = (sum(d.memory_kib for d in active), sum(d.vcpus for d in active))
     # After the plan: the same, with each planned (not refused) VM taken from where it runs
     # and put on its target when git wants it running.
-    after = {n: dict(load) for n, load in now.items()}
+    after = {n: list(load) for n, load in now.items()}
+    added: dict[str, list[str]] = {}  # node -> VMs the plan starts there (not running there)
     for name, ch in changes.items():
         if ch.refused:
             continue
         v = vms[name]
-        for n, _ in index.get(name, []):
-            after[n].pop(name, None)
+        running_on_target = False
+        for n, nl in reachable.items():
+            d = nl.domains.get(name)
+            if d is not None and d.state != "shutoff":
+                after[n][0] -= d.memory_kib
+                after[n][1] -= d.vcpus
+                running_on_target = running_on_target or n == v.target
         if v.spec.get("state", "running") == "running" and v.target in after:
-            after[v.target][name] = v.size
+            after[v.target][0] += v.size[0]
+            after[v.target][1] += v.size[1]
+            if not running_on_target:
+                added.setdefault(v.target, []).append(name)
     for n in sorted(reachable):
         nl = reachable[n]
-        mem = sum(m for m, _ in after[n].values())
-        cpu = sum(c for _, c in after[n].values())
-        mem_now = sum(m for m, _ in now[n].values())
-        cpu_now = sum(c for _, c in now[n].values())
+        mem, cpu = after[n]
+        mem_now, cpu_now = now[n]
         over_mem = mem > nl.memory_kib and mem > mem_now
         over_cpu = cpu > nl.cpus and cpu > cpu_now
         if not (over_mem or over_cpu):
             continue
-        adders = sorted(vm for vm in after[n] if vm in changes and vm not in now[n])
-        for vm in adders:
-            m, c = after[n][vm]
+        for vm in sorted(added.get(n, [])):
+            m, c = vms[vm].size
             parts = []
             if over_mem:
                 parts.append(
