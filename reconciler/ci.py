@@ -23,9 +23,10 @@ from typing import Any
 
 from reconciler import against
 from reconciler import desired as desired_mod
+from reconciler.engine import notices_without_change
 from reconciler.errors import Problem, SnapshotError, ValidationError
 from reconciler.model import HostDesired
-from reconciler.plan import Change, Plan, PlanError
+from reconciler.plan import Change, Plan, PlanError, PlanWarning
 
 #: A snapshot older than this gets a warning on its host's plan.
 STALE_AFTER_SECONDS = 7 * 24 * 3600
@@ -78,13 +79,13 @@ def _snapshot_plan(
     vms: dict[str, Any] | None,
     repo: Path,
     now: datetime,
-) -> tuple[list[Change], list[PlanError], Basis]:
+) -> tuple[list[Change], list[PlanError], list[PlanWarning], Basis]:
     from reconciler import snapshot
 
     try:
         snap = snapshot.read_snapshot(path, host=desired.host)
     except SnapshotError as err:
-        return [], [PlanError("snapshot", err.message)], Basis("snapshot", {"file": str(path)})
+        return [], [PlanError("snapshot", err.message)], [], Basis("snapshot", {"file": str(path)})
     seconds = max(0.0, snap.age(now).total_seconds())
     basis = Basis(
         "snapshot",
@@ -98,6 +99,7 @@ def _snapshot_plan(
     )
     changes: list[Change] = []
     errors: list[PlanError] = []
+    notes: list[PlanWarning] = []
     for kind in sorted(kinds):
         if kind in snap.errors:
             errors.append(PlanError(kind, f"not in the snapshot: {snap.errors[kind]}"))
@@ -130,10 +132,11 @@ def _snapshot_plan(
         c, e = provider.diff(want, live)
         changes += c
         errors += e
+        notes += notices_without_change(provider, want, live, c)
     if seconds > STALE_AFTER_SECONDS:
         stale = f"snapshot is {_age(seconds)} old: the host may have changed since"
         changes = [c.with_warnings(stale) for c in changes]
-    return changes, errors, basis
+    return changes, errors, notes, basis
 
 
 def _provider(kind: str, vms: dict[str, Any] | None, repo: Path, now: datetime) -> Any:
@@ -240,39 +243,44 @@ def _plan_host(
     commit: str | None,
     now: datetime,
 ) -> dict[str, Any]:
-    """One host's plan dict, with its ``basis`` (and ``warnings`` about the basis)."""
+    """One host's plan dict, with its ``basis`` (and ``warnings``: about the basis, and the
+    providers' notices when planned against a snapshot)."""
     controller = vms is not None and vms["controller"] == host
     host_vms = vms if controller else None
     snap = snapshots / f"{host}.json" if snapshots is not None else None
-    warnings: list[str] = []
+    warnings: list[PlanWarning] = []
     if snap is not None and snap.exists():
         kinds = wanted - ({"vm"} if not controller else set())
-        changes, errors, basis = _snapshot_plan(snap, desired, kinds, host_vms, repo, now)
+        changes, errors, warnings, basis = _snapshot_plan(
+            snap, desired, kinds, host_vms, repo, now
+        )
     elif base is not None:
         before = None
         try:
             before = desired_mod.load_host(base, host, cache)
         except ValidationError as e:
             warnings.append(
-                f"the desired state of {host} is invalid at {base_rev} "
-                f"({len(e.problems)} problem(s)): planned as a new host"
+                PlanWarning(
+                    "host",
+                    f"the desired state of {host} is invalid at {base_rev} "
+                    f"({len(e.problems)} problem(s)): planned as a new host",
+                )
             )
         changes = against.host_changes(before, desired, wanted, memo)
         if controller and host_vms is not None:
             changes += against.vm_changes(vms_before, host_vms)
             if base_vms_problem:
-                warnings.append(base_vms_problem)
+                warnings.append(PlanWarning("vm", base_vms_problem))
         errors = []
         basis = Basis("against", {"rev": base_rev})
     else:
         where = f"no snapshot {snap}" if snap is not None else "no snapshot"
         changes, basis = [], Basis("none")
         errors = [PlanError("host", f"{where} and no --against REV: nothing to compare with")]
-    d = Plan(host=host, commit=commit, changes=changes, errors=errors).to_dict()
-    d["basis"] = basis.to_dict()
-    if warnings:
-        d["warnings"] = warnings
-    return d
+    d = Plan(host=host, commit=commit, changes=changes, errors=errors, warnings=warnings)
+    out = d.to_dict()
+    out["basis"] = basis.to_dict()
+    return out
 
 
 def render_text(result: CiResult, commit: str | None) -> str:
@@ -291,8 +299,6 @@ def render_text(result: CiResult, commit: str | None) -> str:
         else:
             how = "with nothing to compare against"
         out.append(f"=== host {d['host']}: {how}")
-        for w in d.get("warnings", []):
-            out.append(f"warning: {w}")
         out.append(render_text_mod.render(d, dry_run=True).rstrip("\n"))
         out.append("")
     n_hosts = sum(1 for d in result.plans if d["changes"])

@@ -18,7 +18,7 @@ from typing import Any
 from reconciler import journal, log
 from reconciler.errors import ReconcilerError, StateError
 from reconciler.model import HostDesired
-from reconciler.plan import Change, Op, Plan, PlanError
+from reconciler.plan import Change, Op, Plan, PlanError, PlanWarning
 from reconciler.providers.base import Provider
 from reconciler.state import StateDir
 
@@ -62,7 +62,20 @@ def make_plan(
         changes, errors = p.diff(desired, live)
         plan.changes.extend(changes)
         plan.errors.extend(errors)
+        plan.warnings.extend(notices_without_change(p, desired, live, changes))
     return plan, lives
+
+
+def notices_without_change(
+    provider: Any, desired: HostDesired, live: Any, changes: Sequence[Change]
+) -> list[PlanWarning]:
+    """The provider's optional ``notices`` for resources that have no change in
+    ``changes`` (a change shows its own warnings); [] for a provider without them."""
+    notices = getattr(provider, "notices", None)
+    if notices is None:
+        return []
+    changed = {c.address for c in changes}
+    return [w for w in notices(desired, live) if w.address not in changed]
 
 
 def apply_plan(

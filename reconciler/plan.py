@@ -90,14 +90,30 @@ class PlanError:
         return {"address": self.address, "message": self.message}
 
 
+@dataclass(frozen=True)
+class PlanWarning:
+    """Something to know about one resource that has no change in the plan (a change
+    carries its own ``warnings``), e.g. a backup set with nothing to do that holds a
+    future-dated archive. It blocks nothing and does not change the exit code."""
+
+    address: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialise to the JSON plan's warning object."""
+        return {"address": self.address, "message": self.message}
+
+
 @dataclass
 class Plan:
-    """All changes and errors for one host at one commit."""
+    """All changes and errors for one host at one commit, and warnings about resources
+    that have no change."""
 
     host: str
     commit: str | None = None
     changes: list[Change] = field(default_factory=list)
     errors: list[PlanError] = field(default_factory=list)
+    warnings: list[PlanWarning] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -116,12 +132,16 @@ class Plan:
         return counts
 
     def to_dict(self) -> dict[str, Any]:
-        """Serialise to the versioned JSON contract (DESIGN.md section 3)."""
-        return {
+        """Serialise to the versioned JSON contract (DESIGN.md section 3), plus
+        ``warnings`` (a list of ``{"address", "message"}``) when there are any."""
+        d: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "host": self.host,
             "commit": self.commit,
             "changes": [c.to_dict() for c in self.changes],
             "errors": [e.to_dict() for e in self.errors],
-            "summary": self.summary(),
         }
+        if self.warnings:
+            d["warnings"] = [w.to_dict() for w in self.warnings]
+        d["summary"] = self.summary()
+        return d

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from reconciler import desired as desired_mod
+from reconciler import engine
 from reconciler.model import HostDesired
 from reconciler.plan import Plan
 from reconciler.providers.backup.provider import BackupLive, BackupProvider, SetLive
@@ -128,3 +129,37 @@ def _dump(case: Path, tmp_path: Path) -> str:
         "errors": [e.to_dict() for e in errors],
     }
     return yaml.safe_dump(out, sort_keys=False, width=200)
+
+
+def test_future_archive_is_reported_when_the_set_has_nothing_to_do(tmp_path: Path) -> None:
+    """A future-dated archive on a set with nothing due and nothing to expire has no change
+    to carry its warning: it comes as a plan-level warning instead, and only then."""
+    desired = _desired(
+        "backups:\n  etc:\n    backend: tarsnap\n    paths: [/etc]\n    every: 1d\n"
+        "    keep: {last: 5}\n",
+        tmp_path,
+    )
+    now = datetime(2026, 11, 28, 5, 0, tzinfo=UTC)
+    sets = {"etc": SetLive(("etc-20261128-040000", "etc-20301231-000000"))}
+    live = BackupLive(now, sets)
+    p = BackupProvider()
+    changes, errors = p.diff(desired, live)
+    assert (changes, errors) == ([], [])
+    notes = engine.notices_without_change(p, desired, live, changes)
+    assert [w.address for w in notes] == ["backup/etc"]
+    assert "etc-20301231-000000 is dated 2030-12-31 00:00:00 UTC" in notes[0].message
+    plan = Plan("h1", changes=changes, errors=errors, warnings=notes)
+    assert plan.empty  # a warning is not a change: the exit code stays 0
+    d = plan.to_dict()
+    assert d["warnings"] == [{"address": "backup/etc", "message": notes[0].message}]
+    text = render_text.render(d)
+    assert "No changes: live state matches the desired state." in text
+    assert f"Warnings:\n  backup/etc: {notes[0].message}" in text
+
+    # When the set has a change, the change carries the warning, and only the change.
+    due = BackupLive(datetime(2026, 11, 29, 5, 0, tzinfo=UTC), sets)
+    (change,), _ = p.diff(desired, due)
+    assert any("etc-20301231-000000" in w for w in change.warnings)
+    assert engine.notices_without_change(p, desired, due, [change]) == []
+    # A plan without warnings keeps the JSON document exactly as before.
+    assert "warnings" not in Plan("h1").to_dict()

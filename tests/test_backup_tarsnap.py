@@ -25,6 +25,7 @@ from reconciler.model import HostDesired
 from reconciler.plan import Plan
 from reconciler.providers.backup import retention
 from reconciler.providers.backup.provider import BackupProvider
+from tests.clirun import reconcile
 from tests.simclock import Clock
 
 FAKE = Path(__file__).parent / "fake_tarsnap" / "tarsnap"
@@ -288,3 +289,30 @@ def test_sequence_mismatch_runs_fsck_only_when_git_allows_it(acct: Account) -> N
     assert result.ok, result.errors
     assert sum("--fsck" in c for c in acct.calls()) == 1
     assert acct.names() == {"etc-20240103-000000"}
+
+
+def test_cli_shows_a_future_archive_even_when_nothing_is_due(acct: Account) -> None:
+    """The real command line, real clock: a set with a recent archive (nothing due, nothing
+    to expire) and one dated years ahead. The dry run and the real run both exit 0 with
+    nothing to do, write nothing, and name the future archive in text and JSON."""
+    recent = retention.archive_name("etc", datetime.now(UTC) - timedelta(hours=1))
+    future = "etc-20991231-000000"
+    acct.seed([recent, future])
+    acct.write({"etc": acct.tarsnap_set(keep={"last": 5})})
+    base = (
+        "--repo", str(acct.desired_dir), "--host", HOST, "--only", "backup",
+        "--state-dir", str(acct.root / "state"), "--lock-file", str(acct.root / "lock"),
+    )  # fmt: skip
+    env = {**os.environ, "RECONCILER_METRICS_FILE": ""}
+    dry = reconcile(*base, "--dry-run", "--output", "json", "--detailed-exitcode", env=env)
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert plan["changes"] == [] and plan["errors"] == []
+    (warning,) = plan["warnings"]
+    assert warning["address"] == "backup/etc"
+    assert f"archive {future} is dated 2099-12-31 00:00:00 UTC" in warning["message"]
+    real = reconcile(*base, env=env)
+    assert real.returncode == 0, real.stderr
+    assert f"backup/etc: backup set 'etc': archive {future}" in real.stdout
+    assert acct.writes() == []
+    assert acct.names() == {recent, future}

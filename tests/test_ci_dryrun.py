@@ -337,3 +337,51 @@ def test_snapshot_reads_every_nic_so_a_new_nic_can_be_planned(
     assert plan["basis"]["kind"] == "snapshot"
     assert [c["address"] for c in plan["changes"] if c["address"] == "nic/eth1"] == ["nic/eth1"]
     assert not any("br0" in e["address"] or "eth1" in e["address"] for e in plan["errors"])
+
+
+def test_snapshot_plan_shows_warnings_of_resources_without_a_change(
+    repo: Repo, tmp_path: Path
+) -> None:
+    """Host b's snapshot holds a recent archive (nothing due) and one dated years ahead: no
+    change, exit 0, and the future archive named in the host's plan-level warnings."""
+    from reconciler.providers.backup.provider import BackupLive, SetLive
+    from reconciler.snapshot import Snapshot, write_snapshot
+
+    base = repo.write()
+    now = datetime.now(UTC)
+    recent = f"etc-{(now - timedelta(hours=1)):%Y%m%d-%H%M%S}"
+    live = BackupLive(now, {"etc": SetLive((recent, "etc-20991231-000000"))})
+    snaps = tmp_path / "snaps"
+    snaps.mkdir()
+    write_snapshot(snaps / "b.json", Snapshot("b", now, base, "test", {"backup": live}, {}))
+    r = repo.plan(
+        "--snapshots", str(snaps), "--against", base, "--only", "backup", "--output", "json",
+        "--detailed-exitcode",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    plan = by_host(r.stdout)["b"]
+    assert plan["basis"]["kind"] == "snapshot"
+    assert plan["changes"] == [] and plan["errors"] == []
+    (warning,) = plan["warnings"]
+    assert warning["address"] == "backup/etc"
+    assert "etc-20991231-000000 is dated 2099-12-31" in warning["message"]
+    text = repo.plan("--snapshots", str(snaps), "--against", base, "--only", "backup").stdout
+    assert "Warnings:\n  backup/etc: backup set 'etc': archive etc-20991231-000000" in text
+
+
+def test_host_invalid_at_base_is_planned_as_new_with_a_warning(repo: Repo) -> None:
+    repo.write()
+    (repo.ds / "hosts" / "b.yaml").write_text("backups: [not, a, mapping]\n")
+    git(repo.root, "commit", "-qam", "break b")
+    broken = git(repo.root, "rev-parse", "HEAD")
+    repo.write()  # b fixed again
+    r = repo.plan("--against", broken, "--only", "backup", "--output", "json")
+    assert r.returncode == 0, r.stderr
+    plan = by_host(r.stdout)["b"]
+    (change,) = plan["changes"]
+    assert change["action"] == "create"
+    (warning,) = plan["warnings"]
+    assert warning["address"] == "host"
+    assert f"invalid at {broken}" in warning["message"] and "planned as a new host" in (
+        warning["message"]
+    )

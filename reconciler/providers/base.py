@@ -3,6 +3,10 @@
 A provider reads live state (``read``), compares it with the desired state in a *pure*
 function (``diff``: no I/O, so it is tested with golden data files without root), and executes
 ops (``apply``). Apply executes, never decides: every decision is already in the plan.
+
+Optional: ``notices(desired, live) -> list[PlanWarning]``, pure like ``diff``: warnings about
+resources that may have no change (the engine keeps those whose address has no change in
+the plan; a change carries its own). The backup kind reports future-dated archives this way.
 """
 
 from __future__ import annotations

@@ -123,6 +123,10 @@ def render(plan: dict[str, Any], *, dry_run: bool = True) -> str:
         for w in ch.get("warnings", []):
             out.append(f"      warning: {w}")
         out += [f"      {line}" for line in _ops_lines(ch["ops"])]
+    if plan.get("warnings"):
+        out.append("")
+        out.append("Warnings:")
+        out += [f"  {w['address']}: {w['message']}" for w in plan["warnings"]]
     if plan["errors"]:
         out.append("")
         out.append("Errors:")

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from reconciler.errors import ProviderError, ReconcilerError
 from reconciler.model import HostDesired
-from reconciler.plan import Action, Change, Op, PlanError
+from reconciler.plan import Action, Change, Op, PlanError, PlanWarning
 from reconciler.providers.backup import retention
 from reconciler.providers.backup.common import BackendBusy
 from reconciler.providers.backup.restic import ResticBackend, ResticConfig
@@ -197,6 +197,26 @@ class BackupProvider:
             if ch is not None:
                 changes.append(ch)
         return changes, errors
+
+    def notices(self, desired: HostDesired, live: BackupLive) -> list[PlanWarning]:
+        """Pure: the future-dated archives of every set that was read, so they are shown
+        even when the set has nothing to do (a set's change carries the same warnings)."""
+        out: list[PlanWarning] = []
+        backups: Mapping[str, Any] = desired.raw.get("backups") or {}
+        for name in sorted(backups):
+            state = live.sets.get(name)
+            if state is None or name in live.errors:
+                continue
+            future = sorted(
+                (t, a)
+                for a in state.archives
+                if (t := retention.parse_archive_name(name, a)) is not None and t > live.now
+            )
+            out += [
+                PlanWarning(f"{KIND}/{name}", retention.future_warning(name, a, t, live.now))
+                for t, a in reversed(future)  # newest first, as the change lists them
+            ]
+        return out
 
     # ------------------------------------------------------------------------------ apply
     def apply(self, change: Change) -> list[Op]:

@@ -306,6 +306,16 @@ def _bucket_keys(rule: str, stamps: list[str]) -> list[Any]:
     return keys
 
 
+def future_warning(set_name: str, archive: str, when: datetime, now: datetime) -> str:
+    """The warning for an archive of ``set_name`` dated ``when``, after ``now`` (it is
+    kept: a host clock was wrong, and deleting by a wrong date could lose real backups)."""
+    return (
+        f"backup set {set_name!r}: archive {archive} is dated {when:%Y-%m-%d %H:%M:%S} UTC, "
+        f"after now ({now:%Y-%m-%d %H:%M:%S} UTC): kept; check the clock of the host "
+        "that made it"
+    )
+
+
 def decide(
     set_name: str,
     archives: Iterable[str],
@@ -397,11 +407,7 @@ def decide(
         if t <= now:
             break  # sorted newest first: no more future archives
         keep(i, "future", "dated in the future: kept")
-        warnings.append(
-            f"backup set {set_name!r}: archive {names[i]} is dated {t:%Y-%m-%d %H:%M:%S} UTC, "
-            f"after now ({now:%Y-%m-%d %H:%M:%S} UTC): kept; check the clock of the host "
-            "that made it"
-        )
+        warnings.append(future_warning(set_name, names[i], t, now))
 
     within_why = ""
     if policy.within_active and threshold is not None:
