@@ -81,12 +81,24 @@ def _git_error(e: Exception) -> str:
     return str(e)
 
 
+def commit_hash(repo: git.Repo, rev: str) -> str | None:
+    """The full hash of the commit ``rev`` names (a branch, tag or hash, peeled to its
+    commit), or None when there is no such commit."""
+    if not rev or rev.startswith("-"):  # never let a revision be read as an option
+        return None
+    try:
+        out = repo.git.rev_parse("--verify", "--quiet", f"{rev}^{{commit}}")
+    except git.GitCommandError:
+        return None
+    return str(out).strip() or None
+
+
 def resolve(repo: git.Repo, rev: str) -> str:
     """The full hash of the commit ``rev`` names; SourceError when there is none."""
-    try:
-        return str(repo.commit(rev).hexsha)
-    except (git.BadName, ValueError, git.GitCommandError) as e:
-        raise SourceError(f"unknown revision {rev!r} in {repo.git_dir}: {_git_error(e)}") from e
+    sha = commit_hash(repo, rev)
+    if sha is None:
+        raise SourceError(f"unknown revision {rev!r} in {repo.git_dir}: no such commit")
+    return sha
 
 
 @contextlib.contextmanager

@@ -35,6 +35,7 @@ from typing import cast
 import git
 
 from reconciler.errors import VerifyError
+from reconciler.gitsource import commit_hash
 
 OPENPGP = "openpgp"
 SSH = "ssh"
@@ -368,17 +369,6 @@ def _last_line(stderr: bytes) -> str:
 # -- commits ----------------------------------------------------------------------------------
 
 
-def _resolve(repo: git.Repo, rev: str) -> str | None:
-    """The full hash of the commit ``rev`` names, or None when there is no such commit."""
-    if not rev or rev.startswith("-"):  # never let a revision be read as an option
-        return None
-    try:
-        out = repo.git.rev_parse("--verify", "--quiet", f"{rev}^{{commit}}")
-    except git.GitCommandError:
-        return None
-    return str(out).strip() or None
-
-
 def _is_ancestor(repo: git.Repo, ancestor: str, descendant: str) -> bool:
     try:
         repo.git.merge_base("--is-ancestor", ancestor, descendant)
@@ -387,6 +377,30 @@ def _is_ancestor(repo: git.Repo, ancestor: str, descendant: str) -> bool:
             return False
         raise VerifyError(f"git merge-base failed: {exc.stderr.strip()}") from None
     return True
+
+
+def check_rewind(repo: git.Repo, base: str, target: str, *, allow_rewind: bool) -> bool:
+    """The rewind rule, for verifying and non-verifying runs alike: whether ``target``
+    descends from ``base``, the last applied commit (True also when they are the same).
+    When it does not (a force-push, an older branch, or ``base`` gone from the
+    repository), False if ``allow_rewind``, else VerifyError naming both commits."""
+    target_sha = commit_hash(repo, target)
+    if target_sha is None:
+        raise VerifyError(f"{target!r} is not a commit in the repository")
+    base_sha = commit_hash(repo, base)
+    if base_sha is not None and (
+        base_sha == target_sha or _is_ancestor(repo, base_sha, target_sha)
+    ):
+        return True
+    if allow_rewind:
+        return False
+    gone = "" if base_sha is not None else " (it is no longer in the repository)"
+    raise VerifyError(
+        f"target {_describe(_raw(repo, target_sha), target_sha)} is not a descendant of the "
+        f"last applied commit {base[:12]}{gone}: the branch was rewound (force-pushed) or an "
+        "older branch was named; refusing a rewind; pass --allow-rewind to accept it",
+        commit=target_sha,
+    )
 
 
 def _raw(repo: git.Repo, sha: str) -> bytes:
@@ -468,31 +482,24 @@ def verify_range(
                 f"signer name {signer.name!r} is not usable: use letters, digits and . _ @ + -"
             )
 
-    target_sha = _resolve(repo, target)
+    target_sha = commit_hash(repo, target)
     if target_sha is None:
         raise VerifyError(f"cannot verify {target!r}: it is not a commit in the repository")
 
-    base_sha = _resolve(repo, base) if base is not None else None
+    base_sha = commit_hash(repo, base) if base is not None else None
     if base is not None and base_sha == target_sha:
         return Verified((), {})  # verified when it was applied; nothing new to check
 
     if base is None:
         todo = [target_sha]
-    elif base_sha is not None and _is_ancestor(repo, base_sha, target_sha):
+    elif check_rewind(repo, base, target_sha, allow_rewind=allow_rewind):
+        assert base_sha is not None  # a descendant of base: base is in the repository
         listing = str(repo.git.rev_list("--topo-order", "--reverse", f"{base_sha}..{target_sha}"))
         todo = listing.split()
-    elif allow_rewind:
+    else:
         # The operator accepted the rewind: what is applied next is the target's tree, so the
         # target is what must be signed; the discarded history is no longer relevant.
         todo = [target_sha]
-    else:
-        gone = "" if base_sha is not None else " (it is no longer in the repository)"
-        raise VerifyError(
-            f"target {_describe(_raw(repo, target_sha), target_sha)} is not a descendant of the "
-            f"last applied commit {base[:12]}{gone}: the branch was rewound (force-pushed); "
-            "refusing a rewind; pass --allow-rewind to accept it",
-            commit=target_sha,
-        )
 
     # Keys come from the target's tree (so a key added in this range can sign) and the base's
     # (so a key removed or swapped in this range still counts for the commits it signed); the

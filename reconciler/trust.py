@@ -77,13 +77,6 @@ def _is_commit(repo: git.Repo, rev: str) -> bool:
     return True
 
 
-def _descends(repo: git.Repo, base: str, target: str) -> bool:
-    """Whether ``target`` has ``base`` in its history (False when ``base`` is gone)."""
-    if not _is_commit(repo, base):
-        return False
-    return bool(repo.is_ancestor(repo.commit(base), repo.commit(target)))
-
-
 def decide(
     repo: git.Repo,
     subdir: str,
@@ -106,19 +99,11 @@ def decide(
         assert base is not None
         found.append(_fleet_verify(repo, base, subdir))
     blocks = [b for b in found if b is not None]
+    from reconciler import gitverify
+
     if not (blocks or require_signed):
-        if (
-            base is not None
-            and base != target
-            and not allow_rewind
-            and not _descends(repo, base, target)
-        ):
-            raise VerifyError(
-                f"target {target[:12]} is not a descendant of the last applied commit "
-                f"{base[:12]} (a force-push or an older branch): refusing a rewind; pass "
-                "--allow-rewind to accept it",
-                commit=target,
-            )
+        if base is not None:  # the same rule and message as a verifying run's
+            gitverify.check_rewind(repo, base, target, allow_rewind=allow_rewind)
         return Decision(target)
     signers = _signers(blocks, subdir)
     if not signers:
@@ -126,8 +111,6 @@ def decide(
             "signed commits are required (--require-signed) but fleet.yaml lists no verify.signers",
             commit=target,
         )
-    from reconciler import gitverify
-
     pins = gitverify.read_pins(pins_path)
     result = gitverify.verify_range(repo, base, target, signers, pins, allow_rewind=allow_rewind)
     return Decision(

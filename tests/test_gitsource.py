@@ -183,7 +183,10 @@ def test_force_push_is_refused_unless_allow_rewind(remote: Remote, host: Host) -
     remote.push("--force")
     r = host.run(remote.url)
     assert r.returncode == 1
-    assert f"{c[:12]} is not a descendant of the last applied commit {b[:12]}" in r.stderr
+    assert (
+        f"target commit {c[:12]} (rewritten history) is not a descendant of the last applied "
+        f"commit {b[:12]}"
+    ) in r.stderr
     assert host.ns.ipset_members("mgmt") == set(B)  # the last applied state is kept
     assert host.applied() == b
     assert host.journal()[-1]["errors"] == [
