@@ -251,9 +251,7 @@ def _plan_host(
     warnings: list[PlanWarning] = []
     if snap is not None and snap.exists():
         kinds = wanted - ({"vm"} if not controller else set())
-        changes, errors, warnings, basis = _snapshot_plan(
-            snap, desired, kinds, host_vms, repo, now
-        )
+        changes, errors, warnings, basis = _snapshot_plan(snap, desired, kinds, host_vms, repo, now)
     elif base is not None:
         before = None
         try:

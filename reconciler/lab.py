@@ -5,7 +5,7 @@ every host file in the desired state through the whole story: dry-run → apply 
 dry-run → out-of-band drift (``ipset add``/``del`` and ``ethtool -K``/``-G`` by hand) → the
 dry-run shows it → apply fixes it, checking every exit code.
 
-Four stages:
+The stages:
 
 * **Namespaces.** Each host whose NICs are virtual-friendly gets a network namespace
   (``rlab-<host>``) with the NICs its file names: veth pairs wired to a lab "switch"
@@ -15,6 +15,10 @@ Four stages:
   in a small VM (:mod:`reconciler.labvm`: QEMU with ``-device e1000`` NICs, whose driver
   supports rings up to 4096), with a bridge ``br0`` over the second NIC so that a bridge's
   port is resized. Under software emulation this stage takes a few minutes.
+
+After the namespaces, one of their hosts follows a git remote that requires signed commits
+(:func:`gitops_stage`, :mod:`reconciler.labgitops`): a CI dry-run of a commit for every host,
+the host's timer runs applying it, an unsigned commit and a force-push refused.
 
 Between them, the backup sets run over simulated days (:func:`backup_stage`), and VM placement
 (:func:`placement_stage`) runs on two real libvirt nodes, ``kvm1`` and ``kvm2``
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import io
 import logging
 import os
@@ -79,20 +84,22 @@ def needs_vm(desired: HostDesired) -> bool:
     )
 
 
-def build_host(host: str, nics: dict[str, Any]) -> None:
-    """Create the namespace for ``host`` with its NICs wired to the lab switch."""
-    ns = ns_name(host)
+def build_host(host: str, nics: dict[str, Any], ns: str | None = None) -> None:
+    """Create the namespace for ``host`` (``ns``, default ``rlab-<host>``) with its NICs
+    wired to the lab switch (peers named after the namespace, so two can coexist)."""
+    ns = ns or ns_name(host)
+    tag = ns.removeprefix(f"{PREFIX}-")[:6]
     _sh(["ip", "netns", "add", ns])
     _in(ns, "ip", "link", "set", "lo", "up")
     for i, (ifname, cfg) in enumerate(sorted(nics.items())):
         if isinstance(cfg, dict) and "ports" in cfg:
             _in(ns, "ip", "link", "add", ifname, "type", "bridge")
             port = f"{ifname}p0"[:15]
-            _veth_to_switch(ns, port, f"{host[:6]}{i}p")
+            _veth_to_switch(ns, port, f"{tag}{i}p")
             _in(ns, "ip", "link", "set", port, "master", ifname)
             _in(ns, "ip", "link", "set", ifname, "up")
         else:
-            _veth_to_switch(ns, ifname, f"{host[:6]}{i}")
+            _veth_to_switch(ns, ifname, f"{tag}{i}")
 
 
 def _veth_to_switch(ns: str, ifname: str, peer: str) -> None:
@@ -262,6 +269,32 @@ def namespace_stage(repo: Path, hosts: Sequence[str], keep: bool) -> None:
     finally:
         if not keep:
             teardown(hosts)
+
+
+GITOPS_NS = f"{PREFIX}-gitops"
+
+
+def gitops_stage(repo: Path, host: str, keep: bool) -> None:
+    """The GitOps loop for ``host`` in its own namespace (:mod:`reconciler.labgitops`)."""
+    from reconciler import labgitops
+
+    print(f"\n=== GitOps: host {host} (namespace {GITOPS_NS}) follows a git remote ===")
+    _sh(["ip", "netns", "delete", GITOPS_NS], check=False)
+    if _sh(["ip", "netns", "add", SWITCH], check=False).returncode == 0:
+        _in(SWITCH, "ip", "link", "add", "sw0", "type", "bridge")
+        _in(SWITCH, "ip", "link", "set", "sw0", "up")
+    try:
+        build_host(host, desired_mod.load_host(repo, host).raw.get("nics") or {}, GITOPS_NS)
+        with tempfile.TemporaryDirectory(prefix="reconcile-lab-gitops-") as tmp:
+            prefix = ["ip", "netns", "exec", GITOPS_NS]
+            say = functools.partial(print, flush=True)
+            labgitops.GitOpsStage(repo, Path(tmp), host, prefix, say).run()
+    except labgitops.StageError as e:
+        raise LabError(f"GitOps stage: {e}") from None
+    finally:
+        if not keep:
+            _sh(["ip", "netns", "delete", GITOPS_NS], check=False)
+            _sh(["ip", "netns", "delete", SWITCH], check=False)
 
 
 def vm_stage(repo: Path, hosts: Sequence[str]) -> None:
@@ -635,6 +668,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"# {', '.join(vm_hosts)}: ring sizes need real NIC drivers (veth has none): "
                   "run in the lab VM" + (" (skipped: --no-vm)" if args.no_vm else ""))  # fmt: skip
         namespace_stage(repo, ns_hosts, args.keep)
+        gitops_hosts = [h for h in ns_hosts if desired_mod.load_host(repo, h).ipsets]
+        if gitops_hosts:
+            gitops_stage(repo, gitops_hosts[0], args.keep)
         backup_hosts = [h for h in hosts if desired_mod.load_host(repo, h).raw.get("backups")]
         if backup_hosts:
             backup_stage(repo, backup_hosts)

@@ -128,8 +128,7 @@ def _fields(cls: type[Any]) -> tuple[tuple[str, Any, bool], ...]:
                 (
                     f.name,
                     hints[f.name],
-                    f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING,
+                    f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
                 )
                 for f in dataclasses.fields(cls)
                 if f.init

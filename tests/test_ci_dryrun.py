@@ -382,6 +382,5 @@ def test_host_invalid_at_base_is_planned_as_new_with_a_warning(repo: Repo) -> No
     assert change["action"] == "create"
     (warning,) = plan["warnings"]
     assert warning["address"] == "host"
-    assert f"invalid at {broken}" in warning["message"] and "planned as a new host" in (
-        warning["message"]
-    )
+    assert f"invalid at {broken}" in warning["message"]
+    assert "planned as a new host" in warning["message"]
