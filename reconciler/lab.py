@@ -47,6 +47,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from reconciler import desired as desired_mod
 from reconciler.errors import ValidationError
 from reconciler.model import HostDesired
@@ -272,6 +274,14 @@ def namespace_stage(repo: Path, hosts: Sequence[str], keep: bool) -> None:
 
 
 GITOPS_NS = f"{PREFIX}-gitops"
+
+
+def _follows_fleet_mgmt(repo: Path, host: str) -> bool:
+    """Whether ``host`` has fleet.yaml's ``mgmt`` set (its own file does not redefine it):
+    the GitOps stage commits changes to that one."""
+    own = yaml.safe_load((repo / "hosts" / f"{host}.yaml").read_text()) or {}
+    redefined = isinstance(own, dict) and "mgmt" in (own.get("ipsets") or {})
+    return "mgmt" in desired_mod.load_host(repo, host).ipsets and not redefined
 
 
 def gitops_stage(repo: Path, host: str, keep: bool) -> None:
@@ -668,7 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"# {', '.join(vm_hosts)}: ring sizes need real NIC drivers (veth has none): "
                   "run in the lab VM" + (" (skipped: --no-vm)" if args.no_vm else ""))  # fmt: skip
         namespace_stage(repo, ns_hosts, args.keep)
-        gitops_hosts = [h for h in ns_hosts if desired_mod.load_host(repo, h).ipsets]
+        gitops_hosts = [h for h in ns_hosts if _follows_fleet_mgmt(repo, h)]
         if gitops_hosts:
             gitops_stage(repo, gitops_hosts[0], args.keep)
         backup_hosts = [h for h in hosts if desired_mod.load_host(repo, h).raw.get("backups")]
