@@ -133,12 +133,7 @@ def live_vnc_port(text: str) -> int | None:
 
     Only ``<devices>`` is searched: ``<metadata>``, which comes before it, may hold anything.
     """
-    pos = text.find("<devices>")
-    c = _CANON_VNC.search(text, pos if pos > 0 else 0)
-    if c is not None:
-        port = int(c.group(1)) if c.group(1) is not None else 0
-        return port if port > 0 else None
-    vnc = _vnc_config(text, max(0, pos))
+    vnc = _vnc_config(text, max(0, text.find("<devices>")))
     return vnc.port if vnc is not None else None
 
 

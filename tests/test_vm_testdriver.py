@@ -238,3 +238,42 @@ def test_undefine_refused_when_target_copy_missing(nodes: Nodes, tmp_path: Path)
         NodeIO.define = orig  # type: ignore[method-assign]
     assert not result.ok and "define failed" in result.errors[0].message
     assert nodes.domains("kvm1")["vm2"][0] == U2
+
+
+def test_read_gets_every_document_right_in_every_state(nodes: Nodes, tmp_path: Path) -> None:
+    """The read makes one XMLDesc(0) per domain and, for a running one, its state and
+    inactive XML: checked on real test-driver domains in each state, including a running
+    domain whose definition was changed since it started (live and configured ports
+    differ) and a transient one (no definition)."""
+    u3, u4, u5 = (f"{i}{i}{i}{i}0000-0000-4000-8000-00000000000{i}" for i in (3, 4, 5))
+    nodes.add(
+        "kvm1",
+        [
+            domain_xml("run", U1, port=5901),
+            domain_xml("off", U2, port=5902, running=False),
+            domain_xml("paused", u3, port=5903),
+            domain_xml("auto", u4, port=None, mem_mib=512),
+        ],
+    )
+    io = nodes.connect("kvm1", nodes.uris["kvm1"])
+    io.conn.lookupByName("paused").suspend()
+    run_dom = io.conn.lookupByName("run")  # redefined while running: takes effect on restart
+    io.conn.defineXML(domain_xml("run", U1, port=5911))
+    assert run_dom.isActive()
+    io.conn.createXML(domain_xml("transient", u5, port=5905), 0)
+    provider = VmProvider(nodes.config({}), tmp_path, connect=nodes.connect)
+
+    node = provider.read(DESIRED).nodes["kvm1"]
+
+    assert node.error is None
+    d = node.domains
+    assert sorted(d) == ["auto", "off", "paused", "run", "transient"]
+    assert (d["run"].uuid, d["run"].state, d["run"].persistent) == (U1, "running", True)
+    assert d["run"].config_port == 5911 and d["run"].live_vnc_port == 5901
+    assert (d["off"].uuid, d["off"].state, d["off"].config_port) == (U2, "shutoff", 5902)
+    assert d["off"].live_vnc_port is None
+    assert (d["paused"].uuid, d["paused"].state, d["paused"].live_vnc_port) == (u3, "paused", 5903)
+    assert d["auto"].vnc is not None and d["auto"].vnc.autoport
+    assert d["auto"].config_port is None and d["auto"].memory_kib == 512 * 1024
+    t = d["transient"]
+    assert (t.uuid, t.state, t.persistent, t.live_vnc_port) == (u5, "running", False, 5905)
