@@ -320,11 +320,6 @@ def _locate(
 ) -> None:
     """Set ``v.mode`` (and where its copies are, ``where``: (node, domain) pairs) or raise
     _Blocked with the reason."""
-    if len(where) == 1 and where[0][0] == v.target and where[0][1].persistent:
-        # The common case, decided first: defined on its node only (target is reachable).
-        v.mode, v.current, v.current_node = "here", where[0][1], v.target
-        _sized(v)
-        return
     if v.target in unreachable:
         raise _Blocked(
             f"its node {v.target} is unreachable ({live.nodes[v.target].error}); not checked, "
