@@ -100,6 +100,7 @@ class GitOpsStage:
         return self.git("rev-parse", "HEAD", shown=False)
 
     def push(self, *extra: str) -> None:
+        """Push the clone's branch to the remote's ``main`` (``extra``: e.g. ``--force``)."""
         self.git("push", "-q", *extra, "origin", "HEAD:main")
 
     def reconcile(self, where: str, argv: Sequence[str], *, expect: int) -> str:
@@ -144,10 +145,12 @@ class GitOpsStage:
         return set(lines)
 
     def show_members(self) -> None:
+        """Print the kernel's members of ``mgmt`` on the host."""
         self.say(f"\n[{self.host}] $ ipset list mgmt  (members)")
         self.say("  " + ", ".join(sorted(self.members())))
 
     def applied(self) -> str:
+        """The commit the host's state dir records as applied (``source.json``)."""
         return str(json.loads((self.state / "source.json").read_text())["commit"])
 
     # ------------------------------------------------------------------------------ story
