@@ -47,7 +47,7 @@ from reconciler.providers.vm import VmProvider, domain_from_raw, plan_vms
 N_NODES = 50
 PER_NODE = 100
 MOVES = 50
-RUNS = 11
+RUNS = 21
 TARGET = 1.2
 NS = "http://libvirt.org/schemas/domain/test/1.0"
 
