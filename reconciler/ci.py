@@ -192,8 +192,9 @@ def plan_all(
         vms = desired_mod.load_vms(repo)
     except ValidationError as e:
         problems.update(e.problems)
+    host_files = desired_mod.list_hosts(repo)
     if hosts is None:
-        hosts = desired_mod.list_hosts(repo)
+        hosts = list(host_files)
         if vms is not None and vms["controller"] not in hosts:
             hosts.append(vms["controller"])
     if "vm" not in wanted:
@@ -209,7 +210,7 @@ def plan_all(
     memo = against.Memo()
     planned = set(hosts)
     # Every host file is validated, also those not planned: CI checks the whole commit.
-    for host in sorted(planned | set(desired_mod.list_hosts(repo))):
+    for host in sorted(planned | set(host_files)):
         try:
             desired = desired_mod.load_host(repo, host, cache)
         except ValidationError as e:

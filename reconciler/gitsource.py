@@ -210,15 +210,16 @@ def _remote_target(repo: git.Repo, ref: str | None) -> str:
     """The commit ``ref`` names after a fetch: a branch of origin, a tag, or a commit; the
     remote's default branch when ``ref`` is None."""
     if ref is None:
-        try:
-            return str(repo.commit("refs/remotes/origin/HEAD").hexsha)
-        except (git.BadName, ValueError, git.GitCommandError) as e:
+        sha = commit_hash(repo, "refs/remotes/origin/HEAD")
+        if sha is None:
             raise SourceError(
                 f"cannot tell the default branch of {repo.remotes.origin.url}: pass --ref"
-            ) from e
+            )
+        return sha
     for candidate in (f"refs/remotes/origin/{ref}", f"refs/tags/{ref}", ref):
-        with contextlib.suppress(git.BadName, ValueError, git.GitCommandError):
-            return str(repo.commit(candidate).hexsha)
+        sha = commit_hash(repo, candidate)
+        if sha is not None:
+            return sha
     raise SourceError(f"--ref {ref}: no such branch, tag or commit in {repo.remotes.origin.url}")
 
 

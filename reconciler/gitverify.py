@@ -387,7 +387,14 @@ def check_rewind(repo: git.Repo, base: str, target: str, *, allow_rewind: bool) 
     target_sha = commit_hash(repo, target)
     if target_sha is None:
         raise VerifyError(f"{target!r} is not a commit in the repository")
-    base_sha = commit_hash(repo, base)
+    return _check_rewind(repo, base, commit_hash(repo, base), target_sha, allow_rewind)
+
+
+def _check_rewind(
+    repo: git.Repo, base: str, base_sha: str | None, target_sha: str, allow_rewind: bool
+) -> bool:
+    """:func:`check_rewind` for revisions already resolved (``base_sha`` None: ``base`` is
+    not in the repository)."""
     if base_sha is not None and (
         base_sha == target_sha or _is_ancestor(repo, base_sha, target_sha)
     ):
@@ -492,7 +499,7 @@ def verify_range(
 
     if base is None:
         todo = [target_sha]
-    elif check_rewind(repo, base, target_sha, allow_rewind=allow_rewind):
+    elif _check_rewind(repo, base, base_sha, target_sha, allow_rewind):
         assert base_sha is not None  # a descendant of base: base is in the repository
         listing = str(repo.git.rev_list("--topo-order", "--reverse", f"{base_sha}..{target_sha}"))
         todo = listing.split()

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import git
 import yaml
 
+from reconciler import gitverify
 from reconciler.errors import VerifyError
-from reconciler.gitsource import read_file_at
-
-if TYPE_CHECKING:
-    from reconciler.gitverify import Signer
+from reconciler.gitsource import commit_hash, read_file_at
+from reconciler.gitverify import Signer
 
 DEFAULT_PINS = "/etc/reconciler/signers.pin"
 
@@ -55,8 +54,6 @@ def _fleet_verify(repo: git.Repo, commit: str, subdir: str) -> dict[str, Any] | 
 def _signers(blocks: list[dict[str, Any]], subdir: str) -> list[Signer]:
     """The ``verify.signers`` of the given ``verify:`` blocks (the target's first), each key
     once, with key paths made relative to the repository root."""
-    from reconciler.gitverify import Signer  # only runs that verify pay for it
-
     out: dict[tuple[str, str], Signer] = {}
     for block in blocks:
         for s in block.get("signers") or []:
@@ -67,14 +64,6 @@ def _signers(blocks: list[dict[str, Any]], subdir: str) -> list[Signer]:
                     path = f"{subdir}/{s[kind]}" if subdir else s[kind]
                     out.setdefault((kind, path), Signer(s["name"], kind, path))
     return list(out.values())
-
-
-def _is_commit(repo: git.Repo, rev: str) -> bool:
-    try:
-        repo.commit(rev)
-    except (git.BadName, ValueError, git.GitCommandError):
-        return False
-    return True
 
 
 def decide(
@@ -93,14 +82,12 @@ def decide(
     work tree is not touched, so a refusal leaves the last applied checkout in place.
     """
     # Each commit's verify: block is read once: it says both whether to verify and who signs.
-    base_known = base is not None and _is_commit(repo, base)
+    base_known = base is not None and commit_hash(repo, base) is not None
     found = [_fleet_verify(repo, target, subdir)]
     if base_known:
         assert base is not None
         found.append(_fleet_verify(repo, base, subdir))
     blocks = [b for b in found if b is not None]
-    from reconciler import gitverify
-
     if not (blocks or require_signed):
         if base is not None:  # the same rule and message as a verifying run's
             gitverify.check_rewind(repo, base, target, allow_rewind=allow_rewind)

@@ -261,7 +261,7 @@ def plan_vms(config: Mapping[str, Any], live: VmLive) -> tuple[list[Change], lis
             v.mode == "here"
             and cur is not None
             and (v.port is None or cur.config_port == v.port)
-            and (v.spec.get("state", "running") == "running") == (cur.state != "shutoff")
+            and (v.spec.get("state", "running") == "running") == cur.active
         ):
             continue
         try:
@@ -657,7 +657,7 @@ def _check_capacity(
     # What runs where now: every active domain (git's or not) on the node it is on, summed.
     now: dict[str, tuple[int, int]] = {}
     for n, nl in reachable.items():
-        active = [d for d in nl.domains.values() if d.state != "shutoff"]
+        active = [d for d in nl.domains.values() if d.active]
         now[n] = (sum(d.memory_kib for d in active), sum(d.vcpus for d in active))
     # After the plan: the same, with each planned (not refused) VM taken from where it runs
     # and put on its target when git wants it running.
@@ -670,7 +670,7 @@ def _check_capacity(
         running_on_target = False
         for n, nl in reachable.items():
             d = nl.domains.get(name)
-            if d is not None and d.state != "shutoff":
+            if d is not None and d.active:
                 after[n][0] -= d.memory_kib
                 after[n][1] -= d.vcpus
                 running_on_target = running_on_target or n == v.target
