@@ -169,19 +169,17 @@ def _record_run(
                 "drift": drift,
             }
         )
-    record: dict[str, Any] = {
-        "format_version": journal.FORMAT_VERSION,
-        "host": plan.host,
-        "commit": plan.commit,
-        "dry_run": False,
-        "started": started,
-        "finished": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "kinds": [p.kind for p in providers],
-        "ok": result.ok,
-        "changes": changes,
-        "refused": [c.address for c in plan.changes if c.refused],
-        "errors": [e.to_dict() for e in (plan.errors + result.errors)],
-    }
+    record = journal.run_record(
+        host=plan.host,
+        commit=plan.commit,
+        started=started,
+        finished=datetime.now(UTC).isoformat(timespec="milliseconds"),
+        kinds=[p.kind for p in providers],
+        ok=result.ok,
+        changes=changes,
+        refused=[c.address for c in plan.changes if c.refused],
+        errors=[e.to_dict() for e in (plan.errors + result.errors)],
+    )
     try:
         state.append_run(record)
     except StateError as e:

@@ -274,25 +274,51 @@ def drift_events(records: Iterable[dict[str, Any]]) -> list[DriftEvent]:
     return out
 
 
+def run_record(
+    *,
+    host: str,
+    commit: str | None,
+    started: str,
+    finished: str,
+    kinds: Sequence[str],
+    ok: bool,
+    changes: list[dict[str, Any]],
+    refused: list[str],
+    errors: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One journal line (the format in the module docstring) for an applying run."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "host": host,
+        "commit": commit,
+        "dry_run": False,
+        "started": started,
+        "finished": finished,
+        "kinds": list(kinds),
+        "ok": ok,
+        "changes": changes,
+        "refused": refused,
+        "errors": errors,
+    }
+
+
 def refusal_record(
     host: str, kinds: Sequence[str], commit: str | None, message: str
 ) -> dict[str, Any]:
     """The record of a run that refused its target (a rewind, a bad signature): nothing was
     applied; ``commit`` is the refused one, the error's address ``source``."""
     now = datetime.now(UTC).isoformat(timespec="milliseconds")
-    return {
-        "format_version": FORMAT_VERSION,
-        "host": host,
-        "commit": commit,
-        "dry_run": False,
-        "started": now,
-        "finished": now,
-        "kinds": list(kinds),
-        "ok": False,
-        "changes": [],
-        "refused": [],
-        "errors": [{"address": "source", "message": message}],
-    }
+    return run_record(
+        host=host,
+        commit=commit,
+        started=now,
+        finished=now,
+        kinds=kinds,
+        ok=False,
+        changes=[],
+        refused=[],
+        errors=[{"address": "source", "message": message}],
+    )
 
 
 def parse_time(value: Any) -> datetime | None:
