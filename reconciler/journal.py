@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reconciler import atomicfile
 from reconciler.errors import StateError
 
 FORMAT_VERSION = 1
@@ -102,7 +103,8 @@ class Journal:
         finally:
             os.close(fd)
         if size == 0:
-            _fsync_dir(self.path.parent)  # the new file's directory entry must survive too
+            # The new file's directory entry must survive too.
+            atomicfile.fsync_dir(self.path.parent)
 
     def read(self) -> JournalContents:
         """Every record, skipping (and reporting) unreadable lines; a missing file is empty.
@@ -336,16 +338,3 @@ def _last_byte(path: Path, size: int) -> bytes:
     with open(path, "rb") as f:
         f.seek(size - 1)
         return f.read(1)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on a directory; the data itself is synced
-    finally:
-        os.close(fd)

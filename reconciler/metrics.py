@@ -28,14 +28,12 @@ first scrape and alerts need no ``absent()``.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from reconciler import journal
+from reconciler import atomicfile, journal
 
 #: node_exporter's textfile directories: the Debian/Ubuntu package's, then upstream's docs.
 TEXTFILE_DIRS = (
@@ -192,18 +190,9 @@ def render(records: Sequence[dict[str, Any]], *, skipped_lines: int = 0) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically (temp file in the same dir, fsync, rename).
+    """Replace ``path`` with ``text`` atomically (:func:`reconciler.atomicfile.write_atomic`),
+    readable by all: node_exporter runs as another user.
 
     Raises OSError; the temp file never outlives a failure.
     """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; node_exporter must read it
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomicfile.write_atomic(path, text, mode=0o644)

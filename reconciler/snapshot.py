@@ -23,9 +23,7 @@ import dataclasses
 import enum
 import json
 import math
-import os
 import re
-import tempfile
 import types
 import typing
 from collections import abc
@@ -35,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from reconciler import atomicfile
 from reconciler.errors import SnapshotError
 
 FORMAT_VERSION = 1
@@ -528,29 +527,12 @@ def write_snapshot(path: Path, snap: Snapshot) -> None:
         "errors": dict(snap.errors),
     }
     text = json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
-    tmp: str | None = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            # mkstemp creates 0600; a snapshot is meant to be copied and committed, and holds
-            # nothing secret, so it gets the permissions of an ordinary file.
-            os.fchmod(f.fileno(), 0o644)
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        # The rename is durable only once the directory entry is on disk.
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        # A snapshot is meant to be copied and committed, and holds nothing secret: it gets
+        # the permissions of an ordinary file.
+        atomicfile.write_atomic(path, text, mode=0o644)
     except OSError as e:
         raise SnapshotError(f"cannot write snapshot {path}: {e.strerror or e}") from e
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 class _DuplicateKey(Exception):

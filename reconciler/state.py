@@ -20,12 +20,11 @@ leaves a half-written file):
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reconciler import atomicfile
 from reconciler.errors import StateError
 from reconciler.journal import JOURNAL_NAME, Journal, JournalContents
 
@@ -63,7 +62,7 @@ class StateDir:
         """Replace the ownership records of ``kind`` and write the file atomically."""
         data = self._load()
         data[kind] = records
-        _atomic_write(self.ours_file, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        atomicfile.write_atomic(self.ours_file, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     @property
     def source_file(self) -> Path:
@@ -105,7 +104,8 @@ class StateDir:
             "source": source,
             "applied": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        _atomic_write(self.source_file, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+        atomicfile.write_atomic(self.source_file, text)
 
     def append_run(self, record: dict[str, Any]) -> None:
         """Append one run record to ``runs.jsonl`` (one line, fsynced); StateError if not."""
@@ -148,16 +148,3 @@ class StateDir:
                     )
             self._ours = data
         return self._ours
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
