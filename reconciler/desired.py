@@ -647,12 +647,14 @@ def _check_definition(doc: YamlDoc, repo: Path, vm: str, definition: str) -> lis
 
 
 class LoadCache:
-    """Parsed files and typed ipsets shared between loads, keyed by file *content*.
+    """Parsed files (with what was derived from them, e.g. typed ipsets) shared between
+    loads, keyed by file *content*.
 
     A CI dry-run loads every host at two revisions: ``fleet.yaml`` (with a 5,000-CIDR set)
     would otherwise be parsed and validated 2,000 times, and a host file unchanged between
     the revisions twice. Keyed by (name, SHA-256 of the bytes), so a changed file is always
-    loaded afresh. Documents in the cache are never modified by their users.
+    loaded afresh. Users never modify a cached document's data; they only add to its
+    ``derived`` results, which are the same for every user of that content.
     """
 
     def __init__(self, *, max_host_files: int | None = None) -> None:
@@ -662,14 +664,7 @@ class LoadCache:
         whole fleet (1,000 hosts with 5,000-CIDR sets: gigabytes)."""
         self.max_host_files = max_host_files
         self.docs: OrderedDict[tuple[str, bytes], YamlDoc] = OrderedDict()
-        self.ipsets: dict[tuple[int, str], IpsetSpec] = {}
-        self._cached: set[int] = set()
         self._host_keys: OrderedDict[tuple[str, bytes], None] = OrderedDict()
-
-    def holds(self, doc: YamlDoc) -> bool:
-        """Whether ``doc`` is kept by this cache (alive as long as it is, so its ``id`` is
-        a safe key)."""
-        return id(doc) in self._cached
 
     def load(self, repo: Path, rel: str) -> YamlDoc:
         """The validated document ``rel`` of ``repo``, from the cache when its content was
@@ -678,19 +673,12 @@ class LoadCache:
         cached = self.docs.get(key)
         if cached is None:
             cached = self.docs[key] = _load_host_file(repo, rel)
-            self._cached.add(id(cached))
         if rel != FLEET_FILE and self.max_host_files is not None:
             self._host_keys[key] = None
             self._host_keys.move_to_end(key)
             while len(self._host_keys) > self.max_host_files:
-                self._evict(self._host_keys.popitem(last=False)[0])
+                del self.docs[self._host_keys.popitem(last=False)[0]]
         return cached
-
-    def _evict(self, key: tuple[str, bytes]) -> None:
-        doc = self.docs.pop(key)
-        self._cached.discard(id(doc))  # its id may be reused once it is freed
-        for k in [k for k in self.ipsets if k[0] == id(doc)]:
-            del self.ipsets[k]
 
 
 def _load_host_file(repo: Path, rel: str, cache: LoadCache | None = None) -> YamlDoc:
@@ -965,14 +953,13 @@ def load_host(repo: Path, host: str, cache: LoadCache | None = None) -> HostDesi
     for doc in docs:
         data: dict[str, Any] = doc.data
         for name, spec in (data.get("ipsets") or {}).items():
-            cached = cache is not None and cache.holds(doc)
-            typed = cache.ipsets.get((id(doc), name)) if cache is not None and cached else None
+            # Kept with the document: a cached fleet.yaml builds its sets once, not per host.
+            typed = doc.derived.get(("ipset_spec", name))
             if typed is None:
                 line, col = doc.pos(("ipsets", name), key=True)
                 known = doc.derived.get(("ipset_members", name))
                 typed = _ipset_spec(name, spec, Location(doc.file, line, col), known)
-                if cache is not None and cached:
-                    cache.ipsets[(id(doc), name)] = typed  # the doc lives as long as the cache
+                doc.derived[("ipset_spec", name)] = typed
             ipsets[name] = typed
         for name, spec in (data.get("nics") or {}).items():
             nic = _plain_copy(spec)
