@@ -71,12 +71,20 @@ def _to_kib(value: int, unit: str | None) -> int:
     return int(value * _KIB.get((unit or "KiB").lower(), 1))
 
 
+def _vnc(port_text: str | None, autoport_text: str | None) -> VncConfig:
+    """libvirt's rules for a VNC ``<graphics>``'s ``port`` and ``autoport`` attributes
+    (None: absent): a port of -1 or 0 means none, and autoport defaults to "no" when a
+    port is given, else "yes"."""
+    number = int(port_text) if port_text and port_text.lstrip("-").isdigit() else 0
+    port = number if number > 0 else None
+    if autoport_text is None:
+        autoport_text = "no" if port else "yes"
+    return VncConfig(port, autoport_text == "yes")
+
+
 def _vnc_from_tag(tag: str) -> VncConfig:
     attrs = {m.group(1): m.group(3) for m in _ATTR.finditer(tag)}
-    port_text = attrs.get("port", "")
-    port = int(port_text) if port_text.lstrip("-").isdigit() else None
-    autoport = attrs.get("autoport", "no" if port and port > 0 else "yes") == "yes"
-    return VncConfig(port if port is not None and port > 0 else None, autoport)
+    return _vnc(attrs.get("port"), attrs.get("autoport"))
 
 
 def parse_domain_xml(text: str) -> DomainXmlInfo:
@@ -111,9 +119,7 @@ def _vnc_config(text: str, pos: int = 0) -> VncConfig | None:
     first)."""
     c = _CANON_VNC.search(text, pos)
     if c is not None:
-        port_text, autoport = c.group(1, 2)
-        port = int(port_text) if port_text is not None else 0
-        return VncConfig(port if port > 0 else None, autoport == "yes")
+        return _vnc(*c.group(1, 2))
     g = _GRAPHICS_VNC.search(text, pos)
     return _vnc_from_tag(g.group(0)) if g else None
 
@@ -155,10 +161,7 @@ def parse_definition(text: str) -> DomainXmlInfo:
     vnc: VncConfig | None = None
     for g in root.iterfind("devices/graphics"):
         if g.get("type") == "vnc":
-            port_text = g.get("port", "")
-            port = int(port_text) if port_text.lstrip("-").isdigit() else None
-            autoport = g.get("autoport", "no" if port and port > 0 else "yes") == "yes"
-            vnc = VncConfig(port if port is not None and port > 0 else None, autoport)
+            vnc = _vnc(g.get("port"), g.get("autoport"))
             break
     name = root.findtext("name")
     uuid = root.findtext("uuid")
