@@ -1,4 +1,4 @@
-"""Benchmark reconciler.ipsetnl against the standard ipset tool, in one run and one namespace.
+"""Benchmark the ipset netlink client against the standard ipset tool, in one run and one namespace.
 
 Run as root: ``sudo .venv/bin/python -m bench.bench_ipset``. It creates its own network
 namespace (deleted at the end, also on error), never touching the host's.
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from reconciler.ipsetnl import IpsetClient
+    from reconciler.kinds.ipset.netlink import IpsetClient
 
 N_MEMBERS = 65_536
 CHURN = 655
@@ -98,7 +98,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_ipset: needs root (it creates a network namespace)", file=sys.stderr)
         return 0
-    from reconciler.ipsetnl import IpsetClient
+    from reconciler.kinds.ipset.netlink import IpsetClient
     from tests.netns import Netns
 
     rng = random.Random(SEED)
@@ -190,7 +190,7 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     t_base = _cold_import("pass")
-    t_mod = _cold_import("import reconciler.ipsetnl")
+    t_mod = _cold_import("import reconciler.kinds.ipset.netlink")
     t_pr2 = _cold_import("import pyroute2")
 
     print(f"\nipset benchmark: {N_MEMBERS:,} random /24 + /32 IPv4 networks, seed {SEED}, "
@@ -204,7 +204,7 @@ def main() -> int:
     print("\ncaveat: ipset times include starting the ipset process (a few ms); ours are "
           "in-process,\nafter import. Cold start of a python process, for comparison:")  # fmt: skip
     print(f"  python -c pass                        {t_base * 1000:8.1f} ms")
-    print(f"  python -c 'import reconciler.ipsetnl' {t_mod * 1000:8.1f} ms "
+    print(f"  python -c 'import reconciler.kinds.ipset.netlink' {t_mod * 1000:8.1f} ms "
           f"(+{(t_mod - t_base) * 1000:.1f} ms for the module)")  # fmt: skip
     print(f"  python -c 'import pyroute2'           {t_pr2 * 1000:8.1f} ms "
           f"(+{(t_pr2 - t_base) * 1000:.1f} ms)")  # fmt: skip
@@ -225,8 +225,8 @@ def _engine_rows(
 ) -> list[tuple[str, float, float, float | None]]:
     """``reconcile`` itself: engine.make_plan + apply_plan, and the cold CLI dry-run."""
     from reconciler import engine, log
+    from reconciler.kinds.ipset.provider import IpsetProvider
     from reconciler.model import HostDesired, IpsetSpec
-    from reconciler.providers.ipset import IpsetProvider
     from reconciler.state import StateDir
 
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives for the benchmark

@@ -51,7 +51,7 @@ COLD = """
 import sys
 from pathlib import Path
 from reconciler.desired import load_host
-from reconciler.providers.nic import NicProvider
+from reconciler.kinds.nic.provider import NicProvider
 desired = load_host(Path(sys.argv[1]), "bench")
 p = NicProvider()
 changes, errors = p.diff(desired, p.read(desired))
@@ -92,7 +92,7 @@ def _run(ns: object) -> int:
 
         from reconciler import engine
         from reconciler.desired import load_host
-        from reconciler.providers.nic import NicProvider
+        from reconciler.kinds.nic.provider import NicProvider
 
         desired = load_host(repo, "bench")
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}

@@ -1,6 +1,6 @@
 """Benchmark: retention planning for one backup set with 100,000 archives.
 
-Compares :func:`reconciler.providers.backup.retention.decide` with tarsnapper's ``expire()``
+Compares :func:`reconciler.kinds.backup.retention.decide` with tarsnapper's ``expire()``
 on the same archive list in the same run (target: ours <= 0.5x tarsnapper's time). The two
 policies are comparable, not identical: tarsnapper keeps the backup nearest to each step of
 free-form generations (``1h 1d 7d 30d 360d``: hourly for a day, daily for a week, weekly for
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from reconciler.providers.backup.retention import KeepPolicy, archive_name, decide
+from reconciler.kinds.backup.retention import KeepPolicy, archive_name, decide
 
 N_ARCHIVES = 100_000
 SET = "www-etc"

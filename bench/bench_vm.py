@@ -40,9 +40,9 @@ from typing import Any
 
 import libvirt
 
-from reconciler.libvirtio import NodeIO, open_node
+from reconciler.kinds.vm.libvirtio import NodeIO, open_node
+from reconciler.kinds.vm.provider import VmProvider, domain_from_raw, plan_vms
 from reconciler.model import HostDesired
-from reconciler.providers.vm import VmProvider, domain_from_raw, plan_vms
 
 N_NODES = 50
 PER_NODE = 100

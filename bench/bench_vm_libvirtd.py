@@ -4,7 +4,7 @@ Run (as root): ``.venv/bin/python -m bench.bench_vm_libvirtd``. bench_vm measure
 dry-run on in-process ``test:///`` nodes, where every libvirt "read" is a function call
 competing with our parsing for the same two CPUs. Real nodes are daemons reached over a
 socket: every call is a round trip. This starts NODES independent libvirtds (each in its
-own namespaces, :mod:`reconciler.lablibvirt`; they run on this machine's CPUs too, so a
+own namespaces, :mod:`lab.libvirtd`; they run on this machine's CPUs too, so a
 node's work still competes with ours), defines PER_NODE small domains on each (RUNNING of
 them started under software emulation, the rest shut off), places every VM on its node in
 ``vms.yaml`` plus MOVES planned moves, and reports, interleaved over RUNS rounds (medians):
@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_vm import _bare
-from reconciler.libvirtio import NodeIO, open_node
+from reconciler.kinds.vm.libvirtio import NodeIO, open_node
+from reconciler.kinds.vm.provider import VmProvider
 from reconciler.model import HostDesired
-from reconciler.providers.vm import VmProvider
 
 NODES = 50  # as bench_vm: 5,000 VMs on 50 nodes
 PER_NODE = 100
@@ -41,23 +41,23 @@ TARGET = 1.2
 
 
 def _domain(name: str, k: int) -> str:
-    from reconciler.lablibvirt import small_domain_xml
+    from lab.libvirtd import small_domain_xml
 
     return small_domain_xml(name, vnc_port=5900 + k, domain_uuid=str(uuidlib.UUID(int=k + 1)))
 
 
 def main() -> int:
     """Start the daemons, run the benchmark, print the table; always returns 0."""
-    from reconciler import lablibvirt
+    from lab import libvirtd
 
-    reason = lablibvirt.reason_unavailable()
+    reason = libvirtd.reason_unavailable()
     if reason is not None:
         print(f"bench_vm_libvirtd: skipped: {reason}")
         return 0
     names = [f"n{i}" for i in range(NODES)]
     t0 = time.perf_counter()
     # 50 daemons probing QEMU at once on two CPUs take a while to come up.
-    with lablibvirt.libvirt_daemons(names, timeout=600) as started:
+    with libvirtd.libvirt_daemons(names, timeout=600) as started:
         opened = {n: open_node(n, node.uri) for n, node in started.items()}
         vms: dict[str, Any] = {}
         for i, n in enumerate(names):

@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from reconciler.cidr import sort_key
+from reconciler.kinds.ipset.provider import spec_summary
 from reconciler.model import HostDesired, IpsetSpec
 from reconciler.plan import Action, Change, Op
-from reconciler.providers.ipset import spec_summary
 
 NOT_MANAGED = "no longer in git: reconciler stops managing it and leaves its settings as they are"
 

@@ -125,7 +125,7 @@ def _snapshot_plan(
                     None, replace(desired, raw={**desired.raw, "backups": new}), {"backup"}
                 )
         if kind == "vm":
-            from reconciler.providers.vm import read_definitions
+            from reconciler.kinds.vm.provider import read_definitions
 
             # The definitions come from the commit being planned, not the host's checkout.
             live = replace(live, definitions=read_definitions(vms or {}, repo))
@@ -142,19 +142,19 @@ def _snapshot_plan(
 def _provider(kind: str, vms: dict[str, Any] | None, repo: Path, now: datetime) -> Any:
     """A provider used for its pure ``diff`` only (no connection, no state dir)."""
     if kind == "ipset":
-        from reconciler.providers.ipset import IpsetProvider
+        from reconciler.kinds.ipset.provider import IpsetProvider
 
         return IpsetProvider(None)
     if kind == "nic":
-        from reconciler.providers.nic import NicProvider
+        from reconciler.kinds.nic.provider import NicProvider
 
         return NicProvider()
     if kind == "backup":
-        from reconciler.providers.backup.provider import BackupProvider
+        from reconciler.kinds.backup.provider import BackupProvider
 
         return BackupProvider(clock=lambda: now)
     if kind == "vm" and vms is not None:
-        from reconciler.providers.vm import VmProvider
+        from reconciler.kinds.vm.provider import VmProvider
 
         return VmProvider(vms, repo)
     return None

@@ -28,10 +28,10 @@ from reconciler.errors import (
     ValidationError,
     VerifyError,
 )
+from reconciler.kinds.base import Provider
 from reconciler.lock import RunLock
 from reconciler.model import HostDesired
 from reconciler.plan import PlanError
-from reconciler.providers.base import Provider
 from reconciler.render import json as render_json
 from reconciler.render import status as render_status
 from reconciler.render import text as render_text
@@ -229,19 +229,19 @@ def _providers(
     # Imported here so a run limited to one kind pays only for that kind's imports.
     out: list[Provider] = []
     if "ipset" in kinds:
-        from reconciler.providers.ipset import IpsetProvider
+        from reconciler.kinds.ipset.provider import IpsetProvider
 
         out.append(IpsetProvider(state, force=force))
     if "nic" in kinds:
-        from reconciler.providers.nic import NicProvider
+        from reconciler.kinds.nic.provider import NicProvider
 
         out.append(NicProvider())
     if "backup" in kinds:
-        from reconciler.providers.backup.provider import BackupProvider
+        from reconciler.kinds.backup.provider import BackupProvider
 
         out.append(BackupProvider())
     if "vm" in kinds and vms is not None and repo is not None:
-        from reconciler.providers.vm import VmProvider
+        from reconciler.kinds.vm.provider import VmProvider
 
         out.append(VmProvider(vms, repo))
     return out
@@ -549,7 +549,7 @@ def cmd_snapshot(argv: Sequence[str]) -> int:
     snapshot (exit 1), the others are written.
     """
     from reconciler import snapshot
-    from reconciler.providers.nic import NicProvider
+    from reconciler.kinds.nic.provider import NicProvider
 
     args = build_snapshot_parser().parse_args(argv)
     log.configure(json_lines=None if args.log_format == "auto" else args.log_format == "json")

@@ -17,9 +17,9 @@ from typing import Any
 
 from reconciler import journal, log
 from reconciler.errors import ReconcilerError, StateError
+from reconciler.kinds.base import Provider
 from reconciler.model import HostDesired
 from reconciler.plan import Change, Op, Plan, PlanError, PlanWarning
-from reconciler.providers.base import Provider
 from reconciler.state import StateDir
 
 

@@ -52,19 +52,19 @@ def _live_class(kind: str) -> type[Any]:
     caller that only handles snapshot files (CI) should not pay for before it needs it.
     """
     if kind == "ipset":
-        from reconciler.providers.ipset import IpsetLive
+        from reconciler.kinds.ipset.provider import IpsetLive
 
         return IpsetLive
     if kind == "nic":
-        from reconciler.providers.nic import NicLive
+        from reconciler.kinds.nic.provider import NicLive
 
         return NicLive
     if kind == "backup":
-        from reconciler.providers.backup.provider import BackupLive
+        from reconciler.kinds.backup.provider import BackupLive
 
         return BackupLive
     if kind == "vm":
-        from reconciler.providers.vm import VmLive
+        from reconciler.kinds.vm.provider import VmLive
 
         return VmLive
     raise SnapshotError(f"unknown snapshot kind {kind!r} (known: {', '.join(SNAPSHOT_KINDS)})")

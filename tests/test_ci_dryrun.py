@@ -344,7 +344,7 @@ def test_snapshot_plan_shows_warnings_of_resources_without_a_change(
 ) -> None:
     """Host b's snapshot holds a recent archive (nothing due) and one dated years ahead: no
     change, exit 0, and the future archive named in the host's plan-level warnings."""
-    from reconciler.providers.backup.provider import BackupLive, SetLive
+    from reconciler.kinds.backup.provider import BackupLive, SetLive
     from reconciler.snapshot import Snapshot, write_snapshot
 
     base = repo.write()

@@ -15,8 +15,8 @@ import pytest
 
 from reconciler.gitverify import key_fingerprint
 from tests.netns import Netns, netns  # noqa: F401  (fixture)
+from tests.packaging.test_systemd_units import DIST, _exec_start
 from tests.test_gitsource import GIT_ENV, Host, Remote, fleet, git
-from tests.test_units import DIST, _exec_start
 
 
 def ssh_key(path: Path) -> str:

@@ -28,12 +28,12 @@ from hypothesis import strategies as st
 from reconciler import desired as desired_mod
 from reconciler import snapshot
 from reconciler.errors import SnapshotError
-from reconciler.ipsetnl import LiveSet, SetHeader
+from reconciler.kinds.backup.provider import BackupProvider
+from reconciler.kinds.ipset.netlink import LiveSet, SetHeader
+from reconciler.kinds.ipset.provider import IpsetLive, IpsetProvider
+from reconciler.kinds.nic.provider import NicProvider
+from reconciler.kinds.vm.provider import plan_vms
 from reconciler.plan import Change, PlanError
-from reconciler.providers.backup.provider import BackupProvider
-from reconciler.providers.ipset import IpsetLive, IpsetProvider
-from reconciler.providers.nic import NicProvider
-from reconciler.providers.vm import plan_vms
 from reconciler.snapshot import (
     FORMAT_VERSION,
     SNAPSHOT_KINDS,
@@ -43,15 +43,18 @@ from reconciler.snapshot import (
     read_snapshot,
     write_snapshot,
 )
-from tests import test_backup_diff, test_ipset_diff, test_nic_diff, test_vm_diff
+from tests.kinds.backup import test_diff as test_backup_diff
+from tests.kinds.ipset import test_diff as test_ipset_diff
+from tests.kinds.nic import test_diff as test_nic_diff
+from tests.kinds.vm import test_diff as test_vm_diff
 
-GOLDEN = Path(__file__).parent / "golden"
+KIND_TESTS = Path(__file__).parent / "kinds"
 # Golden directory of each snapshot kind (the vm provider's cases are "vmplace").
-GOLDEN_DIRS = {"ipset": "ipset", "nic": "nic", "backup": "backup", "vm": "vmplace"}
+GOLDEN_DIRS = {k: KIND_TESTS / k / "golden" for k in ("ipset", "nic", "backup", "vm")}
 CASES = [
     (kind, case)
     for kind in SNAPSHOT_KINDS
-    for case in sorted((GOLDEN / GOLDEN_DIRS[kind]).glob("*.yaml"))
+    for case in sorted(GOLDEN_DIRS[kind].glob("*.yaml"))
 ]
 
 Diff = Callable[[Any], tuple[list[Change], list[PlanError]]]
@@ -89,7 +92,7 @@ SAMPLES = {
 def sample_dump(kind: str) -> Any:
     """dump_live of one rich golden case of ``kind`` (do not mutate: shared)."""
     with tempfile.TemporaryDirectory() as tmp:
-        live, _ = golden_case(kind, GOLDEN / GOLDEN_DIRS[kind] / SAMPLES[kind], Path(tmp))
+        live, _ = golden_case(kind, GOLDEN_DIRS[kind] / SAMPLES[kind], Path(tmp))
         return dump_live(kind, live)
 
 
@@ -139,7 +142,7 @@ def test_golden_cases_cover_every_kind_and_nested_type() -> None:
 def test_guard_case_changes_only_by_the_dropped_ssh_client(tmp_path: Path) -> None:
     """The SSH client of the process that took the snapshot is not replayed in CI: the
     anti-lockout guard is the applying host's check. Everything else is kept."""
-    live, diff = golden_case("ipset", GOLDEN / "ipset" / "guard_ssh_client.yaml", tmp_path)
+    live, diff = golden_case("ipset", GOLDEN_DIRS["ipset"] / "guard_ssh_client.yaml", tmp_path)
     assert isinstance(live, IpsetLive) and live.ssh_client == "198.51.100.200"
     data = dump_live("ipset", live)
     assert data["ssh_client"] is None
@@ -152,7 +155,7 @@ def test_guard_case_changes_only_by_the_dropped_ssh_client(tmp_path: Path) -> No
 
 
 def test_dump_is_plain_sorted_json(tmp_path: Path) -> None:
-    live, _ = golden_case("ipset", GOLDEN / "ipset" / "update_delta.yaml", tmp_path)
+    live, _ = golden_case("ipset", GOLDEN_DIRS["ipset"] / "update_delta.yaml", tmp_path)
     data = dump_live("ipset", live)
     assert json.loads(json.dumps(data, allow_nan=False)) == data
     for s in data["sets"].values():
@@ -268,7 +271,7 @@ def test_load_live_garbage_is_a_snapshot_error(kind: str, data: Any) -> None:
 
 
 def test_load_live_bad_nested_value_names_kind_and_path(tmp_path: Path) -> None:
-    live, _ = golden_case("ipset", GOLDEN / "ipset" / "update_delta.yaml", tmp_path)
+    live, _ = golden_case("ipset", GOLDEN_DIRS["ipset"] / "update_delta.yaml", tmp_path)
     data = dump_live("ipset", live)
     name = next(iter(data["sets"]))
     data["sets"][name]["header"]["maxelem"] = "lots"
@@ -340,7 +343,7 @@ CREATED = datetime(2026, 11, 28, 4, 0, 0, tzinfo=UTC)
 def sample_snapshot(tmp_path: Path) -> Snapshot:
     lives = {
         kind: without_ssh_client(
-            kind, golden_case(kind, GOLDEN / GOLDEN_DIRS[kind] / SAMPLES[kind], tmp_path / kind)[0]
+            kind, golden_case(kind, GOLDEN_DIRS[kind] / SAMPLES[kind], tmp_path / kind)[0]
         )
         for kind in ("ipset", "nic", "backup")
     }

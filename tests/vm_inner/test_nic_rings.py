@@ -1,6 +1,6 @@
 """Ring-size tests on real e1000 NICs, run INSIDE a throw-away VM (one boot for the group).
 
-veth has no rings, so these run where real drivers are: ``reconciler/labvm.py`` boots the machine's
+veth has no rings, so these run where real drivers are: ``reconciler/testvm.py`` boots the machine's
 own filesystem under qemu with ``-device e1000`` NICs and runs pytest on this file there, with
 ``RECONCILER_IN_VM=1`` and ``RECONCILER_VM_NICS="eth0,eth1"``-style names. Outside the VM the
 whole module is skipped. The e1000 driver supports ``ethtool -G`` up to 4096 (its preset
@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 
 if os.environ.get("RECONCILER_IN_VM") != "1":
-    pytest.skip("runs only inside the test VM (reconciler/labvm.py)", allow_module_level=True)
+    pytest.skip("runs only inside the test VM (reconciler/testvm.py)", allow_module_level=True)
 
 from reconciler import engine
 from reconciler.desired import load_host
 from reconciler.engine import RunResult
+from reconciler.kinds.nic.provider import NicProvider
 from reconciler.plan import Plan
-from reconciler.providers.nic import NicProvider
 
 NICS = [n for n in os.environ.get("RECONCILER_VM_NICS", "").split(",") if n]
 E1000_MAX = 4096

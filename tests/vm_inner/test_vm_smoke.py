@@ -1,4 +1,4 @@
-"""Smoke test of the VM harness (reconciler/labvm.py), meant to run INSIDE its VM only.
+"""Smoke test of the VM harness (reconciler/testvm.py), meant to run INSIDE its VM only.
 
 On the host these tests skip: ``tests/test_vm_harness.py`` boots one VM and runs this
 directory in it with ``RECONCILER_IN_VM=1`` and ``RECONCILER_VM_NICS=eth0,eth1``. They check,
@@ -25,7 +25,7 @@ import pytest
 
 if os.environ.get("RECONCILER_IN_VM") != "1":
     pytest.skip(
-        "runs only inside the test VM (tests/test_vm.py boots it; RECONCILER_IN_VM=1)",
+        "runs only inside the test VM (tests/lab/test_lab_vm.py boots it; RECONCILER_IN_VM=1)",
         allow_module_level=True,
     )
 

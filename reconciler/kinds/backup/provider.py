@@ -1,0 +1,368 @@
+"""The ``backup`` kind: one resource per backup set, addressed ``backup/<set>``.
+
+A run makes a new archive ``<set>-YYYYMMDD-HHMMSS`` (UTC) when the newest archive of the set
+is at least ``every`` old (or there is none), and deletes the archives the set's keep policy no
+longer keeps, as decided by :func:`.retention.decide` -- the same decision for tarsnap and
+restic. Safety rules (DESIGN.md section 5):
+
+* ``read`` reads the clock once and stores ``now`` in the live state, so ``diff`` is pure and a
+  dry run plans exactly what the real run does. It writes nothing of ours (restic lists with
+  ``--no-lock``);
+* only names of exactly ``<set>-YYYYMMDD-HHMMSS`` are candidates; anything else is never
+  deleted. The newest archive -- counting the one about to be created -- is never deleted;
+* retention is decided as if the new archive already existed, and apply creates before it
+  deletes: when the create fails, nothing is deleted;
+* a set whose archive list cannot be read, whose paths are missing, or whose tarsnap key file
+  is unsafe is an error for that set only: nothing is created or deleted for it, other sets
+  still plan and apply;
+* a backend that is busy (another tarsnap holds its cache lock, a restic repository is locked)
+  fails that set only, with a message that the next run retries it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from reconciler.errors import ProviderError, ReconcilerError
+from reconciler.kinds.backup import retention
+from reconciler.kinds.backup.common import BackendBusy
+from reconciler.kinds.backup.restic import ResticBackend, ResticConfig
+from reconciler.kinds.backup.tarsnap import (
+    SequenceMismatch,
+    TarsnapBackend,
+    TarsnapConfig,
+)
+from reconciler.model import HostDesired
+from reconciler.plan import Action, Change, Op, PlanError, PlanWarning
+
+KIND = "backup"
+_T = TypeVar("_T")
+DEFAULT_DELETE_BATCH = 500
+"""Archives per deletion call (``tarsnap -d`` / ``restic forget``)."""
+
+RETRY_NOTE = "skipped this run; it is retried on the next run"
+
+Backend = TarsnapBackend | ResticBackend
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class SetLive:
+    """What was read for one backup set: every archive name the backend lists (all of them,
+    also other sets' and foreign ones: retention sorts them out) and the set's missing paths."""
+
+    archives: tuple[str, ...] = ()
+    missing_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BackupLive:
+    """Everything ``diff`` needs, read from the host. Plain data, so golden tests build it.
+
+    ``now`` is the run's one clock reading (aware, UTC, whole seconds); ``sets`` the state per
+    desired set; ``errors`` a read failure per set name (that set only).
+    """
+
+    now: datetime
+    sets: Mapping[str, SetLive] = field(default_factory=dict)
+    errors: Mapping[str, str] = field(default_factory=dict)
+
+
+class SetPlanError(Exception):
+    """A reason one set cannot be planned (becomes a plan error for that set only)."""
+
+
+def _listing_key(spec: Mapping[str, Any], desired: HostDesired) -> tuple[str, ...]:
+    """Sets with the same key share one archive listing (one tarsnap account / repository)."""
+    if spec["backend"] == "restic":
+        return ("restic", str(spec["repository"]), str(spec["password_file"]), desired.host)
+    t = desired.raw.get("tarsnap") or {}
+    return ("tarsnap", str(t.get("command")), str(t.get("keyfile")), str(t.get("cachedir")))
+
+
+class BackupProvider:
+    """read / pure diff / apply for backup sets (``backups:`` in the desired state).
+
+    ``clock`` returns the current time (aware); tests pass a controllable one to simulate
+    years. ``delete_batch`` bounds the archives per deletion call. ``restic_command`` is the
+    restic binary (path or name on PATH).
+    """
+
+    kind = KIND
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        delete_batch: int = DEFAULT_DELETE_BATCH,
+        restic_command: str = "restic",
+    ) -> None:
+        self.clock: Clock = clock or _utc_now
+        self.delete_batch = delete_batch
+        self.restic_command = restic_command
+        # Backends of the sets of the last read, for apply (a Change carries no credentials:
+        # a restic repository URL may hold a password and must not appear in the plan).
+        self._backends: dict[str, Backend] = {}
+        # The engine re-reads after apply to verify. That read must judge the plan's moment:
+        # with the clock read again, a backup that took longer than ``every`` would look due
+        # again and be reported as "did not converge". So apply pins the last read's ``now``
+        # for the next read only.
+        self._last_now: datetime | None = None
+        self._pinned_now: datetime | None = None
+
+    # --------------------------------------------------------------------------- backends
+    def backend_for(self, name: str, spec: Mapping[str, Any], desired: HostDesired) -> Backend:
+        """The backend object for set ``name`` (constructing it does no I/O)."""
+        address = f"{KIND}/{name}"
+        if spec["backend"] == "restic":
+            cfg = ResticConfig.from_desired(spec, host=desired.host, command=self.restic_command)
+            return ResticBackend(cfg, address=address)
+        tcfg = TarsnapConfig.from_desired(desired.raw.get("tarsnap") or {})
+        return TarsnapBackend(tcfg, address=address)
+
+    # ------------------------------------------------------------------------------- read
+    def read(self, desired: HostDesired) -> BackupLive:
+        """Read the clock once (the read right after an apply reuses the previous read's
+        time, so verification judges the moment that was planned), and per set: the
+        backend's checks (tarsnap key file, restic password file), its archive list and which
+        paths are missing.
+
+        Writes nothing of ours. Every failure is recorded for its set only; sets sharing an
+        account or repository share one listing.
+        """
+        if self._pinned_now is not None:
+            now, self._pinned_now = self._pinned_now, None
+        else:
+            now = self.clock().astimezone(UTC).replace(microsecond=0)
+        self._last_now = now
+        backups: Mapping[str, Any] = desired.raw.get("backups") or {}
+        sets: dict[str, SetLive] = {}
+        errors: dict[str, str] = {}
+        listings: dict[tuple[str, ...], tuple[str, ...] | ReconcilerError] = {}
+        self._backends = {}
+        for name in sorted(backups):
+            spec = backups[name]
+            backend = self.backend_for(name, spec, desired)
+            self._backends[name] = backend
+            try:
+                if isinstance(backend, TarsnapBackend):
+                    backend.check_keyfile()
+                else:
+                    backend.check_password_file()
+                key = _listing_key(spec, desired)
+                if key not in listings:
+                    try:
+                        listings[key] = tuple(a.name for a in backend.list_archives())
+                    except ReconcilerError as e:
+                        listings[key] = e
+                listed = listings[key]
+                if isinstance(listed, ReconcilerError):
+                    raise listed
+            except ReconcilerError as e:
+                errors[name] = _with_retry_note(e)
+                continue
+            missing = tuple(p for p in spec["paths"] if not os.path.lexists(p))
+            sets[name] = SetLive(listed, missing)
+        return BackupLive(now, sets, errors)
+
+    # ------------------------------------------------------------------------------- diff
+    def diff(self, desired: HostDesired, live: BackupLive) -> tuple[list[Change], list[PlanError]]:
+        """One change per set that needs a new archive or has archives to expire. Pure."""
+        changes: list[Change] = []
+        errors: list[PlanError] = []
+        backups: Mapping[str, Any] = desired.raw.get("backups") or {}
+        for name in sorted(backups):
+            address = f"{KIND}/{name}"
+            if name in live.errors:
+                errors.append(PlanError(address, live.errors[name]))
+                continue
+            state = live.sets.get(name)
+            if state is None:
+                errors.append(PlanError(address, "no live state was read for this set"))
+                continue
+            try:
+                ch = diff_set(name, backups[name], state, live.now)
+            except SetPlanError as e:
+                errors.append(PlanError(address, str(e)))
+                continue
+            if ch is not None:
+                changes.append(ch)
+        return changes, errors
+
+    def notices(self, desired: HostDesired, live: BackupLive) -> list[PlanWarning]:
+        """Pure: the future-dated archives of every set that was read, so they are shown
+        even when the set has nothing to do (a set's change carries the same warnings)."""
+        out: list[PlanWarning] = []
+        backups: Mapping[str, Any] = desired.raw.get("backups") or {}
+        for name in sorted(backups):
+            state = live.sets.get(name)
+            if state is None or name in live.errors:
+                continue
+            future = sorted(
+                (t, a)
+                for a in state.archives
+                if (t := retention.parse_archive_name(name, a)) is not None and t > live.now
+            )
+            out += [
+                PlanWarning(f"{KIND}/{name}", retention.future_warning(name, a, t, live.now))
+                for t, a in reversed(future)  # newest first, as the change lists them
+            ]
+        return out
+
+    # ------------------------------------------------------------------------------ apply
+    def apply(self, change: Change) -> list[Op]:
+        """Execute ``change``: the ``create_archive`` op first, then ``delete_archive`` ops in
+        batches of ``delete_batch``, then ``prune_repository`` (restic). Returns the ops
+        executed.
+
+        Raises ProviderError (with the set's address) on the first failure; a create that
+        fails stops the deletions. A busy backend's error says the next run retries.
+        """
+        backend = self._backends.get(change.name)
+        if backend is None:
+            raise ProviderError(
+                "apply before read: no backend for this set", address=change.address
+            )
+        self._pinned_now = self._last_now  # the verify read judges the plan's moment
+        done: list[Op] = []
+        creates = [op for op in change.ops if op.op == "create_archive"]
+        deletes = [op for op in change.ops if op.op == "delete_archive"]
+        prunes = [op for op in change.ops if op.op == "prune_repository"]
+        try:
+            for op in creates:
+                _with_fsck(backend, functools.partial(_create, backend, change.name, op))
+                done.append(op)
+            if deletes:
+                names = [op.args["archive"] for op in deletes]
+                result = _with_fsck(backend, lambda: backend.delete(names, batch=self.delete_batch))
+                gone = set(result.deleted) | set(result.missing)
+                done += [op for op in deletes if op.args["archive"] in gone]
+            for op in prunes:
+                if not isinstance(backend, ResticBackend):  # a plan from elsewhere: never guess
+                    raise ProviderError(f"{op.op} is a restic operation", address=change.address)
+                backend.prune()
+                done.append(op)
+        except ReconcilerError as e:
+            raise ProviderError(_with_retry_note(e), address=change.address) from e
+        return done
+
+
+def _with_fsck(backend: Backend, call: Callable[[], _T]) -> _T:
+    """Run ``call``; on tarsnap's "Sequence number mismatch", when git allows it
+    (``tarsnap.allow_fsck: true``), run ``tarsnap --fsck`` once and retry. Otherwise the
+    error, which names the fix, reaches the operator."""
+    try:
+        return call()
+    except SequenceMismatch:
+        if not (isinstance(backend, TarsnapBackend) and backend.config.allow_fsck):
+            raise
+        backend.fsck(allow_fsck=True)
+        return call()
+
+
+def _with_retry_note(e: ReconcilerError) -> str:
+    if isinstance(e, BackendBusy):
+        return f"{e.message}; {RETRY_NOTE}"
+    return e.message
+
+
+def _create(backend: Backend, set_name: str, op: Op) -> None:
+    name: str = op.args["archive"]
+    paths: list[str] = list(op.args["paths"])
+    exclude: list[str] = list(op.args.get("exclude") or [])
+    if isinstance(backend, ResticBackend):
+        # The snapshot's time is the time in its name, so restic's listing and ours agree.
+        backend.create(name, paths, exclude, when=retention.parse_archive_name(set_name, name))
+    else:
+        backend.create(name, paths, exclude)
+
+
+def diff_set(name: str, spec: Mapping[str, Any], state: SetLive, now: datetime) -> Change | None:
+    """The change for one set at ``now``, or None when nothing is due. Pure.
+
+    Raises :class:`SetPlanError` for missing paths, an unparsable ``every`` or ``keep``, or a
+    policy that keeps nothing.
+    """
+    if state.missing_paths:
+        raise SetPlanError(
+            f"path(s) do not exist on this host: {', '.join(state.missing_paths)}; nothing "
+            "is created or deleted for this set until they exist (or leave the desired state)"
+        )
+    try:
+        from reconciler.desired import parse_duration
+
+        every = parse_duration(spec["every"])
+        policy = retention.KeepPolicy.from_mapping(spec["keep"])
+    except ValueError as e:
+        raise SetPlanError(str(e)) from None
+    if every <= timedelta(0):
+        raise SetPlanError(f"every must be longer than zero, got {spec['every']!r}")
+
+    times = {
+        a: t for a in state.archives if (t := retention.parse_archive_name(name, a)) is not None
+    }
+    # The schedule counts from the newest archive that is not in the future: a future-dated
+    # archive (a host clock that was wrong) must not stop backups until that date.
+    past = [(t, a) for a, t in times.items() if t <= now]
+    newest_any = max((t, a) for a, t in times.items())[1] if times else None
+    new_name = retention.archive_name(name, now)
+    due = (not past or now - max(past)[0] >= every) and new_name not in times
+    names = [*state.archives, new_name] if due else list(state.archives)
+    try:
+        decision = retention.decide(name, names, policy, now)
+    except ValueError as e:
+        raise SetPlanError(str(e)) from None
+
+    ops: list[Op] = []
+    if due:
+        ops.append(
+            Op(
+                "create_archive",
+                {
+                    "archive": new_name,
+                    "paths": list(spec["paths"]),
+                    "exclude": list(spec.get("exclude") or []),
+                },
+            )
+        )
+    rows = {row.archive: row for row in decision.archives}
+    # Oldest first: if a run stops halfway, what is left is the newer history.
+    for archive in reversed(decision.delete):
+        if archive == new_name:  # impossible (decide keeps the newest); never delete it
+            continue
+        ops.append(Op("delete_archive", {"archive": archive, "reason": rows[archive].reason}))
+    deleted = len(ops) - (1 if due else 0)
+    if deleted and spec.get("prune"):
+        # Frees the data of what was just forgotten (restic only; the schema checks).
+        ops.append(Op("prune_repository", {"repository": spec["repository"]}))
+    if not ops:
+        return None
+    action: Action = "create" if not times else "update"
+    before = None if not times else {"archives": len(times), "newest": newest_any}
+    after = {
+        "archives": len(times) + (1 if due else 0) - deleted,
+        "newest": new_name if due else newest_any,
+        "every": spec["every"],
+        "keep": policy.describe(),
+    }
+    return Change(KIND, name, action, tuple(ops), before, after, warnings=tuple(decision.warnings))
+
+
+__all__ = [
+    "DEFAULT_DELETE_BATCH",
+    "KIND",
+    "BackupLive",
+    "BackupProvider",
+    "SetLive",
+    "SetPlanError",
+    "diff_set",
+]

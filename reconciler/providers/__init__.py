@@ -1,1 +1,0 @@
-"""Providers: one module per resource kind, each offering read / pure diff / apply."""
