@@ -16,15 +16,18 @@ Nothing here reads from or writes to a host: no netlink, no libvirt, no backup t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from reconciler import against
 from reconciler import desired as desired_mod
-from reconciler.engine import notices_without_change
+from reconciler import kinds as registry
 from reconciler.errors import Problem, SnapshotError, ValidationError
+from reconciler.fielddiff import Memo
+from reconciler.kinds import base
+from reconciler.kinds.base import Context
 from reconciler.model import HostDesired
 from reconciler.plan import Change, Plan, PlanError, PlanWarning
 
@@ -100,64 +103,28 @@ def _snapshot_plan(
     changes: list[Change] = []
     errors: list[PlanError] = []
     notes: list[PlanWarning] = []
+    ctx = Context(vms=vms, repo=repo, now=now)
     for kind in sorted(kinds):
         if kind in snap.errors:
             errors.append(PlanError(kind, f"not in the snapshot: {snap.errors[kind]}"))
             continue
-        live = snap.lives.get(kind)
-        if live is None:
-            if kind != "vm" or vms is not None:
-                errors.append(PlanError(kind, f"the snapshot {path} has no {kind} state"))
-            continue
-        provider = _provider(kind, vms, repo, now)
+        # Used for its pure diff only: no state dir, no connection.
+        provider = registry.get(kind).provider(ctx)
         if provider is None:
             continue
-        want = desired
-        if kind == "backup":
-            # A set added since the snapshot has no archive list in it: the provider would
-            # call that an error; it is a new set, shown as created from git.
-            backups = desired.raw.get("backups") or {}
-            new = {n: s for n, s in backups.items() if n not in live.sets and n not in live.errors}
-            if new:
-                want = replace(desired, raw={**desired.raw, "backups": {
-                    n: s for n, s in backups.items() if n not in new}})  # fmt: skip
-                changes += against.host_changes(
-                    None, replace(desired, raw={**desired.raw, "backups": new}), {"backup"}
-                )
-        if kind == "vm":
-            from reconciler.kinds.vm.provider import read_definitions
-
-            # The definitions come from the commit being planned, not the host's checkout.
-            live = replace(live, definitions=read_definitions(vms or {}, repo))
+        live = snap.lives.get(kind)
+        if live is None:
+            errors.append(PlanError(kind, f"the snapshot {path} has no {kind} state"))
+            continue
+        want, live, planned = base.from_snapshot(provider, desired, live)
         c, e = provider.diff(want, live)
-        changes += c
+        changes += planned + c
         errors += e
-        notes += notices_without_change(provider, want, live, c)
+        notes += base.notices(provider, want, live, c)
     if seconds > STALE_AFTER_SECONDS:
         stale = f"snapshot is {_age(seconds)} old: the host may have changed since"
         changes = [c.with_warnings(stale) for c in changes]
     return changes, errors, notes, basis
-
-
-def _provider(kind: str, vms: dict[str, Any] | None, repo: Path, now: datetime) -> Any:
-    """A provider used for its pure ``diff`` only (no connection, no state dir)."""
-    if kind == "ipset":
-        from reconciler.kinds.ipset.provider import IpsetProvider
-
-        return IpsetProvider(None)
-    if kind == "nic":
-        from reconciler.kinds.nic.provider import NicProvider
-
-        return NicProvider()
-    if kind == "backup":
-        from reconciler.kinds.backup.provider import BackupProvider
-
-        return BackupProvider(clock=lambda: now)
-    if kind == "vm" and vms is not None:
-        from reconciler.kinds.vm.provider import VmProvider
-
-        return VmProvider(vms, repo)
-    return None
 
 
 def plan_all(
@@ -197,7 +164,7 @@ def plan_all(
         hosts = list(host_files)
         if vms is not None and vms["controller"] not in hosts:
             hosts.append(vms["controller"])
-    if "vm" not in wanted:
+    if not any(registry.get(k).cluster for k in wanted):
         vms = None
     vms_before: dict[str, Any] | None = None
     base_vms_problem = None
@@ -207,7 +174,7 @@ def plan_all(
         except ValidationError as e:
             base_vms_problem = f"vms.yaml is invalid at {base_rev} ({len(e.problems)} problem(s))"
     plans: dict[str, dict[str, Any]] = {}
-    memo = against.Memo()
+    memo = Memo()
     planned = set(hosts)
     # Every host file is validated, also those not planned: CI checks the whole commit.
     for host in sorted(planned | set(host_files)):
@@ -236,7 +203,7 @@ def _plan_host(
     base_vms_problem: str | None,
     repo: Path,
     cache: desired_mod.LoadCache,
-    memo: against.Memo,
+    memo: Memo,
     *,
     base: Path | None,
     base_rev: str | None,
@@ -251,7 +218,7 @@ def _plan_host(
     snap = snapshots / f"{host}.json" if snapshots is not None else None
     warnings: list[PlanWarning] = []
     if snap is not None and snap.exists():
-        kinds = wanted - ({"vm"} if not controller else set())
+        kinds = {k for k in wanted if controller or not registry.get(k).cluster}
         changes, errors, warnings, basis = _snapshot_plan(snap, desired, kinds, host_vms, repo, now)
     elif base is not None:
         before = None
@@ -267,9 +234,9 @@ def _plan_host(
             )
         changes = against.host_changes(before, desired, wanted, memo)
         if controller and host_vms is not None:
-            changes += against.vm_changes(vms_before, host_vms)
+            changes += against.cluster_changes(vms_before, host_vms, wanted)
             if base_vms_problem:
-                warnings.append(PlanWarning("vm", base_vms_problem))
+                warnings.append(PlanWarning("vm", base_vms_problem))  # the cluster kind
         errors = []
         basis = Basis("against", {"rev": base_rev})
     else:

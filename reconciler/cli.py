@@ -21,6 +21,7 @@ from typing import Any
 
 from reconciler import __version__, engine, gitsource, journal, log, metrics, trust
 from reconciler import desired as desired_mod
+from reconciler import kinds as registry
 from reconciler.errors import (
     ReconcilerError,
     SourceError,
@@ -28,7 +29,8 @@ from reconciler.errors import (
     ValidationError,
     VerifyError,
 )
-from reconciler.kinds.base import Provider
+from reconciler.kinds import base
+from reconciler.kinds.base import Context, Provider
 from reconciler.lock import RunLock
 from reconciler.model import HostDesired
 from reconciler.plan import PlanError
@@ -37,8 +39,7 @@ from reconciler.render import status as render_status
 from reconciler.render import text as render_text
 from reconciler.state import StateDir
 
-KINDS = ("ipset", "nic", "backup", "vm")
-IMPLEMENTED = ("ipset", "nic", "backup", "vm")
+KINDS = registry.NAMES
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 DEFAULT_STATE_DIR = "/var/lib/reconciler"
 DEFAULT_LOCK_FILE = "/run/reconciler.lock"
@@ -219,31 +220,16 @@ def _short_hostname() -> str:
     return socket.gethostname().split(".")[0]
 
 
-def _providers(
-    kinds: Sequence[str],
-    state: StateDir,
-    force: bool,
-    vms: dict[str, Any] | None = None,
-    repo: Path | None = None,
-) -> list[Provider]:
-    # Imported here so a run limited to one kind pays only for that kind's imports.
+def _providers(kinds: Sequence[str], ctx: Context) -> list[Provider]:
+    """The providers of ``kinds``, in registry order; a kind with nothing to do here (vm
+    off the controller) has none. Each kind imports its provider's modules only now, so a
+    run limited to one kind pays only for that kind's imports."""
     out: list[Provider] = []
-    if "ipset" in kinds:
-        from reconciler.kinds.ipset.provider import IpsetProvider
-
-        out.append(IpsetProvider(state, force=force))
-    if "nic" in kinds:
-        from reconciler.kinds.nic.provider import NicProvider
-
-        out.append(NicProvider())
-    if "backup" in kinds:
-        from reconciler.kinds.backup.provider import BackupProvider
-
-        out.append(BackupProvider())
-    if "vm" in kinds and vms is not None and repo is not None:
-        from reconciler.kinds.vm.provider import VmProvider
-
-        out.append(VmProvider(vms, repo))
+    for kind in registry.KINDS:
+        if kind.name in kinds:
+            provider = kind.provider(ctx)
+            if provider is not None:
+                out.append(provider)
     return out
 
 
@@ -413,13 +399,6 @@ def _run(
             "named in vms.yaml",
         )
         vms = None
-    for kind in kinds:
-        if kind not in IMPLEMENTED and desired.raw.get(f"{kind}s"):
-            logger.warning(
-                "kind_not_implemented",
-                kind=kind,
-                note="desired state validated but not reconciled by this version",
-            )
     source_errors = []
     if source.fetch_error is not None:
         source_errors.append(
@@ -428,7 +407,7 @@ def _run(
                 f"{source.fetch_error}; using the last good checkout {(source.commit or '?')[:12]}",
             )
         )
-    providers = _providers(kinds, state, args.force, vms, repo)
+    providers = _providers(kinds, Context(state=state, force=args.force, vms=vms, repo=repo))
     plan, _ = engine.make_plan(desired, providers, source.commit)
     plan.errors[:0] = source_errors
     plan_dict = plan.to_dict()
@@ -549,7 +528,6 @@ def cmd_snapshot(argv: Sequence[str]) -> int:
     snapshot (exit 1), the others are written.
     """
     from reconciler import snapshot
-    from reconciler.kinds.nic.provider import NicProvider
 
     args = build_snapshot_parser().parse_args(argv)
     log.configure(json_lines=None if args.log_format == "auto" else args.log_format == "json")
@@ -572,19 +550,14 @@ def cmd_snapshot(argv: Sequence[str]) -> int:
                 if Path(args.state_dir).is_dir()
                 else None
             )
-            providers = _providers(
-                kinds,
-                state or StateDir(Path(stack.enter_context(tempfile.TemporaryDirectory()))),
-                False,
-                vms,
-                source.path,
-            )
+            scratch = StateDir(Path(stack.enter_context(tempfile.TemporaryDirectory())))
+            ctx = Context(state=state or scratch, vms=vms, repo=source.path)
+            providers = _providers(kinds, ctx)
             lives: dict[str, Any] = {}
             errors: dict[str, str] = {}
             for p in providers:
                 try:
-                    wide = p.every_nic(desired) if isinstance(p, NicProvider) else desired
-                    lives[p.kind] = p.read(wide)
+                    lives[p.kind] = p.read(base.snapshot_scope(p, desired))
                 except ReconcilerError as e:
                     errors[p.kind] = e.message
             commit = state.applied_commit() if state is not None else None

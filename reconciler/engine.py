@@ -16,10 +16,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler import journal, log
+from reconciler import kinds as registry
 from reconciler.errors import ReconcilerError, StateError
+from reconciler.kinds import base
 from reconciler.kinds.base import Provider
 from reconciler.model import HostDesired
-from reconciler.plan import Change, Op, Plan, PlanError, PlanWarning
+from reconciler.plan import Op, Plan, PlanError
 from reconciler.state import StateDir
 
 
@@ -62,20 +64,8 @@ def make_plan(
         changes, errors = p.diff(desired, live)
         plan.changes.extend(changes)
         plan.errors.extend(errors)
-        plan.warnings.extend(notices_without_change(p, desired, live, changes))
+        plan.warnings.extend(base.notices(p, desired, live, changes))
     return plan, lives
-
-
-def notices_without_change(
-    provider: Any, desired: HostDesired, live: Any, changes: Sequence[Change]
-) -> list[PlanWarning]:
-    """The provider's optional ``notices`` for resources that have no change in
-    ``changes`` (a change shows its own warnings); [] for a provider without them."""
-    notices = getattr(provider, "notices", None)
-    if notices is None:
-        return []
-    changed = {c.address for c in changes}
-    return [w for w in notices(desired, live) if w.address not in changed]
 
 
 def apply_plan(
@@ -103,7 +93,7 @@ def apply_plan(
             logger.error("apply_failed", address=change.address, error=e.message)
             result.errors.append(PlanError(change.address, e.message))
             continue
-        for event in log_events(done):
+        for event in log_events(change.kind, done):
             logger.info("applied", address=change.address, **event)
         result.applied.append(change.address)
 
@@ -122,9 +112,7 @@ def apply_plan(
         if err.address in attempted and err.address not in failed:
             result.errors.append(err)
     for kind, live in lives.items():
-        hook = getattr(by_kind[kind], "forget_vanished", None)
-        if hook is not None:
-            hook(live)
+        base.forget_vanished(by_kind[kind], live)
     if state is not None:
         result.record = _record_run(state, plan, result, providers, started)
     return result
@@ -188,38 +176,10 @@ def _record_run(
     return record
 
 
-MEMBERS_PER_EVENT = 1000
-
-
-def log_events(ops: Sequence[Op]) -> Iterator[dict[str, Any]]:
-    """The log events for executed ops: one per op, except runs of single-member ops.
-
-    A run of ``add_member``/``delete_member`` ops is logged as events of up to
-    MEMBERS_PER_EVENT members, each member listed: a 65,536-member load then costs 66 events
-    instead of 65,536 (which took ~3 s in structlog, six times the kernel work), and the log
-    still names every member touched. A bulk op's own member list (``fill_set``, the
-    complete desired set) is summarised by its count; the delta is in the plan.
-    """
-    i = 0
-    while i < len(ops):
-        op = ops[i]
-        if set(op.args) == {"member"}:
-            j = i
-            while j < len(ops) and ops[j].op == op.op and set(ops[j].args) == {"member"}:
-                j += 1
-            for k in range(i, j, MEMBERS_PER_EVENT):
-                chunk = [o.args["member"] for o in ops[k : min(j, k + MEMBERS_PER_EVENT)]]
-                yield {"op": op.op, "count": len(chunk), "members": chunk}
-            i = j
-            continue
-        event = op.to_dict()
-        members = event.get("members")
-        if isinstance(members, list) and len(members) > 5:
-            event["members"] = [*members[:5], f"... {len(members) - 5} more"]
-        yield event
-        i += 1
-
-
-def changes_for(plan: Plan, kind: str) -> list[Change]:
-    """The changes of one kind, in plan order."""
-    return [c for c in plan.changes if c.kind == kind]
+def log_events(kind: str, ops: Sequence[Op]) -> Iterator[dict[str, Any]]:
+    """The log events for ops of ``kind`` that were executed: the kind's own grouping
+    (ipset members, a thousand to an event), else one event per op."""
+    grouped = registry.get(kind).log_events
+    if grouped is not None:
+        return grouped(ops)
+    return (op.to_dict() for op in ops)

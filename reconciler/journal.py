@@ -41,14 +41,15 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import atomicfile
+from reconciler import kinds as registry
 from reconciler.errors import StateError
 
 FORMAT_VERSION = 1
 JOURNAL_NAME = "runs.jsonl"
 #: Kinds whose changes follow the clock (archive schedule, retention), never drift.
-SCHEDULED_KINDS = frozenset({"backup"})
+SCHEDULED_KINDS = frozenset(k.name for k in registry.KINDS if k.scheduled)
 #: Kinds assumed for old records that did not list theirs (runs then reconciled every kind).
-ALL_KINDS = ("ipset", "nic", "backup", "vm")
+ALL_KINDS = registry.NAMES
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import atomicfile, journal
+from reconciler import kinds as registry
 
 #: node_exporter's textfile directories: the Debian/Ubuntu package's, then upstream's docs.
 TEXTFILE_DIRS = (
@@ -41,7 +42,7 @@ TEXTFILE_DIRS = (
     Path("/var/lib/node_exporter/textfile_collector"),
 )
 METRICS_NAME = "reconciler.prom"
-KINDS = journal.ALL_KINDS
+KINDS = registry.NAMES
 
 
 def default_path() -> Path | None:

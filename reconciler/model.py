@@ -100,7 +100,7 @@ class NicSpec:
     """Desired settings of one NIC (or, as ``ports``, of every physical port of a bridge).
 
     ``offloads`` is keyed by the name as written (``gso``, ``tx-generic-segmentation`` ...),
-    already validated by :func:`reconciler.desired.resolve_offload`. ``source`` is the
+    already validated by :func:`reconciler.kinds.nic.offloads.resolve_offload`. ``source`` is the
     position of the NIC's key (of the ``ports:`` key for a ports block), for messages.
     """
 

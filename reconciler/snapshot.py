@@ -34,10 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import atomicfile
+from reconciler import kinds as registry
 from reconciler.errors import SnapshotError
+from reconciler.kinds.base import for_snapshot
 
 FORMAT_VERSION = 1
-SNAPSHOT_KINDS = ("ipset", "nic", "backup", "vm")
+SNAPSHOT_KINDS = registry.NAMES
 
 _TOP_FIELDS = frozenset(
     {"format_version", "host", "created", "commit", "tool_version", "lives", "errors"}
@@ -46,28 +48,15 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
 
 
 def _live_class(kind: str) -> type[Any]:
-    """The live dataclass of ``kind``.
-
-    Imported here rather than at module level: the vm provider pulls in libvirt, which a
-    caller that only handles snapshot files (CI) should not pay for before it needs it.
-    """
-    if kind == "ipset":
-        from reconciler.kinds.ipset.provider import IpsetLive
-
-        return IpsetLive
-    if kind == "nic":
-        from reconciler.kinds.nic.provider import NicLive
-
-        return NicLive
-    if kind == "backup":
-        from reconciler.kinds.backup.provider import BackupLive
-
-        return BackupLive
-    if kind == "vm":
-        from reconciler.kinds.vm.provider import VmLive
-
-        return VmLive
-    raise SnapshotError(f"unknown snapshot kind {kind!r} (known: {', '.join(SNAPSHOT_KINDS)})")
+    """The live class of ``kind`` (its provider module is imported only now: the vm
+    provider pulls in libvirt, which a caller that only handles snapshot files should not
+    pay for before it needs it)."""
+    try:
+        return registry.get(kind).live_class()
+    except KeyError:
+        raise SnapshotError(
+            f"unknown snapshot kind {kind!r} (known: {', '.join(SNAPSHOT_KINDS)})"
+        ) from None
 
 
 # ------------------------------------------------------------------------------ converter
@@ -430,20 +419,15 @@ def dump_live(kind: str, live: Any) -> Any:
     ``kind`` is one of :data:`SNAPSHOT_KINDS` and ``live`` what that provider's ``read``
     returned. The result holds only dicts, lists, str, int, float, bool and None, and the
     same state always gives the same data (sets and non-string-keyed mappings are sorted).
-    Exception: ``IpsetLive.ssh_client`` is always written as null (see below). Raises
+    Exception: what a live state holds only for the process that read it is left out
+    (``for_snapshot``: ``IpsetLive.ssh_client`` is written as null). Raises
     SnapshotError naming the kind and path of a value that does not fit its declared type,
     TypeError if ``live`` is not ``kind``'s live class.
     """
     cls = _live_class(kind)
     if not isinstance(live, cls):
         raise TypeError(f"dump_live({kind!r}): expected {cls.__name__}, got {type(live)}")
-    if kind == "ipset" and live.ssh_client is not None:
-        # ssh_client is the SSH client of the process that read the state (whoever ran
-        # `reconcile snapshot`), not of any session a plan will later run in. A snapshot is
-        # planned elsewhere (CI), and the anti-lockout guard is a host-side check: a run on
-        # the host reads its own session's address when it plans there. Replaying a stale
-        # address in CI would refuse or allow changes for a session that no longer exists.
-        live = dataclasses.replace(live, ssh_client=None)
+    live = for_snapshot(live)
     try:
         return _encode(cls, live, "$")
     except _Bad as e:

@@ -16,11 +16,11 @@ from reconciler.desired import (
     list_hosts,
     load_host,
     load_vms,
-    parse_duration,
-    resolve_offload,
     validate_repo,
 )
 from reconciler.errors import ValidationError
+from reconciler.kinds.backup.duration import parse_duration
+from reconciler.kinds.nic.offloads import resolve_offload
 from reconciler.model import FirewallRule, Location
 from reconciler.yamlsrc import format_path, load_yaml
 

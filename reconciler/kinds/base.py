@@ -1,20 +1,32 @@
-"""The contract every provider implements.
+"""What a resource kind is: the provider contract, its optional capabilities, and the
+descriptor every kind registers in :mod:`reconciler.kinds` (``docs/kinds.md``).
 
 A provider reads live state (``read``), compares it with the desired state in a *pure*
 function (``diff``: no I/O, so it is tested with golden data files without root), and executes
 ops (``apply``). Apply executes, never decides: every decision is already in the plan.
 
-Optional: ``notices(desired, live) -> list[PlanWarning]``, pure like ``diff``: warnings about
-resources that may have no change (the engine keeps those whose address has no change in
-the plan; a change carries its own). The backup kind reports future-dated archives this way.
+Optional capabilities are typed Protocols, offered by having the method, and checked here
+only: :func:`notices`, :func:`forget_vanished`, :func:`snapshot_scope`,
+:func:`from_snapshot` and, on live states, :func:`for_snapshot`. The zero value of every
+:class:`Kind` field is the safe one.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from reconciler.model import HostDesired
-from reconciler.plan import Change, Op, PlanError
+from reconciler.plan import Change, Op, PlanError, PlanWarning
+
+if TYPE_CHECKING:
+    from reconciler.errors import Problem
+    from reconciler.fielddiff import Memo
+    from reconciler.state import StateDir
+    from reconciler.yamlsrc import YamlDoc
 
 
 class Provider(Protocol):
@@ -43,3 +55,155 @@ class Provider(Protocol):
         Raises ProviderError on failure (after recording whatever it completed).
         """
         ...
+
+
+# ---------------------------------------------------------------- optional capabilities
+@runtime_checkable
+class GivesNotices(Protocol):
+    """Warnings about resources that may have no change (a future-dated archive)."""
+
+    def notices(self, desired: HostDesired, live: Any) -> list[PlanWarning]:
+        """Pure, like ``diff``."""
+        ...
+
+
+@runtime_checkable
+class ForgetsVanished(Protocol):
+    """Forgets, after an apply, resources it owned that are gone from the host."""
+
+    def forget_vanished(self, live: Any) -> None:
+        """``live`` is the state re-read after the apply."""
+        ...
+
+
+@runtime_checkable
+class SnapshotsWide(Protocol):
+    """Reads more for a snapshot than the desired state names (every physical NIC), so a
+    commit that adds a resource can still be planned against the snapshot."""
+
+    def snapshot_scope(self, desired: HostDesired) -> HostDesired:
+        """The desired state to read for a snapshot."""
+        ...
+
+
+@runtime_checkable
+class PlansFromSnapshot(Protocol):
+    """Adjusts a snapshot's live state, or the desired state, before its pure diff (a set
+    added since the snapshot, definitions read from the commit being planned)."""
+
+    def from_snapshot(
+        self, desired: HostDesired, live: Any
+    ) -> tuple[HostDesired, Any, list[Change]]:
+        """(desired, live) to diff, and changes planned without the diff."""
+        ...
+
+
+@runtime_checkable
+class ScrubbedForSnapshot(Protocol):
+    """A live state that holds something only true of the process that read it."""
+
+    def for_snapshot(self) -> Any:
+        """The live state as a snapshot keeps it."""
+        ...
+
+
+def for_snapshot(live: Any) -> Any:
+    """``live`` as a snapshot file keeps it."""
+    return live.for_snapshot() if isinstance(live, ScrubbedForSnapshot) else live
+
+
+def notices(
+    provider: Provider, desired: HostDesired, live: Any, changes: Sequence[Change]
+) -> list[PlanWarning]:
+    """The provider's notices about resources that have no change in ``changes`` (a change
+    shows its own warnings); [] for a provider without notices."""
+    if not isinstance(provider, GivesNotices):
+        return []
+    changed = {c.address for c in changes}
+    return [w for w in provider.notices(desired, live) if w.address not in changed]
+
+
+def forget_vanished(provider: Provider, live: Any) -> None:
+    """Let the provider forget what vanished from the host, if it keeps such a record."""
+    if isinstance(provider, ForgetsVanished):
+        provider.forget_vanished(live)
+
+
+def snapshot_scope(provider: Provider, desired: HostDesired) -> HostDesired:
+    """What ``reconcile snapshot`` reads for this provider: ``desired``, or wider."""
+    return provider.snapshot_scope(desired) if isinstance(provider, SnapshotsWide) else desired
+
+
+def from_snapshot(
+    provider: Provider, desired: HostDesired, live: Any
+) -> tuple[HostDesired, Any, list[Change]]:
+    """(desired, live, extra changes) for planning against a snapshot's ``live``."""
+    if isinstance(provider, PlansFromSnapshot):
+        return provider.from_snapshot(desired, live)
+    return desired, live, []
+
+
+# ----------------------------------------------------------------------- the descriptor
+@dataclass(frozen=True)
+class Context:
+    """What a provider is built with. The zero value builds a diff-only provider: no state
+    dir (nothing recorded as ours), no ``--force``, no cluster desired state, the real clock.
+    """
+
+    state: StateDir | None = None
+    force: bool = False
+    #: validated ``vms.yaml`` when this host is the controller; None otherwise.
+    vms: Mapping[str, Any] | None = None
+    repo: Path | None = None
+    #: a fixed "now" (the CI dry-run); None: the real clock.
+    now: datetime | None = None
+
+
+OpLine = Callable[[dict[str, Any]], str]
+Check = Callable[["YamlDoc", str, dict[str, Any]], "list[Problem]"]
+CheckFile = Callable[[Path, "YamlDoc"], "list[Problem]"]
+Load = Callable[["YamlDoc", str, dict[str, Any]], Any]
+Against = Callable[[HostDesired, HostDesired, "Memo | None"], list[Change]]
+ClusterAgainst = Callable[[Mapping[str, Any] | None, Mapping[str, Any]], list[Change]]
+LogEvents = Callable[[Sequence[Op]], Iterator[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Everything the rest of reconciler needs to know about one kind.
+
+    Heavy modules (the provider's I/O: netlink, libvirt) are imported only when
+    ``provider`` or ``live_class`` is called, so listing kinds costs nothing.
+    """
+
+    #: the address prefix (``ipset/mgmt``) and the ``--only`` value.
+    name: str
+    #: build the provider; None when it has nothing to do here (vm off the controller).
+    provider: Callable[[Context], Provider | None]
+    #: the class ``read`` returns, for snapshots.
+    live_class: Callable[[], type[Any]]
+    #: its key in fleet.yaml and hosts/*.yaml; None for a kind with its own file.
+    section: str | None = None
+    #: semantic checks of one resource (``section.<name>``), beyond the schema.
+    check: Check | None = None
+    #: checks of a whole fleet or host file that one resource at a time cannot see.
+    check_file: CheckFile | None = None
+    #: one validated resource -> its typed desired form (``HostDesired.<section>``); None
+    #: keeps it as plain data in ``HostDesired.raw[section]``.
+    load: Load | None = None
+    #: with ``load``: it returns (typed, plain data) and both are kept.
+    keeps_raw: bool = False
+    #: host-file settings sections merged key by key into ``raw`` (with their defaults).
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: how each of its ops reads in the text plan, by op name.
+    op_lines: Mapping[str, OpLine] = field(default_factory=dict)
+    #: the log events for executed ops; None: one event per op.
+    log_events: LogEvents | None = None
+    #: the change a commit asks for, desired state before vs after (the CI dry-run).
+    against: Against | None = None
+    #: the same for a cluster-wide kind: its cluster desired state before vs after.
+    cluster_against: ClusterAgainst | None = None
+    #: its changes follow the clock (backups are due), so a change is never drift.
+    scheduled: bool = False
+    #: its desired state is cluster-wide (vms.yaml), applied on the controller only.
+    cluster: bool = False

@@ -7,71 +7,24 @@ op (65,536 members) are shortened so the output stays readable; the JSON plan ha
 
 from __future__ import annotations
 
-import shlex
 from typing import Any
+
+from reconciler.kinds import OP_LINES
 
 SYMBOL = {"create": "+", "update": "~", "delete": "-", "replace": "±", "move": ">"}
 MAX_RUN = 10  # show at most this many consecutive ops of one kind before summarising
 
 
 def _op_line(op: dict[str, Any]) -> str:
+    """One op as a line: its kind's wording (the registry), ``set_field`` (any kind, from the
+    CI dry-run against a base revision), else its name and arguments."""
     name = op["op"]
     a = {k: v for k, v in op.items() if k != "op"}
-    if name == "add_member":
-        return f"+ member {a['member']}"
-    if name == "delete_member":
-        return f"- member {a['member']}"
-    if name == "create_set":
-        extra = "".join(
-            f" {k} {a[k]}" for k in ("family", "maxelem", "hashsize") if a.get(k) is not None
-        )
-        return f"+ create set {a['set']} {a['type']}{extra}"
-    if name == "fill_set":
-        return f"+ fill set {a['set']} with {a['count']} members"
-    if name == "swap_sets":
-        return f"~ swap set {a['set']} with {a['with']} (atomic; rules keep matching)"
-    if name == "rename_set":
-        return f"~ rename set {a['set']} to {a['to']}"
-    if name == "destroy_set":
-        why = f" ({a['reason']})" if a.get("reason") else ""
-        return f"- destroy set {a['set']}{why}"
-    if name == "insert_rule":
-        return f"+ rule {a['binary']} -I {a['chain']} {shlex.join(a['rule'])}"
-    if name == "delete_rule":
-        return f"- rule {a['binary']} -D {a['chain']} {shlex.join(a['rule'])}"
-    if name == "set_features":
-        feats = ", ".join(f"{k} {'on' if v else 'off'}" for k, v in a["features"].items())
-        return f"~ features {feats}"
-    if name == "set_rings":
-        rings = " ".join(f"{k} {a[k]}" for k in ("rx", "tx", "rx-mini", "rx-jumbo") if k in a)
-        bounce = " (resets the link)" if a.get("bounces_link") else ""
-        return f"~ rings {rings}{bounce}"
-    if name == "create_archive":
-        excl = f" excluding {', '.join(a['exclude'])}" if a.get("exclude") else ""
-        return f"+ archive {a['archive']} ({', '.join(a['paths'])}){excl}"
-    if name == "prune_repository":
-        return f"- prune {a['repository']} (frees the expired snapshots' data)"
-    if name == "delete_archive":
-        return f"- archive {a['archive']}: {a['reason']}"
-    if name == "define" and a.get("from_node"):
-        return f"+ define {a['vm']} on {a['node']} from {a['from_node']} (VNC {a['vnc_port']})"
-    if name == "define":
-        src = a.get("definition") or "its definition"
-        return f"+ define {a['vm']} on {a['node']} from {src} (VNC {a['vnc_port']})"
-    if name == "move":
-        return f"> move {a['vm']} {a['from_node']} -> {a['to_node']}"
+    line = OP_LINES.get(name)
+    if line is not None:
+        return line(a)
     if name == "set_field":
         return f"~ {a['field']}: {_value(a.get('from'))} -> {_value(a.get('to'))}"
-    if name == "undefine":
-        return f"- undefine {a['vm']} on {a['node']} (kept on {a['kept_on']})"
-    if name == "start":
-        return f"+ start {a['vm']} on {a['node']}"
-    if name == "shutdown":
-        return f"- shut down {a['vm']} on {a['node']} (graceful, not forced)"
-    if name == "set_vnc_port":
-        return f"~ VNC port of {a['vm']} on {a['node']}: {a['vnc_port']} (autoport off)"
-    if name == "migrate":
-        return f"> live-migrate {a['vm']} {a['from_node']} -> {a['to_node']} (VNC {a['vnc_port']})"
     rest = " ".join(f"{k}={v}" for k, v in a.items())
     return f"* {name} {rest}".rstrip()
 

@@ -125,7 +125,7 @@ def test_text_is_rendered_from_the_plan_dict() -> None:
 
 
 def test_member_ops_are_logged_in_chunks_naming_every_member() -> None:
-    from reconciler.engine import MEMBERS_PER_EVENT, log_events
+    from reconciler.kinds.ipset.render import MEMBERS_PER_EVENT, log_events
 
     ops = [Op("add_member", {"member": f"10.{i // 256}.{i % 256}.0/24"}) for i in range(2500)]
     ops += [Op("delete_member", {"member": "192.0.2.0/24"}), Op("destroy_set", {"set": "x"})]

@@ -1,5 +1,39 @@
 """The ``backup`` kind: backup sets on tarsnap or restic, and their retention.
 
 ``retention`` holds the pure retention decision (restic's ``forget`` policy applied to archive
-names ``<set>-YYYYMMDD-HHMMSS``) that every backend obeys; the backends list, create and delete.
+names ``<set>-YYYYMMDD-HHMMSS``) that every backend obeys; the backends (``tarsnap``,
+``restic``) list, create and delete.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler.kinds.backup import against, checks, render
+from reconciler.kinds.base import Context, Kind, Provider
+
+
+def _provider(ctx: Context) -> Provider:
+    from reconciler.kinds.backup.provider import BackupProvider
+
+    now = ctx.now
+    return BackupProvider(clock=None if now is None else (lambda: now))
+
+
+def _live_class() -> type[Any]:
+    from reconciler.kinds.backup.provider import BackupLive
+
+    return BackupLive
+
+
+KIND = Kind(
+    name="backup",
+    provider=_provider,
+    live_class=_live_class,
+    section="backups",
+    check=checks.check,
+    settings={"tarsnap": {"command": "tarsnap"}},
+    op_lines=render.OP_LINES,
+    against=against.changes,
+    scheduled=True,
+)

@@ -24,13 +24,14 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from reconciler.errors import ProviderError, ReconcilerError
-from reconciler.kinds.backup import retention
+from reconciler.kinds.backup import against, retention
 from reconciler.kinds.backup.common import BackendBusy
+from reconciler.kinds.backup.duration import parse_duration
 from reconciler.kinds.backup.restic import ResticBackend, ResticConfig
 from reconciler.kinds.backup.tarsnap import (
     SequenceMismatch,
@@ -218,6 +219,21 @@ class BackupProvider:
             ]
         return out
 
+    def from_snapshot(
+        self, desired: HostDesired, live: BackupLive
+    ) -> tuple[HostDesired, BackupLive, list[Change]]:
+        """A set added since the snapshot has no archive list in it: ``diff`` would call
+        that an error, but it is a new set, planned as created from git (its settings)."""
+        backups: Mapping[str, Any] = desired.raw.get("backups") or {}
+        new = {n: s for n, s in backups.items() if n not in live.sets and n not in live.errors}
+        if not new:
+            return desired, live, []
+        old = {n: s for n, s in backups.items() if n not in new}
+        created = against.changes(
+            HostDesired(host=desired.host), replace(desired, raw={**desired.raw, "backups": new})
+        )
+        return replace(desired, raw={**desired.raw, "backups": old}), live, created
+
     # ------------------------------------------------------------------------------ apply
     def apply(self, change: Change) -> list[Op]:
         """Execute ``change``: the ``create_archive`` op first, then ``delete_archive`` ops in
@@ -298,8 +314,6 @@ def diff_set(name: str, spec: Mapping[str, Any], state: SetLive, now: datetime) 
             "is created or deleted for this set until they exist (or leave the desired state)"
         )
     try:
-        from reconciler.desired import parse_duration
-
         every = parse_duration(spec["every"])
         policy = retention.KeepPolicy.from_mapping(spec["keep"])
     except ValueError as e:

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
+from reconciler.kinds.backup.duration import parse_duration
+
 __all__ = [
     "ARCHIVE_RE",
     "COUNT_RULES",
@@ -165,10 +167,6 @@ class KeepPolicy:
             raise ValueError(f"unknown keep key(s): {', '.join(unknown)}")
         within = keep.get("within")
         if isinstance(within, str):
-            # Imported here: desired.py pulls in YAML and JSON Schema, which a pure decision
-            # about names does not otherwise need.
-            from reconciler.desired import parse_duration
-
             within = parse_duration(within)
         counts = {rule: keep[rule] for rule in COUNT_RULES if rule in keep}
         return cls(**counts, within=within)

@@ -20,13 +20,14 @@ import errno
 import ipaddress
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.cidr import sort_key
 from reconciler.errors import NetlinkError, ProviderError
 from reconciler.kinds.ipset import firewall
+from reconciler.kinds.ipset.against import spec_summary
 from reconciler.kinds.ipset.netlink import IpsetClient, LiveSet
 from reconciler.model import HostDesired, IpsetSpec
 from reconciler.plan import Change, Op, PlanError
@@ -57,6 +58,17 @@ class IpsetLive:
     ssh_client: str | None = None
     errors: Mapping[str, str] = field(default_factory=dict)
 
+    def for_snapshot(self) -> IpsetLive:
+        """The state as a snapshot keeps it: without ``ssh_client``.
+
+        ssh_client is the SSH client of the process that read the state (whoever ran
+        `reconcile snapshot`), not of any session a plan will later run in. A snapshot is
+        planned elsewhere (CI), and the anti-lockout guard is a host-side check: a run on
+        the host reads its own session's address when it plans there. Replaying a stale
+        address in CI would refuse or allow changes for a session that no longer exists.
+        """
+        return replace(self, ssh_client=None)
+
 
 def ssh_client_address(environ: Mapping[str, str] | None = None) -> str | None:
     """The client address of the current SSH session, from ``SSH_CONNECTION``, or None."""
@@ -78,17 +90,6 @@ def _header_dict(s: LiveSet) -> dict[str, Any]:
         "maxelem": h.maxelem,
         "hashsize": h.hashsize,
         "members": None if s.members is None else len(s.members),
-    }
-
-
-def spec_summary(spec: IpsetSpec) -> dict[str, Any]:
-    """The plan's ``after`` summary of a desired set (members as a count)."""
-    return {
-        "type": spec.type,
-        "family": spec.family,
-        "maxelem": spec.maxelem,
-        "hashsize": spec.hashsize,
-        "members": len(spec.members),
     }
 
 

@@ -18,13 +18,14 @@ but only when something differs (DESIGN.md section 5):
   and EBUSY with exponential backoff within a bounded time; EOPNOTSUPP fails that setting only;
   other NICs converge either way (the engine contains per-change failures).
 
-Offload names: ethtool short/legacy names are expanded with :func:`desired.resolve_offload`.
-For a name that switches several kernel features (``tso``, ``tx``), the features present on the
-NIC are compared one by one, and fixed members are left as the driver has them, exactly as
-``ethtool -K eth0 tx off`` does; it is an error only when *every* present member is fixed and
-one differs. A single-feature name (``gso``, or a kernel name) that is fixed and differs is an
-error. Features a kernel does not know (``tx-udp-fragmentation`` since 4.14) are skipped inside
-a group and an error for a single-feature name.
+Offload names: ethtool short/legacy names are expanded with
+:func:`~reconciler.kinds.nic.offloads.resolve_offload`. For a name that switches several kernel
+features (``tso``, ``tx``), the features present on the NIC are compared one by one, and fixed
+members are left as the driver has them, exactly as ``ethtool -K eth0 tx off`` does; it is an
+error only when *every* present member is fixed and one differs. A single-feature name
+(``gso``, or a kernel name) that is fixed and differs is an error. Features a kernel does not
+know (``tx-udp-fragmentation`` since 4.14) are skipped inside a group and an error for a
+single-feature name.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler import log
-from reconciler.desired import resolve_offload
 from reconciler.errors import ProviderError
 from reconciler.kinds.nic.ethtool import EthtoolIO, FeatureLive, LinkLive, RingsLive
+from reconciler.kinds.nic.offloads import resolve_offload
 from reconciler.model import HostDesired, Location, NicSpec, RingValue
 from reconciler.plan import Change, Op, PlanError
 
@@ -326,7 +327,7 @@ class NicProvider:
             self._io_obj = None
 
     # ----------------------------------------------------------------------------- read
-    def every_nic(self, desired: HostDesired) -> HostDesired:
+    def snapshot_scope(self, desired: HostDesired) -> HostDesired:
         """``desired`` with every link of the host added (no settings), except loopback and
         VM ports, bridges with their ports: reading it records every NIC's state, which a
         snapshot needs so that a later commit adding a NIC can be planned in CI."""

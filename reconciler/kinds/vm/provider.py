@@ -41,7 +41,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -817,6 +817,12 @@ class VmProvider:
     def diff(self, desired: HostDesired, live: VmLive) -> tuple[list[Change], list[PlanError]]:
         """Pure: see :func:`plan_vms` (``desired`` is the host's; VMs come from vms.yaml)."""
         return plan_vms(self.config, live)
+
+    def from_snapshot(
+        self, desired: HostDesired, live: VmLive
+    ) -> tuple[HostDesired, VmLive, list[Change]]:
+        """The definitions come from the commit being planned, not the host's checkout."""
+        return desired, replace(live, definitions=read_definitions(self.config, self.repo)), []
 
     # ---------------------------------------------------------------------------- apply
     def apply(self, change: Change) -> list[Op]:

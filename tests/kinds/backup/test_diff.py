@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from reconciler import desired as desired_mod
-from reconciler import engine
+from reconciler.kinds import base
 from reconciler.kinds.backup.provider import BackupLive, BackupProvider, SetLive
 from reconciler.model import HostDesired
 from reconciler.plan import Plan
@@ -145,7 +145,7 @@ def test_future_archive_is_reported_when_the_set_has_nothing_to_do(tmp_path: Pat
     p = BackupProvider()
     changes, errors = p.diff(desired, live)
     assert (changes, errors) == ([], [])
-    notes = engine.notices_without_change(p, desired, live, changes)
+    notes = base.notices(p, desired, live, changes)
     assert [w.address for w in notes] == ["backup/etc"]
     assert "etc-20301231-000000 is dated 2030-12-31 00:00:00 UTC" in notes[0].message
     plan = Plan("h1", changes=changes, errors=errors, warnings=notes)
@@ -160,6 +160,6 @@ def test_future_archive_is_reported_when_the_set_has_nothing_to_do(tmp_path: Pat
     due = BackupLive(datetime(2026, 11, 29, 5, 0, tzinfo=UTC), sets)
     (change,), _ = p.diff(desired, due)
     assert any("etc-20301231-000000" in w for w in change.warnings)
-    assert engine.notices_without_change(p, desired, due, [change]) == []
+    assert base.notices(p, desired, due, [change]) == []
     # A plan without warnings keeps the JSON document exactly as before.
     assert "warnings" not in Plan("h1").to_dict()

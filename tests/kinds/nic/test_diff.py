@@ -20,9 +20,10 @@ import pytest
 import yaml
 
 from reconciler import desired as desired_mod
-from reconciler.desired import KERNEL_FEATURES, validate_repo
+from reconciler.desired import validate_repo
 from reconciler.errors import ValidationError
 from reconciler.kinds.nic.ethtool import FeatureLive, LinkLive, RingsLive
+from reconciler.kinds.nic.offloads import KERNEL_FEATURES
 from reconciler.kinds.nic.provider import NicLive, NicProvider, NicState, bridge_ports
 from reconciler.model import HostDesired, NicSpec, RingSpec
 from tests import golden

@@ -1,0 +1,38 @@
+"""The ``vm`` kind: which VM lives on which libvirt node, and VNC ports that never collide.
+
+``libvirtio`` is the libvirt boundary; ``read`` turns domains into live records,
+``placement`` decides (moves, VNC ports, capacity) in a pure function, and ``provider``
+reads, plans and applies (moves: define, verify, undefine). Its desired state is
+cluster-wide (``vms.yaml``) and applied by the controller host only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler.kinds.base import Context, Kind, Provider
+from reconciler.kinds.vm import against, render
+
+
+def _provider(ctx: Context) -> Provider | None:
+    if ctx.vms is None or ctx.repo is None:
+        return None
+    from reconciler.kinds.vm.provider import VmProvider
+
+    return VmProvider(ctx.vms, ctx.repo)
+
+
+def _live_class() -> type[Any]:
+    from reconciler.kinds.vm.provider import VmLive
+
+    return VmLive
+
+
+KIND = Kind(
+    name="vm",
+    provider=_provider,
+    live_class=_live_class,
+    op_lines=render.OP_LINES,
+    cluster_against=against.vm_changes,
+    cluster=True,
+)
