@@ -41,7 +41,9 @@ from typing import Any
 import libvirt
 
 from reconciler.kinds.vm.libvirtio import NodeIO, open_node
-from reconciler.kinds.vm.provider import VmProvider, domain_from_raw, plan_vms
+from reconciler.kinds.vm.placement import plan_vms
+from reconciler.kinds.vm.provider import VmProvider
+from reconciler.kinds.vm.read import domain_from_raw
 from reconciler.model import HostDesired
 
 N_NODES = 50

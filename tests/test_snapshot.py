@@ -32,7 +32,7 @@ from reconciler.kinds.backup.provider import BackupProvider
 from reconciler.kinds.ipset.netlink import LiveSet, SetHeader
 from reconciler.kinds.ipset.provider import IpsetLive, IpsetProvider
 from reconciler.kinds.nic.provider import NicProvider
-from reconciler.kinds.vm.provider import plan_vms
+from reconciler.kinds.vm.placement import plan_vms
 from reconciler.plan import Change, PlanError
 from reconciler.snapshot import (
     FORMAT_VERSION,

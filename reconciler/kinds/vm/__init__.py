@@ -23,7 +23,7 @@ def _provider(ctx: Context) -> Provider | None:
 
 
 def _live_class() -> type[Any]:
-    from reconciler.kinds.vm.provider import VmLive
+    from reconciler.kinds.vm.read import VmLive
 
     return VmLive
 

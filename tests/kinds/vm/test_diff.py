@@ -1,4 +1,4 @@
-"""Golden cases for the VM provider's pure diff (:func:`reconciler.kinds.vm.provider.plan_vms`).
+"""Golden cases for the VM provider's pure diff (:func:`reconciler.kinds.vm.placement.plan_vms`).
 
 Each file in tests/kinds/vm/golden/ holds ``vms`` (the vms.yaml text, loaded through the real
 loader so defaults and validation apply), optional ``files`` (repository files such as
@@ -22,14 +22,8 @@ import yaml
 
 from reconciler import desired as desired_mod
 from reconciler.kinds.vm.libvirtio import VncConfig
-from reconciler.kinds.vm.provider import (
-    DomainLive,
-    NodeLive,
-    VmLive,
-    plan_vms,
-    read_definitions,
-    unmanaged_domains,
-)
+from reconciler.kinds.vm.placement import plan_vms, unmanaged_domains
+from reconciler.kinds.vm.read import DomainLive, NodeLive, VmLive, read_definitions
 from tests import golden
 
 GOLDEN = Path(__file__).parent / "golden"
