@@ -4,9 +4,10 @@ Every file goes through three stages and *all* problems of all files are collect
 anything is reported:
 
 1. :func:`reconciler.yamlsrc.load_yaml` — strict YAML (duplicate keys, encoding, syntax);
-2. the JSON Schema in ``schemas/`` (``host.schema.json`` for ``fleet.yaml`` and
-   ``hosts/<host>.yaml``, ``vms.schema.json`` for ``vms.yaml``), with jsonschema's errors
-   translated into a sysadmin's words;
+2. the JSON Schema (for ``fleet.yaml`` and ``hosts/<host>.yaml`` composed from each kind's
+   part, :mod:`reconciler.schema`, as shipped in ``schemas/host.schema.json``;
+   ``schemas/vms.schema.json`` for ``vms.yaml``), with jsonschema's errors translated into a
+   sysadmin's words;
 3. semantic checks the schema cannot express, each kind's own (``check`` in its
    ``reconciler/kinds/<kind>/checks.py``: CIDRs, families, duplicates after
    canonicalisation, maxelem, offload names, durations, VM placement and definitions).
@@ -34,10 +35,12 @@ from reconciler import kinds as registry
 from reconciler.errors import Problem, ValidationError
 from reconciler.kinds.vm.checks import check_vms
 from reconciler.model import HostDesired
+from reconciler.schema import host_schema
 from reconciler.yamlsrc import YamlDoc, YPath, format_path, load_yaml, plain_copy
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
+HOST_SCHEMA = "host.schema.json"
 FLEET_FILE = "fleet.yaml"
 HOSTS_DIR = "hosts"
 VMS_FILE = "vms.yaml"
@@ -59,9 +62,18 @@ _TYPE_NAMES = {
 }
 
 
+def _schema(name: str) -> dict[str, Any]:
+    """A fresh copy of schema ``name``: the host schema composed from the kinds' parts
+    (:mod:`reconciler.schema`), others read from ``schemas/``."""
+    if name == HOST_SCHEMA:
+        return copy.deepcopy(host_schema())
+    data: dict[str, Any] = json.loads((SCHEMA_DIR / name).read_text(encoding="utf-8"))
+    return data
+
+
 @functools.cache
 def _validator(name: str) -> Draft202012Validator:
-    schema = json.loads((SCHEMA_DIR / name).read_text(encoding="utf-8"))
+    schema = _schema(name)
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
 
@@ -159,7 +171,7 @@ def _fast_check(name: str) -> Callable[[Any], Any]:
     "valid?"; jsonschema then finds every problem. Our schemas use draft-07 keywords only
     (``tests/test_schema_fast.py`` checks both validators agree). ``use_default=False``: it
     must never write defaults into the document."""
-    schema = json.loads((SCHEMA_DIR / name).read_text(encoding="utf-8"))
+    schema = _schema(name)
     schema.pop("$schema", None)  # compiled with draft-07 semantics, which is all we use
     return cast(Callable[[Any], Any], fastjsonschema.compile(schema, use_default=False))
 
@@ -246,7 +258,7 @@ def _load_host_file(repo: Path, rel: str, cache: LoadCache | None = None) -> Yam
     doc = load_yaml(repo / rel, rel)
     if doc.data is None:
         return doc
-    schema_problems = _schema_problems(doc, "host.schema.json", "kind")
+    schema_problems = _schema_problems(doc, HOST_SCHEMA, "kind")
     doc.problems += schema_problems
     if rel != FLEET_FILE and isinstance(doc.data, dict) and "verify" in doc.data:
         # Commit verification is repository-wide: a host file cannot switch it off or on.
