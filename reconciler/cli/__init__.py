@@ -1,0 +1,35 @@
+"""Command line of the ``reconcile`` console script: one module per subcommand.
+
+``reconcile validate``, ``reconcile status`` and ``reconcile snapshot`` are dispatched on
+the first argument; anything else is the ``reconcile [--dry-run]`` command itself (see
+:mod:`reconciler.cli.apply`). Exit codes: docs/cli.md, and :mod:`reconciler.cli.common`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from reconciler.cli import apply, snapshot, status, validate
+from reconciler.cli.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK
+
+__all__ = ["EXIT_CHANGES", "EXIT_ERROR", "EXIT_OK", "main"]
+
+_SUBCOMMANDS = {"validate": validate.run, "status": status.run, "snapshot": snapshot.run}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``reconcile`` console script (and ``python -m reconciler``):
+    run the subcommand ``argv`` names (default ``sys.argv[1:]``) and return its exit code.
+    An interrupt (Ctrl-C) or a closed stdout (broken pipe) exits 1."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        subcommand = _SUBCOMMANDS.get(argv[0]) if argv else None
+        if subcommand is not None:
+            return subcommand(argv[1:])
+        return apply.run(argv)
+    except KeyboardInterrupt:
+        print("reconcile: interrupted", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        return EXIT_ERROR
