@@ -307,7 +307,8 @@ class Run:
     status: int
 
 
-def _run(argv: Sequence[str], cwd: Path, out: Path, err: Path) -> Run:
+def _timed_child(argv: Sequence[str], cwd: Path, out: Path, err: Path) -> Run:
+    """Run ``argv`` in ``cwd`` (stdout to ``out``, stderr to ``err``), timing it."""
     with out.open("wb") as fout, err.open("wb") as ferr:
         t = time.perf_counter()
         proc = subprocess.Popen(list(argv), cwd=cwd, stdout=fout, stderr=ferr)
@@ -375,7 +376,7 @@ def _measure(fleet: Fleet, runs: int, tmp: Path) -> Result:
     def dry_once(_: int) -> Run:
         argv = [*RECONCILE, "--dry-run", "--all-hosts", "--repo", str(ds)]
         argv += ["--against", fleet.base, "--output", "json"]
-        return _run(argv, fleet.repo, out, err)
+        return _timed_child(argv, fleet.repo, out, err)
 
     def dry_check(r: Run) -> str | None:
         if r.status != 0:
@@ -383,7 +384,7 @@ def _measure(fleet: Fleet, runs: int, tmp: Path) -> Result:
         return _check_output(out, fleet)
 
     def validate_once(_: int) -> Run:
-        return _run([*RECONCILE, "validate", "--repo", str(ds)], fleet.repo, out, err)
+        return _timed_child([*RECONCILE, "validate", "--repo", str(ds)], fleet.repo, out, err)
 
     def validate_check(r: Run) -> str | None:
         return None if r.status == 0 else f"validate exited {r.status}: {stderr_tail()}"
@@ -392,7 +393,7 @@ def _measure(fleet: Fleet, runs: int, tmp: Path) -> Result:
         dest = tmp / f"export{i}"
         dest.mkdir()
         cmd = f"git archive {fleet.base} desired-state | tar -x -C {dest}"
-        return _run(["bash", "-o", "pipefail", "-c", cmd], fleet.repo, out, err)
+        return _timed_child(["bash", "-o", "pipefail", "-c", cmd], fleet.repo, out, err)
 
     def export_check(r: Run) -> str | None:
         if r.status != 0:
@@ -474,7 +475,7 @@ def _report(results: list[Result]) -> None:
 def _startup(tmp: Path) -> Run:
     """Interpreter start plus ``import reconciler.cli``: the fixed cost in every row."""
     code = "import reconciler.cli"
-    return _run([sys.executable, "-c", code], tmp, tmp / "out.txt", tmp / "err.txt")
+    return _timed_child([sys.executable, "-c", code], tmp, tmp / "out.txt", tmp / "err.txt")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

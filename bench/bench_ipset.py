@@ -72,8 +72,9 @@ def _median_time(fn: Callable[[], object], runs: int, before: Callable[[], objec
     return statistics.median(times)
 
 
-def _run(argv: list[str], stdin_path: str | None = None) -> None:
-    """Run argv (it inherits the calling thread's namespace); raise with stderr on failure."""
+def _ipset(argv: list[str], stdin_path: str | None = None) -> None:
+    """Run the ipset tool as ``argv`` (in the calling thread's namespace); raise with stderr on
+    failure."""
     if stdin_path is None:
         proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     else:
@@ -136,7 +137,7 @@ def main() -> int:
                 c.add_members(SET, "inet", members)
 
             t_tool = _median_time(
-                lambda: _run(["ipset", "restore", "-f", str(load_file)]), RUNS_LOAD, destroy_all
+                lambda: _ipset(["ipset", "restore", "-f", str(load_file)]), RUNS_LOAD, destroy_all
             )
             t_ours = _median_time(ours_load, RUNS_LOAD, destroy_all)
             live = c.get(SET)
@@ -153,7 +154,7 @@ def main() -> int:
                 c.delete_members(SET, "inet", churn_del)
 
             t_tool = _median_time(
-                lambda: _run(["ipset", "restore", "-exist", "-f", str(churn_file)]),
+                lambda: _ipset(["ipset", "restore", "-exist", "-f", str(churn_file)]),
                 RUNS_CHURN,
                 reset,
             )
@@ -170,7 +171,7 @@ def main() -> int:
                 to_add, to_del = desired - got.members, got.members - desired
                 assert not to_add and not to_del
 
-            t_tool = _median_time(lambda: _run(["ipset", "save", SET]), RUNS_READ, lambda: None)
+            t_tool = _median_time(lambda: _ipset(["ipset", "save", SET]), RUNS_READ, lambda: None)
             t_ours = _median_time(ours_read, RUNS_READ, lambda: None)
             rows.append(("no-op read get()+diff", t_ours, t_tool, TARGETS["read"]))
 
@@ -256,7 +257,7 @@ def _engine_rows(
 
     load_file = tmp / "load.txt"
     t_tool = _median_time(
-        lambda: _run(["ipset", "restore", "-f", str(load_file)]), RUNS_LOAD, destroy_all
+        lambda: _ipset(["ipset", "restore", "-f", str(load_file)]), RUNS_LOAD, destroy_all
     )
     t_total = _median_time(lambda: run(desired, "load"), RUNS_LOAD, destroy_all)
     rows.append(("reconcile load: apply step", med("load/apply"), t_tool, TARGETS["load"]))
@@ -270,7 +271,7 @@ def _engine_rows(
 
     churn_file = tmp / "churn.txt"
     t_tool = _median_time(
-        lambda: _run(["ipset", "restore", "-exist", "-f", str(churn_file)]), RUNS_CHURN, reset
+        lambda: _ipset(["ipset", "restore", "-exist", "-f", str(churn_file)]), RUNS_CHURN, reset
     )
     t_total = _median_time(lambda: run(after_churn, "churn"), RUNS_CHURN, reset)
     rows.append(("reconcile churn: apply step", med("churn/apply"), t_tool, TARGETS["churn"]))
@@ -283,7 +284,7 @@ def _engine_rows(
         plan, _ = engine.make_plan(host(desired), [IpsetProvider(None)])
         assert plan.empty
 
-    t_tool = _median_time(lambda: _run(["ipset", "save", SET]), RUNS_READ, lambda: None)
+    t_tool = _median_time(lambda: _ipset(["ipset", "save", SET]), RUNS_READ, lambda: None)
     t_ours = _median_time(dry_run, RUNS_READ, lambda: None)
     rows.append(("reconcile no-op dry-run", t_ours, t_tool, TARGETS["read"]))
 

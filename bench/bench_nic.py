@@ -68,12 +68,13 @@ def main() -> int:
 
     ns = Netns("rbench")
     try:
-        return _run(ns)
+        return _bench_in(ns)
     finally:
         ns.delete()
 
 
-def _run(ns: object) -> int:
+def _bench_in(ns: object) -> int:
+    """Create the veth NICs in ``ns``, measure every row and print the table."""
     from tests.netns import Netns
 
     assert isinstance(ns, Netns)

@@ -72,9 +72,11 @@ class GitOpsStage:
         }
 
     # ---------------------------------------------------------------------------- helpers
-    def _run(
+    def _command(
         self, argv: Sequence[str], *, cwd: Path | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
+        """Run a lab command (git, ssh-keygen, one on the host) with the stage's environment;
+        StageError when ``check`` and it fails."""
         proc = subprocess.run(
             list(argv), cwd=cwd, env=self.env, text=True, capture_output=True, check=False
         )
@@ -87,7 +89,7 @@ class GitOpsStage:
         if shown:
             self.say(f"\n[dev] $ git {shlex.join(args)}")
         base = ["git", "-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main"]
-        return self._run([*base, *args], cwd=self.work).stdout.strip()
+        return self._command([*base, *args], cwd=self.work).stdout.strip()
 
     def commit(self, message: str, *, signed: bool) -> str:
         """Commit everything in the clone (signed with the ops key, or not) and push."""
@@ -140,7 +142,7 @@ class GitOpsStage:
 
     def members(self) -> set[str]:
         """The members of the host's ``mgmt`` set, as the kernel has them."""
-        out = self._run([*self.prefix, "ipset", "list", "mgmt"]).stdout
+        out = self._command([*self.prefix, "ipset", "list", "mgmt"]).stdout
         lines = out.split("Members:", 1)[1].split() if "Members:" in out else []
         return set(lines)
 
@@ -157,11 +159,12 @@ class GitOpsStage:
     def setup(self) -> str:
         """The remote with the example fleet, signing required; returns the first commit."""
         main = ["-c", "init.defaultBranch=main"]
-        self._run(["git", *main, "init", "-q", "--bare", str(self.origin)])
-        self._run(["git", "clone", "-q", str(self.origin), str(self.work)])
+        self._command(["git", *main, "init", "-q", "--bare", str(self.origin)])
+        self._command(["git", "clone", "-q", str(self.origin), str(self.work)])
         self.git("checkout", "-q", "-b", "main", shown=False)
         shutil.copytree(self.repo, self.ds, ignore=shutil.ignore_patterns("__pycache__"))
-        self._run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ops", "-f", str(self.key)])
+        keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ops", "-f", str(self.key)]
+        self._command(keygen)
         pub = self.key.with_suffix(".pub").read_text()
         (self.ds / "keys").mkdir(exist_ok=True)
         (self.ds / "keys" / "ops.pub").write_text(pub)

@@ -268,10 +268,11 @@ def run_in_vm(
             memory=memory,
             script_path=Path(tmp) / "guest.sh",
         )
-        return _run(argv, timeout)
+        return _vng(argv, timeout)
 
 
-def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+def _vng(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run the ``vng`` command line ``argv``; kill it with its QEMU after ``timeout`` s."""
     env = dict(os.environ, PATH=search_path())
     with subprocess.Popen(
         argv,

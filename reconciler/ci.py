@@ -83,6 +83,13 @@ def _snapshot_plan(
     repo: Path,
     now: datetime,
 ) -> tuple[list[Change], list[PlanError], list[PlanWarning], Basis]:
+    """Plan ``kinds`` for one host against the snapshot file at ``path``, reaching no host.
+
+    Each kind's provider runs only its pure ``diff`` on the live state read from the file;
+    a kind missing from the snapshot, or recorded there as unreadable, is a plan error, and
+    an unreadable snapshot is one error for the whole host. Returns the changes (each warned
+    when the snapshot is older than STALE_AFTER_SECONDS), errors, notices and the basis.
+    """
     from reconciler import snapshot
 
     try:

@@ -69,7 +69,24 @@ class NetlinkError(ProviderError):
 
 
 class CommandError(ProviderError):
-    """An external command (iptables ...) exited non-zero."""
+    """An external command (iptables ...) failed: it exited non-zero (raised by its caller,
+    worded for that command), or :func:`reconciler.runner.run` could not start it."""
+
+
+class CommandNotFound(CommandError):
+    """The program of an external command is not installed (``program`` names it)."""
+
+    def __init__(self, message: str, *, program: str, address: str | None = None) -> None:
+        super().__init__(message, address=address)
+        self.program = program
+
+
+class CommandTimeout(CommandError):
+    """An external command ran past its ``timeout`` (seconds) and was killed."""
+
+    def __init__(self, message: str, *, timeout: float, address: str | None = None) -> None:
+        super().__init__(message, address=address)
+        self.timeout = timeout
 
 
 class LockHeldError(ReconcilerError):
@@ -78,10 +95,6 @@ class LockHeldError(ReconcilerError):
 
 class StateError(ReconcilerError):
     """The state directory is unreadable or corrupt."""
-
-
-class NotConvergedError(ReconcilerError):
-    """After apply, re-reading live state still shows changes for this resource."""
 
 
 class SourceError(ReconcilerError):

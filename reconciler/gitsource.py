@@ -31,10 +31,14 @@ from pathlib import Path
 
 import git
 
-from reconciler import log
-from reconciler.errors import SourceError
+from reconciler import log, runner
+from reconciler.errors import CommandError, CommandNotFound, CommandTimeout, SourceError
 
 SOURCE_DIR = "source"
+EXPORT_TIMEOUT = 300.0
+"""Seconds ``git archive | tar -x`` may take to export a tree: a desired state of 1,000
+host files takes well under a second, so five minutes means a stuck disk or lock, not
+a big repository."""
 
 
 def is_url(repo: str) -> bool:
@@ -157,27 +161,51 @@ def export_tree(repo: git.Repo, commit: str, subdir: str, dest: Path) -> None:
     """Write the files of ``subdir`` (the whole tree when empty) at ``commit`` into ``dest``.
 
     ``git archive`` piped into ``tar -x`` (one process each, no Python per file: 1,000 host
-    files in well under a second; Python's tarfile took 1.3 s). Raises SourceError when
-    ``subdir`` is not there or either tool fails.
+    files in well under a second; Python's tarfile took 1.3 s), both killed when the pipe
+    has not finished within EXPORT_TIMEOUT seconds. Raises SourceError when ``subdir`` is
+    not there, either tool fails, or the export runs out of time.
     """
     args = ["git", "-C", str(repo.working_tree_dir or repo.git_dir), "archive", "--format=tar"]
     args += [commit] + ([subdir] if subdir else [])
     strip = [f"--strip-components={len(Path(subdir).parts)}"] if subdir else []
-    try:
-        archive = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    where = f"{subdir or 'the tree'} at {commit[:12]}"
+    deadline = time.monotonic() + EXPORT_TIMEOUT
+    # git's stderr goes to a file, not a pipe: a pipe nobody reads until tar is done could
+    # fill up and stall git archive.
+    with tempfile.TemporaryFile() as archive_err:
+        try:
+            archive = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=archive_err
+            )
+        except FileNotFoundError as e:
+            raise SourceError(f"cannot export {commit[:12]}: {e.filename} is not installed") from e
         assert archive.stdout is not None
-        untar = subprocess.run(
-            ["tar", "-x", "-C", str(dest), *strip], stdin=archive.stdout,
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        archive.stdout.close()
-        err = archive.stderr.read().decode(errors="replace") if archive.stderr else ""
-        rc = archive.wait()
-    except FileNotFoundError as e:
-        raise SourceError(f"cannot export {commit[:12]}: {e.filename} is not installed") from e
+        try:
+            untar = runner.run(
+                ["tar", "-x", "-C", str(dest), *strip], stdin=archive.stdout, text=True,
+                timeout=EXPORT_TIMEOUT,
+            )  # fmt: skip
+            archive.stdout.close()  # git archive gets EPIPE if tar stopped reading early
+            rc = archive.wait(timeout=max(deadline - time.monotonic(), 1.0))
+        except CommandNotFound as e:
+            raise SourceError(f"cannot export {commit[:12]}: {e.program} is not installed") from e
+        except (CommandTimeout, subprocess.TimeoutExpired) as e:
+            raise SourceError(
+                f"cannot export {where}: git archive | tar -x did not finish within "
+                f"{EXPORT_TIMEOUT:g} s"
+            ) from e
+        except CommandError as e:
+            raise SourceError(f"cannot export {where}: {e.message}") from e
+        finally:
+            archive.stdout.close()
+            if archive.poll() is None:
+                archive.kill()
+                archive.wait()
+        archive_err.seek(0)
+        err = archive_err.read().decode(errors="replace")
     if rc != 0 or untar.returncode != 0:
         why = (err.strip() or untar.stderr.strip() or "failed").splitlines()[-1]
-        raise SourceError(f"cannot export {subdir or 'the tree'} at {commit[:12]}: {why}")
+        raise SourceError(f"cannot export {where}: {why}")
 
 
 def _clone_dir(state_dir: Path) -> Path:

@@ -34,7 +34,8 @@ from typing import cast
 
 import git
 
-from reconciler.errors import VerifyError
+from reconciler import runner
+from reconciler.errors import CommandError, CommandNotFound, CommandTimeout, VerifyError
 from reconciler.gitsource import commit_hash
 
 OPENPGP = "openpgp"
@@ -54,6 +55,8 @@ _SSH_FPR_RE = re.compile(r"SHA256:[A-Za-z0-9+/]{43}\Z")
 # A key file bigger than this is not a public key; do not feed it to gpg.
 _MAX_KEY_BYTES = 1 << 20
 _TIMEOUT = 60.0
+"""Seconds one gpg or ssh-keygen call may take: they check one signature or read one key,
+which takes well under a second; a minute means it is stuck (e.g. on an agent)."""
 _PACKAGES = {"gpg": "gpg (Debian package gpg)", "ssh-keygen": "openssh-client"}
 
 
@@ -209,8 +212,7 @@ def _openpgp_fingerprint(text: str, home: Path) -> str:
         raise VerifyError("this is a secret OpenPGP key; commit only the public key (--export)")
     if "-----BEGIN PGP PUBLIC KEY BLOCK-----" not in text:
         raise VerifyError("not an OpenPGP public key: no armored PUBLIC KEY BLOCK")
-    proc = _run(
-        "gpg",
+    proc = _gpg(
         ["--batch", "--with-colons", "--import-options", "show-only", "--import"],
         what="read an OpenPGP key",
         commit=None,
@@ -303,8 +305,7 @@ def _read_blob(repo: git.Repo, sha: str, path: str) -> tuple[str | None, str | N
 # -- subprocesses -----------------------------------------------------------------------------
 
 
-def _run(
-    tool: str,
+def _gpg(
     args: list[str],
     *,
     what: str,
@@ -312,19 +313,47 @@ def _run(
     env: dict[str, str],
     stdin: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
+    """Run ``gpg args`` (``what``: why, for messages); see :func:`_signature_tool`."""
+    return _signature_tool("gpg", args, what=what, commit=commit, env=env, stdin=stdin)
+
+
+def _ssh_keygen(
+    args: list[str],
+    *,
+    what: str,
+    commit: str | None,
+    env: dict[str, str],
+    stdin: bytes | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``ssh-keygen args`` (``what``: why, for messages); see :func:`_signature_tool`."""
+    return _signature_tool("ssh-keygen", args, what=what, commit=commit, env=env, stdin=stdin)
+
+
+def _signature_tool(
+    tool: str,
+    args: list[str],
+    *,
+    what: str,
+    commit: str | None,
+    env: dict[str, str],
+    stdin: bytes | None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run gpg or ssh-keygen with at most _TIMEOUT seconds; the exit status is the caller's
+    to judge. A tool that is missing (_ToolMissing, naming its package), cannot start or runs
+    too long is a VerifyError about ``commit``."""
     try:
-        return subprocess.run(
-            [tool, *args], input=stdin, capture_output=True, env=env, timeout=_TIMEOUT, check=False
-        )
-    except FileNotFoundError:
+        return runner.run([tool, *args], input=stdin, env=env, timeout=_TIMEOUT)
+    except CommandNotFound:
         raise _ToolMissing(
             f"{tool} is not installed but is needed to {what}; install {_PACKAGES[tool]}",
             commit=commit,
         ) from None
-    except subprocess.TimeoutExpired:
+    except CommandTimeout:
         raise VerifyError(
             f"{tool} did not finish within {_TIMEOUT:.0f} s while trying to {what}", commit=commit
         ) from None
+    except CommandError as e:
+        raise VerifyError(f"{e.message} (needed to {what})", commit=commit) from None
 
 
 def _base_env() -> dict[str, str]:
@@ -348,13 +377,11 @@ def _stop_gpg(home: Path) -> None:
     """Stop any agent gpg started in the throwaway ``home`` so no process outlives it."""
     if any(p.name.startswith("S.") for p in home.iterdir()):
         # Best effort: the directory is deleted next, which also makes an agent exit.
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            subprocess.run(
+        with contextlib.suppress(CommandError):
+            runner.run(
                 ["gpgconf", "--homedir", str(home), "--kill", "all"],
-                capture_output=True,
                 env=_gpg_env(home),
                 timeout=_TIMEOUT,
-                check=False,
             )
 
 
@@ -585,14 +612,14 @@ class _Checker:
 
     # gpg ------------------------------------------------------------------------------------
 
-    def _gpg(self, sha: str) -> Path:
+    def _gpg_keyring(self, sha: str) -> Path:
+        """The throwaway gpg home with every trusted OpenPGP key imported (made once)."""
         if self._home is None:
             home = _gpg_home(self.tmp)
             for i, key in enumerate(k for k in self.keys if k.kind == OPENPGP):
                 keyfile = self.tmp / f"key{i}.asc"
                 keyfile.write_text(key.text, encoding="utf-8")
-                proc = _run(
-                    "gpg",
+                proc = _gpg(
                     ["--batch", "--import", str(keyfile)],
                     what="verify OpenPGP-signed commits",
                     commit=sha,
@@ -607,6 +634,14 @@ class _Checker:
         return self._home
 
     def _check_gpg(self, sha: str, what: str, payload: bytes, sig: bytes) -> str:
+        """The signer of commit ``sha`` whose OpenPGP signature ``sig`` covers ``payload``.
+
+        gpg checks it in the throwaway home holding only the pinned keys (never a keyserver),
+        and its ``--status-fd`` lines, not its exit code, decide. Returns the signer's name
+        only for exactly one good, valid signature by a trusted primary key; anything else
+        (bad, expired, revoked, unknown or untrusted key, malformed) is a VerifyError saying
+        what to do, via :meth:`_fail`.
+        """
         pgp = {k.fingerprint: k.signer for k in self.keys if k.kind == OPENPGP}
         if not pgp:
             raise self._fail(
@@ -615,15 +650,14 @@ class _Checker:
                 "sign it with a trusted key, or pin the signer's key on the host",
                 sha,
             )
-        home = self._gpg(sha)
+        home = self._gpg_keyring(sha)
         sigfile, datafile = self.tmp / "commit.sig", self.tmp / "commit.payload"
         sigfile.write_bytes(sig)
         datafile.write_bytes(payload)
         # --no-auto-key-retrieve: an unknown key must fail here, never be fetched from a
         # keyserver (it would not be pinned anyway, but the lookup leaks and can hang).
         args = ["--batch", "--no-auto-key-retrieve", "--status-fd", "1", "--verify"]
-        proc = _run(
-            "gpg",
+        proc = _gpg(
             [*args, str(sigfile), str(datafile)],
             what=f"verify the OpenPGP signature of {what}",
             commit=sha,
@@ -736,8 +770,7 @@ class _Checker:
         sigfile = self.tmp / "commit.sshsig"
         sigfile.write_bytes(sig)
         env = _base_env()
-        found = _run(
-            "ssh-keygen",
+        found = _ssh_keygen(
             ["-Y", "find-principals", "-s", str(sigfile), "-f", str(allowed)],
             what=f"verify the SSH signature of {what}",
             commit=sha,
@@ -752,8 +785,7 @@ class _Checker:
                 sha,
             )
         principal = principals[0]
-        proc = _run(
-            "ssh-keygen",
+        proc = _ssh_keygen(
             ["-Y", "verify", "-f", str(allowed), "-I", principal, "-n", "git", "-s", str(sigfile)],
             what=f"verify the SSH signature of {what}",
             commit=sha,

@@ -61,9 +61,11 @@ class IpsetSpec:
 class HostDesired:
     """Everything the desired state says about one host, fleet.yaml merged with its host file.
 
-    ``ipsets`` and ``nics`` are typed (``raw["nics"]`` keeps the plain data too); the other
-    kinds are kept as validated plain data (``raw``) until their
-    providers exist. ``files`` lists the files that contributed, for messages.
+    ``ipsets`` and ``nics`` are typed. ``raw`` holds validated plain data, by section: the
+    sections of kinds that have no typed form (``backups``), the plain form of kinds that
+    keep both (``nics``), and host settings sections with their defaults filled in
+    (``tarsnap``); see ``Kind.load``, ``keeps_raw`` and ``settings`` in
+    :mod:`reconciler.kinds.base`. ``files`` lists the files that contributed, for messages.
     """
 
     host: str

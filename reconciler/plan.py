@@ -2,8 +2,8 @@
 
 A :class:`Plan` is what providers compute and what renderers and ``apply`` consume. It is built
 from frozen dataclasses and serialises with :meth:`Plan.to_dict` to the versioned JSON contract
-in DESIGN.md section 3. The human text output is rendered *from* that dict, never from the
-objects, so the two can never disagree.
+described in ``docs/plan.md``. The human text output is rendered *from* that dict, never from
+the objects, so the two can never disagree.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Any, Literal
 FORMAT_VERSION = 1
 
 Action = Literal["create", "update", "delete", "replace", "move"]
-ACTIONS: tuple[Action, ...] = ("create", "update", "delete", "replace", "move")
 
 
 @dataclass(frozen=True)
@@ -132,7 +131,7 @@ class Plan:
         return counts
 
     def to_dict(self) -> dict[str, Any]:
-        """Serialise to the versioned JSON contract (DESIGN.md section 3), plus
+        """Serialise to the versioned JSON contract (``docs/plan.md``), plus
         ``warnings`` (a list of ``{"address", "message"}``) when there are any."""
         d: dict[str, Any] = {
             "format_version": FORMAT_VERSION,

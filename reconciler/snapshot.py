@@ -60,7 +60,7 @@ def _live_class(kind: str) -> type[Any]:
 
 
 # ------------------------------------------------------------------------------ converter
-class _Bad(Exception):
+class _TypeMismatch(Exception):
     """A value that does not fit its declared type, at a JSON path (internal)."""
 
     def __init__(self, path: str, message: str) -> None:
@@ -181,40 +181,42 @@ def _sort_key(encoded: Any) -> str:
 
 
 def _encode(tp: Any, value: Any, path: str) -> Any:
-    """``value`` (declared as ``tp``) as JSON data; _Bad if it does not fit ``tp``."""
+    """``value`` (declared as ``tp``) as JSON data; _TypeMismatch if it does not fit ``tp``."""
     kind = _kind_of(tp)
     if kind == "any":
         return _plain(value, path)
     if kind == "union":
         if value is None:
             if type(None) not in typing.get_args(tp):
-                raise _Bad(path, f"expected {_type_name(tp)}, found null")
+                raise _TypeMismatch(path, f"expected {_type_name(tp)}, found null")
             return None
         return _encode(_optional_inner(tp, typing.get_args(tp)), value, path)
     if kind == "none":
         if value is not None:
-            raise _Bad(path, f"expected null, found {_what(value)}")
+            raise _TypeMismatch(path, f"expected null, found {_what(value)}")
         return None
     if kind == "literal":
         if value not in typing.get_args(tp):
-            raise _Bad(path, f"expected one of {typing.get_args(tp)!r}, found {_what(value)}")
+            raise _TypeMismatch(
+                path, f"expected one of {typing.get_args(tp)!r}, found {_what(value)}"
+            )
         return value
     if kind == "record":
         if not isinstance(value, tp):
-            raise _Bad(path, f"expected {tp.__name__}, found {_what(value)}")
+            raise _TypeMismatch(path, f"expected {tp.__name__}, found {_what(value)}")
         return {
             name: _encode(ftp, getattr(value, name), _at(path, name))
             for name, ftp, _ in _fields(tp)
         }
     if kind == "mapping":
         if not isinstance(value, Mapping):
-            raise _Bad(path, f"expected a mapping, found {_what(value)}")
+            raise _TypeMismatch(path, f"expected a mapping, found {_what(value)}")
         ktp, vtp = _pair_types(tp)
         if ktp is str:
             out: dict[str, Any] = {}
             for k, v in value.items():
                 if not isinstance(k, str):
-                    raise _Bad(path, f"expected string keys, found key {_what(k)}")
+                    raise _TypeMismatch(path, f"expected string keys, found key {_what(k)}")
                 out[k] = _encode(vtp, v, _at(path, k))
             return out
         # JSON object keys are strings only: other keys go as [key, value] pairs.
@@ -225,45 +227,48 @@ def _encode(tp: Any, value: Any, path: str) -> Any:
         return sorted(pairs, key=lambda p: _sort_key(p[0]))
     if kind in ("tuple", "list"):
         if not isinstance(value, list | tuple):
-            raise _Bad(path, f"expected a sequence, found {_what(value)}")
+            raise _TypeMismatch(path, f"expected a sequence, found {_what(value)}")
         types_ = _item_types(tp, len(value), path)
         return [
             _encode(t, v, _at(path, i)) for i, (t, v) in enumerate(zip(types_, value, strict=True))
         ]
     if kind == "set":
         if not isinstance(value, frozenset | set):
-            raise _Bad(path, f"expected a set, found {_what(value)}")
+            raise _TypeMismatch(path, f"expected a set, found {_what(value)}")
         (itp,) = typing.get_args(tp) or (Any,)
         return sorted((_encode(itp, v, path + "[]") for v in value), key=_sort_key)
     if kind == "datetime":
         if not isinstance(value, datetime):
-            raise _Bad(path, f"expected a datetime, found {_what(value)}")
+            raise _TypeMismatch(path, f"expected a datetime, found {_what(value)}")
         return value.isoformat()
     if kind == "enum":
         if not isinstance(value, tp):
-            raise _Bad(path, f"expected {tp.__name__}, found {_what(value)}")
+            raise _TypeMismatch(path, f"expected {tp.__name__}, found {_what(value)}")
         return _encode(type(value.value), value.value, path)
     return _scalar(kind, value, path)
 
 
 def _decode(tp: Any, data: Any, path: str) -> Any:
-    """The value of type ``tp`` that :func:`_encode` turned into ``data``; _Bad if malformed."""
+    """The value of type ``tp`` that :func:`_encode` turned into ``data``; _TypeMismatch if
+    malformed."""
     kind = _kind_of(tp)
     if kind == "any":
         return _plain(data, path)
     if kind == "union":
         if data is None:
             if type(None) not in typing.get_args(tp):
-                raise _Bad(path, f"expected {_type_name(tp)}, found null")
+                raise _TypeMismatch(path, f"expected {_type_name(tp)}, found null")
             return None
         return _decode(_optional_inner(tp, typing.get_args(tp)), data, path)
     if kind == "none":
         if data is not None:
-            raise _Bad(path, f"expected null, found {_what(data)}")
+            raise _TypeMismatch(path, f"expected null, found {_what(data)}")
         return None
     if kind == "literal":
         if data not in typing.get_args(tp):
-            raise _Bad(path, f"expected one of {typing.get_args(tp)!r}, found {_what(data)}")
+            raise _TypeMismatch(
+                path, f"expected one of {typing.get_args(tp)!r}, found {_what(data)}"
+            )
         return data
     if kind == "record":
         return _decode_record(tp, data, path)
@@ -271,26 +276,26 @@ def _decode(tp: Any, data: Any, path: str) -> Any:
         ktp, vtp = _pair_types(tp)
         if ktp is str:
             if not isinstance(data, dict):
-                raise _Bad(path, f"expected an object, found {_what(data)}")
+                raise _TypeMismatch(path, f"expected an object, found {_what(data)}")
             for k in data:
                 if not isinstance(k, str):  # only possible for data that did not come from JSON
-                    raise _Bad(path, f"expected string keys, found key {_what(k)}")
+                    raise _TypeMismatch(path, f"expected string keys, found key {_what(k)}")
             return {k: _decode(vtp, v, _at(path, k)) for k, v in data.items()}
         if not isinstance(data, list):
-            raise _Bad(path, f"expected a list of [key, value] pairs, found {_what(data)}")
+            raise _TypeMismatch(path, f"expected a list of [key, value] pairs, found {_what(data)}")
         out: dict[Any, Any] = {}
         for i, pair in enumerate(data):
             here = _at(path, i)
             if not isinstance(pair, list) or len(pair) != 2:
-                raise _Bad(here, f"expected a [key, value] pair, found {_what(pair)}")
+                raise _TypeMismatch(here, f"expected a [key, value] pair, found {_what(pair)}")
             key = _decode(ktp, pair[0], _at(here, 0))
             if key in out:
-                raise _Bad(_at(here, 0), f"duplicate key {_what(pair[0])}")
+                raise _TypeMismatch(_at(here, 0), f"duplicate key {_what(pair[0])}")
             out[key] = _decode(vtp, pair[1], _at(here, 1))
         return out
     if kind in ("tuple", "list"):
         if not isinstance(data, list):
-            raise _Bad(path, f"expected a list, found {_what(data)}")
+            raise _TypeMismatch(path, f"expected a list, found {_what(data)}")
         types_ = _item_types(tp, len(data), path)
         items = [
             _decode(t, v, _at(path, i)) for i, (t, v) in enumerate(zip(types_, data, strict=True))
@@ -300,50 +305,52 @@ def _decode(tp: Any, data: Any, path: str) -> Any:
         return items if typing.get_origin(tp) is list else tuple(items)
     if kind == "set":
         if not isinstance(data, list):
-            raise _Bad(path, f"expected a list, found {_what(data)}")
+            raise _TypeMismatch(path, f"expected a list, found {_what(data)}")
         (itp,) = typing.get_args(tp) or (Any,)
         elements = [_decode(itp, v, _at(path, i)) for i, v in enumerate(data)]
         try:
             return set(elements) if typing.get_origin(tp) is set else frozenset(elements)
         except TypeError as e:  # an unhashable element, e.g. a list under ``frozenset[Any]``
-            raise _Bad(path, f"set elements must be hashable: {e}") from None
+            raise _TypeMismatch(path, f"set elements must be hashable: {e}") from None
     if kind == "datetime":
         if not isinstance(data, str):
-            raise _Bad(path, f"expected an ISO 8601 date and time, found {_what(data)}")
+            raise _TypeMismatch(path, f"expected an ISO 8601 date and time, found {_what(data)}")
         try:
             return datetime.fromisoformat(data)
         except ValueError:
-            raise _Bad(path, f"expected an ISO 8601 date and time, found {_what(data)}") from None
+            raise _TypeMismatch(
+                path, f"expected an ISO 8601 date and time, found {_what(data)}"
+            ) from None
     if kind == "enum":
         try:
             return tp(data)
         except (ValueError, TypeError):
             names = ", ".join(repr(m.value) for m in tp)
-            raise _Bad(path, f"expected one of {names}, found {_what(data)}") from None
+            raise _TypeMismatch(path, f"expected one of {names}, found {_what(data)}") from None
     return _scalar(kind, data, path)
 
 
 def _decode_record(cls: type[Any], data: Any, path: str) -> Any:
     if not isinstance(data, dict):
-        raise _Bad(path, f"expected an object ({cls.__name__}), found {_what(data)}")
+        raise _TypeMismatch(path, f"expected an object ({cls.__name__}), found {_what(data)}")
     known = _fields(cls)
     names = {name for name, _, _ in known}
     # An unknown field is refused rather than ignored: it would be state the writer's diff
     # used and this reader's diff cannot, i.e. a plan made on partial information.
     for k in data:
         if k not in names:
-            raise _Bad(_at(path, k), f"unknown field of {cls.__name__}")
+            raise _TypeMismatch(_at(path, k), f"unknown field of {cls.__name__}")
     kwargs: dict[str, Any] = {}
     for name, ftp, required in known:
         if name in data:
             kwargs[name] = _decode(ftp, data[name], _at(path, name))
         elif required:
-            raise _Bad(_at(path, name), f"missing field of {cls.__name__}")
+            raise _TypeMismatch(_at(path, name), f"missing field of {cls.__name__}")
         # else: a field with a default that an older writer did not know takes its default.
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:  # a __post_init__ refusing the values
-        raise _Bad(path, f"invalid {cls.__name__}: {e}") from None
+        raise _TypeMismatch(path, f"invalid {cls.__name__}: {e}") from None
 
 
 def _pair_types(tp: Any) -> tuple[Any, Any]:
@@ -354,12 +361,12 @@ def _pair_types(tp: Any) -> tuple[Any, Any]:
 
 
 def _item_types(tp: Any, n: int, path: str) -> list[Any]:
-    """The declared type of each of ``n`` items of a sequence type; _Bad on a length that a
+    """The declared type of each of ``n`` items of a sequence type; _TypeMismatch on a length that a
     fixed-length tuple type does not allow."""
     args = typing.get_args(tp)
     if typing.get_origin(tp) is tuple and not (len(args) == 2 and args[1] is Ellipsis):
         if len(args) != n:
-            raise _Bad(path, f"expected a list of {len(args)} items, found {n}")
+            raise _TypeMismatch(path, f"expected a list of {len(args)} items, found {n}")
         return list(args)
     return [args[0] if args else Any] * n
 
@@ -372,12 +379,12 @@ def _scalar(kind: str, value: Any, path: str) -> Any:
     elif kind == "float":
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         if ok and not math.isfinite(value):
-            raise _Bad(path, f"expected a finite number, found {_what(value)}")
+            raise _TypeMismatch(path, f"expected a finite number, found {_what(value)}")
         value = float(value) if ok else value
     else:  # str
         ok = isinstance(value, str)
     if not ok:
-        raise _Bad(path, f"expected {_SCALAR_NAMES[kind]}, found {_what(value)}")
+        raise _TypeMismatch(path, f"expected {_SCALAR_NAMES[kind]}, found {_what(value)}")
     return value
 
 
@@ -398,7 +405,7 @@ def _plain(value: Any, path: str) -> Any:
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise _Bad(path, f"expected a finite number, found {_what(value)}")
+            raise _TypeMismatch(path, f"expected a finite number, found {_what(value)}")
         return value
     if isinstance(value, list | tuple):
         return [_plain(v, _at(path, i)) for i, v in enumerate(value)]
@@ -406,10 +413,10 @@ def _plain(value: Any, path: str) -> Any:
         out: dict[str, Any] = {}
         for k, v in value.items():
             if not isinstance(k, str):
-                raise _Bad(path, f"expected string keys, found key {_what(k)}")
+                raise _TypeMismatch(path, f"expected string keys, found key {_what(k)}")
             out[k] = _plain(v, _at(path, k))
         return out
-    raise _Bad(path, f"expected JSON data, found {_what(value)}")
+    raise _TypeMismatch(path, f"expected JSON data, found {_what(value)}")
 
 
 # ------------------------------------------------------------------------- per kind API
@@ -430,7 +437,7 @@ def dump_live(kind: str, live: Any) -> Any:
     live = for_snapshot(live)
     try:
         return _encode(cls, live, "$")
-    except _Bad as e:
+    except _TypeMismatch as e:
         raise SnapshotError(f"cannot snapshot {kind} live state: {e.path}: {e.message}") from None
 
 
@@ -450,7 +457,7 @@ def _load_live(kind: str, data: Any, root: str) -> Any:
     cls = _live_class(kind)
     try:
         return _decode(cls, data, root)
-    except _Bad as e:
+    except _TypeMismatch as e:
         raise SnapshotError(f"bad {kind} live state at {e.path}: {e.message}") from None
     except RecursionError:
         raise SnapshotError(f"bad {kind} live state at {root}: nested too deeply") from None

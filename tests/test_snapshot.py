@@ -245,7 +245,7 @@ def test_converter_bad_values_name_their_path(
 ) -> None:
     data = snapshot._encode(AllTypes, ALL, "$")
     data[field] = value
-    with pytest.raises(snapshot._Bad) as e:
+    with pytest.raises(snapshot._TypeMismatch) as e:
         snapshot._decode(AllTypes, data, "$")
     assert e.value.path == where
     assert words in e.value.message

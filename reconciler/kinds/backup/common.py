@@ -11,7 +11,17 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from reconciler.errors import ProviderError
+from reconciler import runner
+from reconciler.errors import CommandError, CommandNotFound, CommandTimeout, ProviderError
+
+DEFAULT_TIMEOUT = 24 * 3600.0
+"""Seconds one tarsnap or restic call may take when the set's config gives no ``timeout``.
+
+Generous on purpose: a first backup over a slow uplink, or a ``restic prune`` that rewrites
+packs, can take hours. A call still running after a day is hung (a stalled network, say),
+not slow; killing it frees the backend's lock, and the reconcile run, which would otherwise
+keep every other kind on the host from converging, carries on.
+"""
 
 
 class BackendError(ProviderError):
@@ -64,20 +74,15 @@ def run_backend(
     what: str,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run one backend command (``name`` is tarsnap or restic) with no stdin and its output
-    captured. A command that is not installed, or that runs past ``timeout`` seconds (killed),
+    captured, through :func:`reconciler.runner.run`. A command that is not installed, cannot
+    be started, or runs past ``timeout`` seconds (``None``: :data:`DEFAULT_TIMEOUT`; killed)
     raises ``error`` for ``address``; ``what`` names the call in the timeout message."""
+    limit = DEFAULT_TIMEOUT if timeout is None else timeout
     try:
-        return subprocess.run(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            env=dict(env),
-            timeout=timeout,
-            check=False,
-        )
-    except FileNotFoundError:
-        raise error(f"{name} command not found: {argv[0]}", address=address) from None
-    except subprocess.TimeoutExpired:
-        raise error(
-            f"{name} did not finish within {timeout:g} s: {what}", address=address
-        ) from None
+        return runner.run(argv, env=env, timeout=limit, address=address)
+    except CommandNotFound as e:
+        raise error(f"{name} command not found: {argv[0]}", address=address) from e
+    except CommandTimeout as e:
+        raise error(f"{name} did not finish within {limit:g} s: {what}", address=address) from e
+    except CommandError as e:
+        raise error(e.message, address=address) from e

@@ -77,7 +77,8 @@ class ResticConfig:
     host: str | None = None
     extra_args: tuple[str, ...] = ()
     timeout: float | None = None
-    """Seconds a single restic call may take (``None``: no limit; backups can take hours)."""
+    """Seconds a single restic call may take before it is killed (``None``: a day,
+    :data:`~reconciler.kinds.backup.common.DEFAULT_TIMEOUT`; backups can take hours)."""
 
     @classmethod
     def from_desired(
@@ -189,7 +190,8 @@ class ResticBackend:
         env["LC_ALL"] = "C"
         return env
 
-    def _run(self, args: Sequence[str]) -> _Result:
+    def _restic(self, args: Sequence[str]) -> _Result:
+        """Run ``restic <extra args> args`` against this repository."""
         argv = [self.config.command, *self.config.extra_args, *args]
         proc = run_backend(
             argv,
@@ -253,7 +255,7 @@ class ResticBackend:
         args = ["snapshots", "--json", "--no-lock", "--tag", TAG]
         if self.config.host is not None:
             args += ["--host", self.config.host]
-        res = self._run(args)
+        res = self._restic(args)
         if res.returncode != 0:
             raise self._fail(res, "listing snapshots")
         try:
@@ -301,7 +303,7 @@ class ResticBackend:
         for pat in exclude:
             args += ["--exclude", pat]
         args += ["--", *paths]
-        res = self._run(args)
+        res = self._restic(args)
         snapshot_id = _summary_snapshot(res.stdout)
         if res.returncode == 0 and snapshot_id:
             return snapshot_id
@@ -347,7 +349,7 @@ class ResticBackend:
                 chunks.append([])
             chunks[-1].append(n)
         for chunk in chunks:
-            res = self._run(["forget", *(i for n in chunk for i in ids[n])])
+            res = self._restic(["forget", *(i for n in chunk for i in ids[n])])
             result.calls += 1
             if res.returncode == 0:
                 result.deleted += chunk
@@ -370,7 +372,7 @@ class ResticBackend:
         Repository-wide and exclusive: restic locks the repository for its duration, and a
         lock held by another process is BackendBusy (retried next run), like a backup's.
         """
-        res = self._run(["prune"])
+        res = self._restic(["prune"])
         if res.returncode != 0:
             raise self._fail(res, "pruning the repository (snapshots were forgotten)")
 

@@ -90,7 +90,8 @@ class TarsnapConfig:
     lock_wait: float = 0.0
     """Seconds to wait for another reconciler run's tarsnap calls before :class:`TarsnapBusy`."""
     timeout: float | None = None
-    """Seconds a single tarsnap call may take (``None``: no limit; creates can take hours)."""
+    """Seconds a single tarsnap call may take before it is killed (``None``: a day,
+    :data:`~reconciler.kinds.backup.common.DEFAULT_TIMEOUT`; creates can take hours)."""
     allow_fsck: bool = False
     """``tarsnap.allow_fsck`` in git: on "Sequence number mismatch", run ``--fsck`` and retry."""
 
@@ -251,7 +252,8 @@ class TarsnapBackend:
             *args,
         ]
 
-    def _run(self, args: Sequence[str], *, lock: bool = True) -> _Result:
+    def _tarsnap(self, args: Sequence[str], *, lock: bool = True) -> _Result:
+        """Run ``tarsnap <our options> args`` (under our lock unless ``lock`` is False)."""
         env = dict(os.environ)
         env["TZ"] = "UTC"  # --list-archives prints local time; make local time UTC
         env["LC_ALL"] = "C"  # messages we match are untranslated anyway; dates stay ASCII
@@ -328,7 +330,7 @@ class TarsnapBackend:
 
     def list_archives(self) -> list[ArchiveInfo]:
         """Every archive on the account, in tarsnap's (storage) order, times in UTC."""
-        res = self._run(["--list-archives", "-v", "--null-output"], lock=False)
+        res = self._tarsnap(["--list-archives", "-v", "--null-output"], lock=False)
         if res.returncode != 0:
             raise self._fail(res, "listing archives")
         return parse_archive_list(res.stdout)
@@ -361,7 +363,7 @@ class TarsnapBackend:
         if dry_run:
             args.append("--dry-run")
         args += ["--", *paths]
-        res = self._run(args)
+        res = self._tarsnap(args)
         if res.returncode == 0:
             return
         m = _EXISTS.search(res.stderr)
@@ -401,7 +403,7 @@ class TarsnapBackend:
                 args = ["-d", "--keep-going"]
                 for n in chunk:
                     args += ["-f", n]
-                res = self._run(args)
+                res = self._tarsnap(args)
                 result.calls += 1
                 gone_before = set(_NOT_EXIST.findall(res.stderr))
                 if res.returncode == 0:
@@ -431,7 +433,7 @@ class TarsnapBackend:
                 f"`{c.command} --fsck --keyfile {c.keyfile} --cachedir {c.cachedir}`",
                 address=self.address,
             )
-        res = self._run(["--fsck"])
+        res = self._tarsnap(["--fsck"])
         if res.returncode != 0:
             raise self._fail(res, "tarsnap --fsck")
         return res.stdout.decode("utf-8", "replace")

@@ -1,7 +1,10 @@
 """iptables rules that use ipsets: find them, check, insert and delete them.
 
 iptables is driven through its command line with argument lists (never a shell string) and
-``-w`` so that we wait for the xtables lock instead of failing when another tool holds it.
+``-w 10``: when another tool holds the xtables lock we wait for it, but at most 10 seconds
+(iptables then exits with its own "Another app is currently holding the xtables lock"), and
+every call is killed after 30 seconds (:mod:`reconciler.runner`), so a wedged iptables can
+never hang a run.
 Reads use ``iptables-save`` so that rules in every table are seen, which is what matters when
 deciding whether a set is still in use or whether an ACCEPT rule depends on it.
 """
@@ -13,10 +16,18 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from reconciler import runner
 from reconciler.errors import CommandError
 from reconciler.model import Family, FirewallRule
 
 BINARIES: dict[str, str] = {"inet": "iptables", "inet6": "ip6tables"}
+
+XTABLES_WAIT = 10
+"""Seconds iptables waits for the xtables lock (``-w``) before it gives up with an error."""
+TIMEOUT = 30.0
+"""Seconds one iptables or iptables-save call may take before it is killed: above
+XTABLES_WAIT, so a lock held too long ends as iptables' own message rather than a kill."""
+_WAIT = ["-w", str(XTABLES_WAIT)]
 
 
 @dataclass(frozen=True)
@@ -50,10 +61,10 @@ def rule_spec(set_name: str, fw: FirewallRule) -> list[str]:
     return args
 
 
-def _run(argv: list[str], address: str | None) -> subprocess.CompletedProcess[str]:
-    if shutil.which(argv[0]) is None:
-        raise CommandError(f"{argv[0]} is not installed", address=address)
-    return subprocess.run(argv, text=True, capture_output=True, check=False)
+def _iptables(argv: list[str], address: str | None) -> subprocess.CompletedProcess[str]:
+    """Run one iptables/ip6tables/iptables-save command; CommandError when it is not
+    installed or runs past TIMEOUT (a non-zero exit is the caller's to word)."""
+    return runner.run(argv, text=True, timeout=TIMEOUT, address=address)
 
 
 def list_set_rules(binaries: tuple[str, ...] = ("iptables", "ip6tables")) -> list[Rule]:
@@ -66,7 +77,7 @@ def list_set_rules(binaries: tuple[str, ...] = ("iptables", "ip6tables")) -> lis
         save = f"{binary}-save"
         if shutil.which(save) is None:
             continue
-        proc = _run([save], None)
+        proc = _iptables([save], None)
         if proc.returncode != 0:
             raise CommandError(f"{save} failed: {proc.stderr.strip()}")
         rules.extend(parse_save(binary, proc.stdout))
@@ -95,7 +106,7 @@ def parse_save(binary: str, text: str) -> list[Rule]:
 
 def rule_exists(binary: str, chain: str, spec: list[str], address: str) -> bool:
     """True when ``binary -C chain spec`` finds the rule in the filter table."""
-    proc = _run([binary, "-w", "-C", chain, *spec], address)
+    proc = _iptables([binary, *_WAIT, "-C", chain, *spec], address)
     if proc.returncode == 0:
         return True
     # iptables -C exits 1 with "does a matching rule exist" / "Bad rule" when absent; anything
@@ -110,7 +121,7 @@ def rule_exists(binary: str, chain: str, spec: list[str], address: str) -> bool:
 
 def insert_rule(binary: str, chain: str, spec: list[str], address: str) -> None:
     """Insert the rule at the top of ``chain`` (``-I``), so it takes effect before any DROP."""
-    proc = _run([binary, "-w", "-I", chain, *spec], address)
+    proc = _iptables([binary, *_WAIT, "-I", chain, *spec], address)
     if proc.returncode != 0:
         raise CommandError(
             f"{binary} -I {chain} {shlex.join(spec)} failed: {proc.stderr.strip()}",
@@ -122,7 +133,7 @@ def delete_rule(binary: str, chain: str, spec: list[str], address: str) -> None:
     """Delete one instance of the rule (``-D``); a rule already gone is not an error."""
     if not rule_exists(binary, chain, spec, address):
         return
-    proc = _run([binary, "-w", "-D", chain, *spec], address)
+    proc = _iptables([binary, *_WAIT, "-D", chain, *spec], address)
     if proc.returncode != 0:
         raise CommandError(
             f"{binary} -D {chain} {shlex.join(spec)} failed: {proc.stderr.strip()}",

@@ -1,6 +1,6 @@
 """The ``ipset`` kind: management CIDRs in ``hash:net`` sets, updated in place by delta.
 
-Safety rules (DESIGN.md section 5), each enforced here and tested:
+Safety rules (the ipset kind in ``docs/kinds.md``), each enforced here and tested:
 
 * members change by delta only, adds before deletes, so a member present both before and after
   is never absent and a set that stays non-empty never becomes empty, even for a moment;
@@ -250,6 +250,12 @@ class IpsetProvider:
         refusal: str | None,
         need_rule: bool,
     ) -> Change:
+        """The ``replace`` change for a set whose type/family (``structural``) or maxelem/
+        hashsize (``sizing``) differ: a temporary set is filled with every desired member, then
+        swapped in (sizing: rules keep matching) or, for a structural change, renamed over the
+        destroyed old set. _PlanRefusal when rules use a set whose type/family changes, or a
+        leftover temporary set is in use; the guard's ``refusal`` is kept on the change.
+        """
         name = spec.name
         tmp = temp_name(name)
         refs = cur.header.references

@@ -1,7 +1,7 @@
 """The ``nic`` kind: ring sizes and offloads of NICs, bridge ports included.
 
 What a careful sysadmin does with ``ethtool -G eth1 rx 4096`` and ``ethtool -K eth1 gso off``,
-but only when something differs (DESIGN.md section 5):
+but only when something differs (the nic kind in ``docs/kinds.md``):
 
 * no write when the live value already matches: a ring change resets the link on many
   drivers, so an unneeded one is an outage. The plan warns when a change bounces the link;
@@ -35,7 +35,7 @@ import functools
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -186,10 +186,6 @@ def _add(target: _Target, spec: NicSpec, origin: str) -> None:
                     break
         if name not in target.offloads:
             target.offloads[name] = _Setting(want, origin)
-
-
-class _NicError(Exception):
-    """A reason this NIC (or one of its settings) cannot be planned."""
 
 
 def _plan_rings(
@@ -546,9 +542,3 @@ class NicProvider:
                 elif code in (errno.EOPNOTSUPP, errno.ENOTSUP):
                     reason = "not supported by this NIC's driver (EOPNOTSUPP)"
                 raise ProviderError(f"setting {what}: {reason}", address=address) from e
-
-
-def ports_summary(bridge: str, links: Mapping[str, LinkLive]) -> dict[str, Sequence[str]]:
-    """``{"ports": [...], "skipped": [...]}`` of a bridge, for the lab and messages."""
-    ports, skipped = bridge_ports(bridge, links)
-    return {"ports": [p for p, _ in ports], "skipped": skipped}
