@@ -43,6 +43,7 @@ from typing import Any
 from reconciler import atomicfile
 from reconciler import kinds as registry
 from reconciler.errors import StateError
+from reconciler.safefs import open_state_file, read_state_file
 
 FORMAT_VERSION = 1
 JOURNAL_NAME = "runs.jsonl"
@@ -87,12 +88,13 @@ class Journal:
         """
         data = (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode()
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            # Never through a symlink: appending to whatever it points at would be ours.
+            fd = open_state_file(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as e:
             raise StateError(f"cannot open the run journal {self.path}: {e.strerror}") from e
         try:
             size = os.fstat(fd).st_size
-            if size and _last_byte(self.path, size) != b"\n":
+            if size and os.pread(fd, 1, size - 1) != b"\n":
                 data = b"\n" + data
             view = memoryview(data)
             while view:  # O_APPEND: a short write's remainder still lands at the end
@@ -113,12 +115,10 @@ class Journal:
         Raises StateError only when the file exists but cannot be read at all.
         """
         try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return JournalContents()
-        except OSError as e:
-            raise StateError(f"cannot read the run journal {self.path}: {e.strerror}") from e
-        return parse(data)
+            data = read_state_file(self.path)
+        except StateError as e:
+            raise StateError(f"cannot read the run journal: {e.message}") from e
+        return JournalContents() if data is None else parse(data)
 
 
 def parse(data: bytes) -> JournalContents:
@@ -332,10 +332,3 @@ def parse_time(value: Any) -> datetime | None:
         return datetime.fromisoformat(value)
     except ValueError:
         return None
-
-
-def _last_byte(path: Path, size: int) -> bytes:
-    # Read through a separate descriptor: the O_APPEND one is write-only.
-    with open(path, "rb") as f:
-        f.seek(size - 1)
-        return f.read(1)

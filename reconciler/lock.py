@@ -8,6 +8,11 @@ file, so a leftover pid always means a run that did not finish.
 
 The pid is only for messages, never for the decision: the kernel's lock is the truth (a pid
 can be reused, and a pid file can be copied or restored).
+
+The file is opened without following a symlink, and a hard-linked or foreign-owned file is
+refused, so a lock path pointing at another file (``/etc/passwd``) is never written. Only a
+file that is empty or holds a pid is written to; one holding anything else is locked as it
+is, never truncated (its pid messages are lost, nothing else).
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from pathlib import Path
 from types import TracebackType
 
 from reconciler import log
-from reconciler.errors import LockHeldError
+from reconciler.errors import LockHeldError, StateError
+from reconciler.safefs import open_state_file
 
 
 def pid_alive(pid: int) -> bool:
@@ -40,6 +46,17 @@ def _recorded_pid(fd: int) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def _open_lock_file(path: Path) -> tuple[int, bool]:
+    """The lock file (created 0600 if missing) and whether it may hold our pid: only when
+    it is empty or holds a pid. StateError for a symlink or a file that is not ours."""
+    try:
+        fd = open_state_file(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise StateError(f"cannot open the lock file {path}: {e.strerror}") from e
+    head = os.pread(fd, 65, 0).strip()
+    return fd, len(head) <= 64 and (not head or head.isdigit())
+
+
 class RunLock:
     """Context manager holding an exclusive lock on ``path``, for one run at a time.
 
@@ -53,10 +70,11 @@ class RunLock:
         self.path = path
         self.wait = wait
         self._fd: int | None = None
+        self._writes_pid = False
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd, self._writes_pid = _open_lock_file(self.path)
         deadline = time.monotonic() + self.wait
         delay = 0.05
         while True:
@@ -98,8 +116,9 @@ class RunLock:
                 stale_pid=previous,
                 reason=f"run pid {previous} did not finish cleanly; {reason}",
             )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if self._writes_pid:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
         return self
 
@@ -110,7 +129,8 @@ class RunLock:
         tb: TracebackType | None,
     ) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
+            if self._writes_pid:
+                os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -27,6 +27,7 @@ from typing import Any
 from reconciler import atomicfile
 from reconciler.errors import StateError
 from reconciler.journal import JOURNAL_NAME, Journal, JournalContents
+from reconciler.safefs import check_private_dir, read_state_file
 
 
 class StateDir:
@@ -46,6 +47,7 @@ class StateDir:
                 f"state directory {path} {what}: no run has been recorded there "
                 "(check --state-dir or $RECONCILER_STATE_DIR)"
             )
+        check_private_dir(path)
         self._ours: dict[str, dict[str, dict[str, Any]]] | None = None
         self.journal = Journal(path / JOURNAL_NAME)
 
@@ -75,14 +77,11 @@ class StateDir:
         Raises StateError when ``source.json`` is corrupt: silently forgetting it would turn
         off the rewind check.
         """
-        try:
-            text = self.source_file.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        raw = read_state_file(self.source_file)
+        if raw is None:
             return None
-        except OSError as e:
-            raise StateError(f"cannot read {self.source_file}: {e.strerror}") from e
         try:
-            data = json.loads(text)
+            data = json.loads(raw.decode("utf-8", errors="replace"))
         except json.JSONDecodeError as e:
             data = None
             detail = f"line {e.lineno}: {e.msg}"
@@ -121,15 +120,12 @@ class StateDir:
 
     def _load(self) -> dict[str, dict[str, dict[str, Any]]]:
         if self._ours is None:
-            try:
-                text = self.ours_file.read_text(encoding="utf-8")
-            except FileNotFoundError:
+            raw = read_state_file(self.ours_file)
+            if raw is None:
                 self._ours = {}
                 return self._ours
-            except OSError as e:
-                raise StateError(f"cannot read {self.ours_file}: {e.strerror}") from e
             try:
-                data = json.loads(text)
+                data = json.loads(raw.decode("utf-8", errors="replace"))
             except json.JSONDecodeError as e:
                 raise StateError(
                     f"{self.ours_file} is corrupt (line {e.lineno}: {e.msg}); it records which "
