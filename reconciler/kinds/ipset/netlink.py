@@ -50,7 +50,7 @@ from types import TracebackType
 
 from reconciler.errors import NetlinkError, ProviderError
 
-__all__ = ["IpsetClient", "LiveSet", "SetHeader"]
+__all__ = ["IpsetClient", "LiveSet", "SetHeader", "decode_list_dump"]
 
 # --- netlink / nfnetlink (linux/netlink.h, linux/netfilter/nfnetlink.h) -------------------------
 NETLINK_NETFILTER = 12
@@ -531,6 +531,106 @@ def _decode_header(acc: _Acc, buf: memoryview, start: int, end: int) -> None:
             acc.netmask = value
 
 
+def _split_messages(buf: memoryview, seq: int) -> Iterator[tuple[int, int, int, int]]:
+    """Yield ``(type, flags, payload start, payload end)`` of the netlink messages in one
+    received datagram ``buf`` that answer request ``seq`` (offsets into ``buf``)."""
+    n = len(buf)
+    unpack = _NLMSGHDR.unpack_from
+    pos = 0
+    while pos + 16 <= n:
+        length, mtype, mflags, mseq, _pid = unpack(buf, pos)
+        if length < 16:
+            break
+        if mseq == seq:
+            yield mtype, mflags, pos + 16, min(pos + length, n)
+        pos += (length + 3) & ~3
+
+
+def _decode_error(buf: memoryview, start: int, end: int) -> _KernelError | None:
+    """Decode the NLMSG_ERROR payload at [start, end) of ``buf``: None for an ack, else the
+    error and the echoed LINENO."""
+    code = -struct.unpack_from("=i", buf, start)[0]
+    if code == 0:
+        return None
+    lineno: int | None = None
+    echo = start + 4  # the request's nlmsghdr follows; its payload only for LINENO errors
+    if end - echo >= _HDR_LEN:
+        echo_len = _NLMSGHDR.unpack_from(buf, echo)[0]
+        attrs_end = min(echo + echo_len, end)
+        for atype, astart, aend in _iter_attrs(buf, echo + _HDR_LEN, attrs_end):
+            if atype == IPSET_ATTR_LINENO and aend - astart == 4:
+                lineno = _U32.unpack_from(buf, astart)[0]
+                break
+    return _KernelError(code, lineno)
+
+
+def decode_list_dump(
+    datagrams: Iterable[bytes | memoryview], seq: int, name: str | None = None
+) -> dict[str, LiveSet]:
+    """Decode the kernel's answer to an ``IPSET_CMD_LIST`` dump request into sets, by name.
+
+    ``datagrams`` are the netlink datagrams received after sending request ``seq`` (each the
+    bytes of one ``recv``), in order; they are consumed only up to the ``NLMSG_DONE`` that
+    ends the dump. Messages of other requests are skipped. ``name`` is the set the request
+    named (None for a dump of every set): an ``ENOENT`` error for it means that set does not
+    exist and gives ``{}``; any other error raises :class:`NetlinkError` in ipset(8)'s words.
+    Pure: the same bytes always give the same sets (this is :meth:`IpsetClient.list_sets`'s
+    and :meth:`IpsetClient.get`'s decoding, without the socket).
+    """
+    sets: dict[str, _Acc] = {}
+    for datagram in datagrams:
+        view = memoryview(datagram)
+        for mtype, _flags, start, end in _split_messages(view, seq):
+            if mtype == NLMSG_DONE:
+                return {n: a.finish() for n, a in sets.items()}
+            if mtype == NLMSG_ERROR:
+                err = _decode_error(view, start, end)
+                if err is None:
+                    continue
+                if err.code == _errno.ENOENT and name is not None:
+                    return {}
+                raise NetlinkError(
+                    _ipset_error(err.code, IPSET_CMD_LIST),
+                    errno=err.code,
+                    address=f"ipset/{name}" if name else "ipset",
+                )
+            if mtype != (NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_LIST:
+                continue
+            _decode_list_message(sets, view, start, end)
+    return {n: a.finish() for n, a in sets.items()}
+
+
+def _decode_list_message(sets: dict[str, _Acc], view: memoryview, start: int, end: int) -> None:
+    """Fold one IPSET_CMD_LIST message (payload [start, end) of ``view``) into ``sets``."""
+    acc: _Acc | None = None
+    adt: tuple[int, int] | None = None
+    data: tuple[int, int] | None = None
+    for atype, astart, aend in _iter_attrs(view, start + _NFGENMSG.size, end):
+        if atype == IPSET_ATTR_SETNAME:
+            set_name = _cstr(view, astart, aend)
+            acc = sets.get(set_name)
+            if acc is None:
+                acc = sets[set_name] = _Acc(set_name)
+        elif acc is None:
+            continue
+        elif atype == IPSET_ATTR_TYPENAME:
+            acc.type = _cstr(view, astart, aend)
+        elif atype == IPSET_ATTR_FAMILY and aend > astart:
+            acc.family = view[astart]
+        elif atype == IPSET_ATTR_REVISION and aend > astart:
+            acc.revision = view[astart]
+        elif atype == IPSET_ATTR_DATA:
+            data = (astart, aend)
+        elif atype == IPSET_ATTR_ADT:
+            adt = (astart, aend)
+    if acc is None:
+        return
+    if data is not None:
+        _decode_header(acc, view, *data)
+    if adt is not None:
+        _decode_adt(acc, view, *adt)
+
+
 def _encode_members(
     family: str, members: Iterable[str], address: str
 ) -> tuple[list[bytes], list[str]]:
@@ -642,41 +742,25 @@ class IpsetClient:
             raise ProviderError(f"netlink message of {n} bytes exceeds the receive buffer")
         return n
 
+    def _datagrams(self) -> Iterator[memoryview]:
+        """Yield each received datagram as a view into the receive buffer (``self._view``
+        from offset 0), valid until the next iteration step receives again."""
+        view = self._view
+        while True:
+            yield view[: self._recv()]
+
     def _messages(self, seq: int) -> Iterator[tuple[int, int, int, int]]:
         """Yield ``(type, flags, payload start, payload end)`` of the answers to ``seq``.
 
         The payload offsets point into ``self._view``, valid until the next iteration step
         receives again. NLMSG_ERROR answers are yielded too.
         """
-        view = self._view
-        unpack = _NLMSGHDR.unpack_from
-        while True:
-            n = self._recv()
-            pos = 0
-            while pos + 16 <= n:
-                length, mtype, mflags, mseq, _pid = unpack(view, pos)
-                if length < 16:
-                    break
-                if mseq == seq:
-                    yield mtype, mflags, pos + 16, min(pos + length, n)
-                pos += (length + 3) & ~3
+        for datagram in self._datagrams():
+            yield from _split_messages(datagram, seq)
 
     def _error_of(self, start: int, end: int) -> _KernelError | None:
         """Decode an NLMSG_ERROR payload: None for an ack, else the error and echoed LINENO."""
-        view = self._view
-        code = -struct.unpack_from("=i", view, start)[0]
-        if code == 0:
-            return None
-        lineno: int | None = None
-        echo = start + 4  # the request's nlmsghdr follows; its payload only for LINENO errors
-        if end - echo >= _HDR_LEN:
-            echo_len = _NLMSGHDR.unpack_from(view, echo)[0]
-            attrs_end = min(echo + echo_len, end)
-            for atype, astart, aend in _iter_attrs(view, echo + _HDR_LEN, attrs_end):
-                if atype == IPSET_ATTR_LINENO and aend - astart == 4:
-                    lineno = _U32.unpack_from(view, astart)[0]
-                    break
-        return _KernelError(code, lineno)
+        return _decode_error(self._view, start, end)
 
     def _request(self, cmd: int, flags: int, attrs: bytes, family: int = NFPROTO_IPV4) -> None:
         """Send one request with NLM_F_ACK and wait for its ack; raise _KernelError on error."""
@@ -714,52 +798,7 @@ class IpsetClient:
             _check_name(name)
             attrs += _nla_str(IPSET_ATTR_SETNAME, name)
         seq = self._send(IPSET_CMD_LIST, NLM_F_REQUEST | NLM_F_DUMP, attrs)
-        view = self._view
-        sets: dict[str, _Acc] = {}
-        for mtype, _flags, start, end in self._messages(seq):
-            if mtype == NLMSG_DONE:
-                break
-            if mtype == NLMSG_ERROR:
-                err = self._error_of(start, end)
-                if err is None:
-                    continue
-                if err.code == _errno.ENOENT and name is not None:
-                    return {}
-                raise NetlinkError(
-                    _ipset_error(err.code, IPSET_CMD_LIST),
-                    errno=err.code,
-                    address=f"ipset/{name}" if name else "ipset",
-                )
-            if mtype != (NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_LIST:
-                continue
-            acc: _Acc | None = None
-            adt: tuple[int, int] | None = None
-            data: tuple[int, int] | None = None
-            for atype, astart, aend in _iter_attrs(view, start + _NFGENMSG.size, end):
-                if atype == IPSET_ATTR_SETNAME:
-                    set_name = _cstr(view, astart, aend)
-                    acc = sets.get(set_name)
-                    if acc is None:
-                        acc = sets[set_name] = _Acc(set_name)
-                elif acc is None:
-                    continue
-                elif atype == IPSET_ATTR_TYPENAME:
-                    acc.type = _cstr(view, astart, aend)
-                elif atype == IPSET_ATTR_FAMILY and aend > astart:
-                    acc.family = view[astart]
-                elif atype == IPSET_ATTR_REVISION and aend > astart:
-                    acc.revision = view[astart]
-                elif atype == IPSET_ATTR_DATA:
-                    data = (astart, aend)
-                elif atype == IPSET_ATTR_ADT:
-                    adt = (astart, aend)
-            if acc is None:
-                continue
-            if data is not None:
-                _decode_header(acc, view, *data)
-            if adt is not None:
-                _decode_adt(acc, view, *adt)
-        return {n: a.finish() for n, a in sets.items()}
+        return decode_list_dump(self._datagrams(), seq, name)
 
     def list_sets(self) -> dict[str, LiveSet]:
         """Every set of the namespace, headers and members, read with ONE LIST dump.

@@ -25,7 +25,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-from collections.abc import Mapping
+import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,19 @@ RING_IOCTL_FIELDS: dict[str, str] = {
 # (include/uapi/linux/ethtool.h).
 ETHTOOL_F_UNSUPPORTED = 1 << 2
 ETHTOOL_F_WISH = 1 << 0
+
+# struct ethtool_ringparam (include/uapi/linux/ethtool.h): cmd, then the four preset maxima
+# (rx, rx_mini, rx_jumbo, tx) and the four current sizes in the same order; all __u32.
+_RINGPARAM = struct.Struct("=9I")
+_RINGPARAM_FIELDS = (
+    "cmd",
+    *("rx_max", "rx_mini_max", "rx_jumbo_max", "tx_max"),
+    *("rx", "rx_mini", "rx_jumbo", "tx"),
+)
+# struct ethtool_gfeatures: cmd, size (number of blocks), then ``size`` blocks of
+# struct ethtool_get_features_block {available, requested, active, never_changed} (__u32 each).
+_GFEATURES_HEAD = struct.Struct("=II")
+_FEATURES_BLOCK = struct.Struct("=4I")
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,46 @@ class FeatureLive:
 
     active: bool
     fixed: bool = False
+
+
+def unpack_ringparam(data: bytes) -> RingsLive:
+    """The ring sizes in the bytes of a ``struct ethtool_ringparam`` (``ETHTOOL_GRINGPARAM``'s
+    answer, native byte order): current sizes and preset maxima, keyed by YAML field name.
+    Bytes after the struct are ignored."""
+    r = dict(zip(_RINGPARAM_FIELDS, _RINGPARAM.unpack_from(data), strict=True))
+    return RingsLive(
+        current={k: r[f] for k, f in RING_IOCTL_FIELDS.items()},
+        maximum={k: r[f + "_max"] for k, f in RING_IOCTL_FIELDS.items()},
+    )
+
+
+def unpack_features(strings: Sequence[str], data: bytes) -> dict[str, FeatureLive]:
+    """The features in the bytes of a ``struct ethtool_gfeatures`` (``ETHTOOL_GFEATURES``'s
+    answer, native byte order), named by ``strings`` (the ``ETH_SS_FEATURES`` string set:
+    bit ``i`` is ``strings[i]``).
+
+    A feature is ``active`` when its bit is set in the block's ``active`` word, and ``fixed``
+    when it is not in ``available`` (``hw_features``) or is in ``never_changed``. Unnamed bits
+    (empty strings) are left out; a name given twice takes its last bit, as pyroute2's
+    ``EthtoolFeaturesList`` does. Raises ``struct.error`` when ``data`` holds fewer blocks than
+    ``strings`` needs.
+    """
+    offsets: dict[str, int] = {}
+    for i, name in enumerate(strings):
+        offsets[name] = i
+    out: dict[str, FeatureLive] = {}
+    for name, i in offsets.items():
+        if not name:  # unnamed bits (gaps in the string table) are not features
+            continue
+        available, _requested, active, never_changed = _FEATURES_BLOCK.unpack_from(
+            data, _GFEATURES_HEAD.size + (i // 32) * _FEATURES_BLOCK.size
+        )
+        bit = 1 << (i % 32)
+        out[name] = FeatureLive(
+            active=active & bit != 0,
+            fixed=available & bit == 0 or never_changed & bit != 0,
+        )
+    return out
 
 
 class EthtoolIO:
@@ -148,13 +202,11 @@ class EthtoolIO:
         """Ring sizes of ``ifname`` (``ETHTOOL_GRINGPARAM``); ``OSError(EOPNOTSUPP)`` when the
         driver has none (veth)."""
         self._ioctl.change_ifname(ifname)
-        r = self._errno_call(self._ioctl.get_rings)
-        return RingsLive(
-            current={k: int(r[f]) for k, f in RING_IOCTL_FIELDS.items()},
-            maximum={k: int(r[f + "_max"]) for k, f in RING_IOCTL_FIELDS.items()},
-        )
+        return unpack_ringparam(bytes(self._errno_call(self._ioctl.get_rings)))
 
-    def _feature_list(self, ifname: str) -> Any:
+    def _gfeatures(self, ifname: str) -> tuple[Any, list[str]]:
+        """``ETHTOOL_GFEATURES`` of ``ifname``: the filled ``struct ethtool_gfeatures`` (a
+        pyroute2 ctypes structure) and the feature names of its bits."""
         mod = self._mod
         self._ioctl.change_ifname(ifname)
         if self._strings is None:
@@ -165,19 +217,17 @@ class EthtoolIO:
         cmd.size = mod.feature_bits_to_blocks(len(self._strings))
         self._ioctl.ifreq.gfeatures = ctypes.pointer(cmd)
         self._errno_call(self._ioctl.ioctl)
-        return mod.EthtoolFeaturesList(cmd, self._strings)
+        return cmd, self._strings
+
+    def _feature_list(self, ifname: str) -> Any:
+        """pyroute2's ``EthtoolFeaturesList`` of ``ifname``, ready to change and write back."""
+        cmd, strings = self._gfeatures(ifname)
+        return self._mod.EthtoolFeaturesList(cmd, strings)
 
     def get_features(self, ifname: str) -> dict[str, FeatureLive]:
         """Every feature of ``ifname`` (``ETHTOOL_GFEATURES``): active, and fixed or not."""
-        fl = self._feature_list(ifname)
-        return {
-            name: FeatureLive(
-                active=fl.is_active(name),
-                fixed=not fl.is_available(name) or fl.is_never_changed(name),
-            )
-            for name in list(fl.keys())  # fl iterates tuples, not names
-            if name  # unnamed bits (gaps in the string table) are not features
-        }
+        cmd, strings = self._gfeatures(ifname)
+        return unpack_features(strings, bytes(cmd))
 
     # ----------------------------------------------------------------------------- write
     def set_rings(self, ifname: str, values: Mapping[str, int]) -> None:
