@@ -1,4 +1,4 @@
-"""JSON rendering of the plan dict (the versioned contract of DESIGN.md section 3)."""
+"""JSON rendering of the plan dict (the versioned contract of ``docs/plan.md``)."""
 
 from __future__ import annotations
 

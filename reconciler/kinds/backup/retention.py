@@ -25,7 +25,7 @@ Semantics (``restic forget``, ``internal/data/snapshot_policy.go: ApplyPolicy`` 
   and days because all our times are UTC.
 * Archives dated after ``now`` take part in the buckets like any other (as in restic).
 
-Extra rules of DESIGN.md section 5, on top of restic's:
+Extra rules (``docs/desired-state.md``), on top of restic's:
 
 * only names ``<set>-YYYYMMDD-HHMMSS`` of exactly this set (a valid UTC date and time) are
   candidates; anything else (another set's archive, ``NAME.part`` from an interrupted tarsnap
@@ -396,7 +396,7 @@ def decide(
             _apply_count_rule(rule, count, stamps, keep_oldest, keep, opened, covered)
 
     warnings: list[str] = []
-    # DESIGN.md: the newest archive is never deleted. The newest that is not in the future is
+    # docs/desired-state.md: the newest archive is never deleted. The newest not in the future is
     # protected too: it is the last real backup, even when a future-dated one exists.
     protected = {0, latest_index} if latest_index is not None else ({0} if n else set())
     for i in sorted(protected):

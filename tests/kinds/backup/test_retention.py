@@ -539,9 +539,10 @@ def policies(draw: st.DrawFn) -> KeepPolicy:
 def test_decide_matches_restic_forget(
     restic_repo: ResticRepo, times: list[datetime], policy: KeepPolicy
 ) -> None:
-    """On histories entirely in the past (DESIGN's future-archive rule is ours, not restic's),
-    ``decide`` keeps exactly the snapshots restic keeps, for the same rules; the installed
-    restic's version picks the oldest-archive behaviour (``keep_oldest`` for 0.16+)."""
+    """On histories entirely in the past (our future-archive rule (docs/desired-state.md) is
+    not restic's), ``decide`` keeps exactly the snapshots restic keeps, for the same rules;
+    the installed restic's version picks the oldest-archive behaviour (``keep_oldest`` for
+    0.16+)."""
     now = datetime.now(UTC)
     restic_repo.set_snapshots(times)
     want = restic_repo.forget(policy)

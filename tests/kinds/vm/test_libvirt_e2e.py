@@ -315,7 +315,7 @@ def test_reconciler_move_starts_cleanly(cluster: Cluster, tmp_path: Path) -> Non
     proc = _reconcile(tmp_path, "--output", "json")
     print(f"\nreconciler move took {time.monotonic() - started:.1f}s")
     assert proc.returncode == 0, _output(proc)
-    plan = json.loads(proc.stdout)  # the plan contract of DESIGN.md section 3
+    plan = json.loads(proc.stdout)  # the plan contract of docs/plan.md
     assert [(c["address"], c["action"]) for c in plan["changes"]] == [("vm/web", "move")]
     assert plan["summary"]["move"] == 1 and plan["errors"] == []
     _assert_moved_cleanly(cluster, "web", web_uuid, tmp_path)
