@@ -3,14 +3,16 @@
 ``--repo`` takes a path or a URL (gitpython does the git work):
 
 * a **plain directory** is read as it is (no commit recorded, nothing can be verified);
-* a **local work tree** is read as it is, at ``HEAD`` (or exported at ``--ref`` into a
-  temporary directory, leaving the user's checkout alone). Uncommitted changes under the
-  desired-state path make it *dirty*: the commit recorded is then ``<hash>+dirty`` (what was
-  applied is not that commit), and apply refuses unless ``--allow-dirty``;
+* a **local work tree** is read at ``HEAD`` (or ``--ref``) from git objects into a temporary
+  directory (:mod:`reconciler.gittree`), leaving the user's checkout alone. Uncommitted
+  changes under the desired-state path make it *dirty*: the work tree is then read as it is
+  (no symlink leaving it), the commit recorded is ``<hash>+dirty`` (what was applied is not
+  that commit), and apply refuses unless ``--allow-dirty``;
 * a **URL** is cloned once into ``<state-dir>/source/`` and fetched on every run; ``--ref``
   (a branch, tag or commit; default: the remote's default branch) is resolved after the
   fetch. The new commit is checked out only after it has been verified (see
-  :mod:`reconciler.gitverify`), so the clone's checkout is always the last good one. When
+  :mod:`reconciler.gitverify`), so the clone's checkout is always the last good one; the
+  desired state itself is read from the accepted commit's objects, never the checkout. When
   the remote cannot be reached, that last good checkout is used and the failure is reported
   (``fetch_error``): the host keeps converging to what it last accepted.
 
@@ -21,21 +23,21 @@ managed state, so a ``--dry-run`` may fetch.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import git
 
-from reconciler import log, runner
-from reconciler.errors import CommandError, CommandNotFound, CommandTimeout, SourceError
+from reconciler import gittree, log
+from reconciler.errors import SourceError
 
 SOURCE_DIR = "source"
-EXPORT_TIMEOUT = 300.0
 """Seconds ``git archive | tar -x`` may take to export a tree: a desired state of 1,000
 host files takes well under a second, so five minutes means a stuck disk or lock, not
 a big repository."""
@@ -109,9 +111,11 @@ def resolve(repo: git.Repo, rev: str) -> str:
 def open_local(path: Path, ref: str | None, subdir: str = "") -> Iterator[Source]:
     """The desired state at a local path: plain directory, or git work tree at HEAD / ``ref``.
 
-    With ``ref``, the tree at that commit is exported into a temporary directory (removed on
-    exit): the user's checkout is never touched. Raises SourceError for a missing path, a
-    ``ref`` outside a git repository, or an unknown ``ref``.
+    A committed state (HEAD of a clean tree, or ``ref``) is read from git objects into a
+    temporary directory (removed on exit, :mod:`reconciler.gittree`): the user's checkout is
+    never touched, and what is loaded is what verification checks. A dirty tree is read as
+    it is, refusing symlinks that leave the desired-state root. Raises SourceError for a
+    missing path, a ``ref`` outside a git repository, an unknown ``ref``, or a symlink.
     """
     if not path.is_dir():
         raise SourceError(f"{path}: not a directory")
@@ -120,6 +124,7 @@ def open_local(path: Path, ref: str | None, subdir: str = "") -> Iterator[Source
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
         if ref is not None:
             raise SourceError(f"--ref {ref}: {path} is not in a git repository") from None
+        check_links(path / subdir)
         yield Source(path / subdir, None)
         return
     try:
@@ -133,79 +138,58 @@ def open_local(path: Path, ref: str | None, subdir: str = "") -> Iterator[Source
         log.get().warning(
             "source_not_git", path=str(path), error=_git_error(e), effect="no commit recorded"
         )
+        check_links(path / subdir)
         yield Source(path / subdir, None)
         return
     top = Path(repo.working_tree_dir or path).resolve()
     rel = str(path.resolve().relative_to(top)) if path.resolve() != top else ""
     rel = "/".join(p for p in (rel, subdir) if p and p != ".")
     try:
-        if ref is not None:
-            commit = resolve(repo, ref)
-            with tempfile.TemporaryDirectory(prefix="reconciler-tree-") as tmp:
-                export_tree(repo, commit, rel, Path(tmp))
-                yield Source(Path(tmp), commit, repo, subdir=rel)
-            return
-        if not repo.head.is_valid():
+        if ref is None and not repo.head.is_valid():
+            check_links(path / subdir)
             yield Source(path / subdir, None, repo, subdir=rel)  # no commit yet
             return
-        commit = str(repo.head.commit.hexsha)
-        dirty = repo.is_dirty(untracked_files=True, path=rel or None)
-        yield Source(
-            path / subdir, f"{commit}+dirty" if dirty else commit, repo, dirty=dirty, subdir=rel
-        )
+        commit = resolve(repo, ref) if ref is not None else str(repo.head.commit.hexsha)
+        dirty = ref is None and repo.is_dirty(untracked_files=True, path=rel or None)
+        if dirty:
+            # Uncommitted: only the work tree has it (apply needs --allow-dirty).
+            check_links(path / subdir)
+            yield Source(path / subdir, f"{commit}+dirty", repo, dirty=True, subdir=rel)
+            return
+        # Committed: read from the commit's own objects, exactly what verification checks.
+        with tempfile.TemporaryDirectory(prefix="reconciler-tree-") as tmp:
+            gittree.materialize(top, commit, rel, Path(tmp))
+            yield Source(Path(tmp), commit, repo, subdir=rel)
     finally:
         repo.close()
 
 
-def export_tree(repo: git.Repo, commit: str, subdir: str, dest: Path) -> None:
-    """Write the files of ``subdir`` (the whole tree when empty) at ``commit`` into ``dest``.
+def check_links(root: Path) -> None:
+    """SourceError naming the first symlink below ``root`` (``root`` itself included) that
+    resolves outside ``root``: the desired state of a work tree reads no file beyond it."""
+    top = root.resolve()
+    if root.is_symlink() and not (top == root.parent.resolve() or top.is_relative_to(
+        root.parent.resolve()
+    )):
+        raise SourceError(f"{root} is a symbolic link leaving the repository: refused")
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            if p.is_symlink() and not Path(os.path.realpath(p)).is_relative_to(top):
+                rel = p.relative_to(root)
+                raise SourceError(
+                    f"{rel} is a symbolic link leaving the desired state ({root}): refused"
+                )
 
-    ``git archive`` piped into ``tar -x`` (one process each, no Python per file: 1,000 host
-    files in well under a second; Python's tarfile took 1.3 s), both killed when the pipe
-    has not finished within EXPORT_TIMEOUT seconds. Raises SourceError when ``subdir`` is
-    not there, either tool fails, or the export runs out of time.
-    """
-    args = ["git", "-C", str(repo.working_tree_dir or repo.git_dir), "archive", "--format=tar"]
-    args += [commit] + ([subdir] if subdir else [])
-    strip = [f"--strip-components={len(Path(subdir).parts)}"] if subdir else []
-    where = f"{subdir or 'the tree'} at {commit[:12]}"
-    deadline = time.monotonic() + EXPORT_TIMEOUT
-    # git's stderr goes to a file, not a pipe: a pipe nobody reads until tar is done could
-    # fill up and stall git archive.
-    with tempfile.TemporaryFile() as archive_err:
-        try:
-            archive = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=archive_err
-            )
-        except FileNotFoundError as e:
-            raise SourceError(f"cannot export {commit[:12]}: {e.filename} is not installed") from e
-        assert archive.stdout is not None
-        try:
-            untar = runner.run(
-                ["tar", "-x", "-C", str(dest), *strip], stdin=archive.stdout, text=True,
-                timeout=EXPORT_TIMEOUT,
-            )  # fmt: skip
-            archive.stdout.close()  # git archive gets EPIPE if tar stopped reading early
-            rc = archive.wait(timeout=max(deadline - time.monotonic(), 1.0))
-        except CommandNotFound as e:
-            raise SourceError(f"cannot export {commit[:12]}: {e.program} is not installed") from e
-        except (CommandTimeout, subprocess.TimeoutExpired) as e:
-            raise SourceError(
-                f"cannot export {where}: git archive | tar -x did not finish within "
-                f"{EXPORT_TIMEOUT:g} s"
-            ) from e
-        except CommandError as e:
-            raise SourceError(f"cannot export {where}: {e.message}") from e
-        finally:
-            archive.stdout.close()
-            if archive.poll() is None:
-                archive.kill()
-                archive.wait()
-        archive_err.seek(0)
-        err = archive_err.read().decode(errors="replace")
-    if rc != 0 or untar.returncode != 0:
-        why = (err.strip() or untar.stderr.strip() or "failed").splitlines()[-1]
-        raise SourceError(f"cannot export {where}: {why}")
+
+def materialized(
+    repo: git.Repo, commit: str, subdir: str, stack: contextlib.ExitStack[Any]
+) -> Path:
+    """A temporary directory (removed when ``stack`` closes) holding ``subdir`` at
+    ``commit``, written from git objects (:func:`reconciler.gittree.materialize`)."""
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reconciler-tree-")))
+    gittree.materialize(Path(repo.working_tree_dir or repo.git_dir), commit, subdir, tmp)
+    return tmp
 
 
 def _clone_dir(state_dir: Path) -> Path:
@@ -338,10 +322,18 @@ def checkout(source: Source, commit: str) -> None:
 
 
 def read_file_at(repo: git.Repo, commit: str, path: str) -> str | None:
-    """The text of ``path`` at ``commit`` without checking it out; None when absent."""
+    """The text of ``path`` at ``commit`` without checking it out; None when absent or not
+    a plain file (a symlink or a directory is never followed). SourceError when it is
+    larger than a desired-state file may be."""
     try:
         blob = repo.commit(commit).tree / path
-    except KeyError:
+    except (KeyError, TypeError, ValueError):
         return None
+    if blob.type != "blob" or blob.mode & 0o170000 != 0o100000:
+        return None
+    if blob.size > gittree.MAX_FILE:
+        raise SourceError(
+            f"{path} at {commit[:12]} is {blob.size} bytes (at most {gittree.MAX_FILE} are read)"
+        )
     data: bytes = blob.data_stream.read()
     return data.decode("utf-8", errors="replace")

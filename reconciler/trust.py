@@ -1,8 +1,10 @@
 """Which commit a run may use: the rewind check and signature verification, before checkout.
 
-Verification is on when ``fleet.yaml`` has ``verify:`` at the last applied commit or at the
-target, or when the host asks for it (``--require-signed``). Taking the last applied commit
-into account means a commit cannot switch verification off without itself being verified.
+The host decides: verification is mandatory on every run, the first included, when the host
+has a pins file (``--signer-pins``, default /etc/reconciler/signers.pin) or asks for it
+(``--require-signed``); nothing in a repository can turn it off. A repository can only ask
+for more: verification is also on when ``fleet.yaml`` has ``verify:`` at the last applied
+commit or at the target (so a commit cannot switch it off without itself being verified).
 The signers' public keys come from the repository; only those whose fingerprints are pinned
 on the host (``--signer-pins``) are trusted, so adding a key to the repository grants nothing.
 
@@ -18,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import git
-import yaml
 
 from reconciler import gitverify
-from reconciler.errors import VerifyError
+from reconciler.errors import SourceError, VerifyError
 from reconciler.gitsource import commit_hash, read_file_at
 from reconciler.gitverify import Signer
+from reconciler.yamlsrc import parse_yaml
 
 DEFAULT_PINS = "/etc/reconciler/signers.pin"
 
@@ -40,13 +42,14 @@ class Decision:
 
 def _fleet_verify(repo: git.Repo, commit: str, subdir: str) -> dict[str, Any] | None:
     rel = f"{subdir}/fleet.yaml" if subdir else "fleet.yaml"
-    text = read_file_at(repo, commit, rel)
+    try:
+        text = read_file_at(repo, commit, rel)
+    except SourceError as e:
+        raise VerifyError(e.message, commit=commit) from e
     if text is None:
         return None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return None  # the schema check reports it; an unparsable file enables nothing
+    # The loader's bounds hold here too (depth, alias expansion): this is unverified input.
+    data = parse_yaml(text.encode(), rel).data
     block = data.get("verify") if isinstance(data, dict) else None
     return block if isinstance(block, dict) else None
 
@@ -66,6 +69,12 @@ def _signers(blocks: list[dict[str, Any]], subdir: str) -> list[Signer]:
     return list(out.values())
 
 
+def host_requires_signatures(pins_path: Path) -> bool:
+    """Whether this host's own configuration makes signatures mandatory: a pins file exists
+    (even an empty one: it then trusts nobody, and every target is refused)."""
+    return pins_path.exists() or pins_path.is_symlink()
+
+
 def decide(
     repo: git.Repo,
     subdir: str,
@@ -78,9 +87,11 @@ def decide(
 ) -> Decision:
     """Accept ``target`` or raise :class:`VerifyError` naming the offending commit.
 
-    ``base`` is the last applied commit (None on a first run). Reads git objects only; the
+    ``base`` is the last applied commit (None on a first run). Signatures are required when
+    ``require_signed`` or the host has a pins file at ``pins_path``. Reads git objects only; the
     work tree is not touched, so a refusal leaves the last applied checkout in place.
     """
+    require_signed = require_signed or host_requires_signatures(pins_path)
     # Each commit's verify: block is read once: it says both whether to verify and who signs.
     base_known = base is not None and commit_hash(repo, base) is not None
     found = [_fleet_verify(repo, target, subdir)]
@@ -94,8 +105,10 @@ def decide(
         return Decision(target)
     signers = _signers(blocks, subdir)
     if not signers:
+        where = f"{subdir}/fleet.yaml" if subdir else "fleet.yaml"
         raise VerifyError(
-            "signed commits are required (--require-signed) but fleet.yaml lists no verify.signers",
+            "signed commits are required (--require-signed, or this host's pins file) but "
+            f"{where} at {target[:12]} lists no verify.signers",
             commit=target,
         )
     pins = gitverify.read_pins(pins_path)

@@ -16,7 +16,9 @@ rendered by :func:`format_path` as ``ipsets.mgmt.members[2]``.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,14 +113,51 @@ class _Loader(_BaseLoader):  # type: ignore[misc]
         return super().resolve(kind, value, implicit)
 
 
+#: Bounds on what one file may make us build: an alias "bomb" (aliases of aliases) expands
+#: exponentially, and a self-referencing alias never ends.
+MAX_VALUES = 2_500_000
+MAX_ALIASED = 100_000  # values built again through an alias
+MAX_DEPTH = 64
+#: The largest file read (a 200,000-network list is ~4 MiB).
+MAX_FILE_BYTES = 32 * 1024 * 1024
+
+
+class _TooBig(Exception):
+    """The document exceeds MAX_VALUES or MAX_DEPTH at ``node`` (internal)."""
+
+    def __init__(self, node: yaml.Node, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+        self.message = message
+
+
 class _Builder:
     """Builds plain data from composed nodes, recording positions and problems."""
 
     def __init__(self, doc: YamlDoc, loader: Any) -> None:
         self.doc = doc
         self.loader = loader
+        self.count = 0
+        self.aliased = 0
+        self.seen: set[int] = set()
 
     def build(self, node: yaml.Node, path: YPath) -> Any:
+        self.count += 1
+        if self.count > MAX_VALUES:
+            raise _TooBig(
+                node,
+                f"more than {MAX_VALUES} values (aliases expanding aliases?): refused",
+            )
+        if len(path) > MAX_DEPTH:
+            raise _TooBig(node, f"nested more than {MAX_DEPTH} levels deep: refused")
+        if isinstance(node, yaml.CollectionNode):
+            if id(node) in self.seen:
+                self.aliased += len(node.value) + 1
+                if self.aliased > MAX_ALIASED:
+                    raise _TooBig(
+                        node, f"aliases expand to more than {MAX_ALIASED} values: refused"
+                    )
+            self.seen.add(id(node))
         self.doc.values[path] = _mark_pos(node.start_mark)
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path)
@@ -201,6 +240,18 @@ def _describe_top(node: yaml.Node) -> str:
     return f"{node.value!r}"
 
 
+def read_bounded(path: Path, limit: int = MAX_FILE_BYTES) -> bytes | None:
+    """The bytes of ``path`` when it is a regular file of at most ``limit`` bytes, else
+    None (a device such as /dev/zero, a FIFO, or a file too large to be desired state).
+    Raises OSError when it cannot be opened."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        data = f.read(limit + 1)
+    return None if len(data) > limit else data
+
+
 def load_yaml(path: Path, display_name: str) -> YamlDoc:
     """Load ``path`` strictly; problems are named after ``display_name``.
 
@@ -210,8 +261,20 @@ def load_yaml(path: Path, display_name: str) -> YamlDoc:
     in which case ``data`` is ``None``. Duplicate keys (the first one is kept) and non-string
     keys (dropped) are reported but do not prevent ``data``.
     """
+    raw = read_bounded(path)
+    if raw is None:
+        doc = YamlDoc(file=display_name)
+        doc.problems.append(
+            Problem(display_name, 0, 0, "", "not a regular file, or larger than "
+                    f"{MAX_FILE_BYTES} bytes: refused")
+        )  # fmt: skip
+        return doc
+    return parse_yaml(raw, display_name)
+
+
+def parse_yaml(raw: bytes, display_name: str) -> YamlDoc:
+    """:func:`load_yaml` for bytes already read (a blob of a commit, for example)."""
     doc = YamlDoc(file=display_name)
-    raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -250,6 +313,13 @@ def load_yaml(path: Path, display_name: str) -> YamlDoc:
             )
             return doc
         doc.data = _Builder(doc, loader).build(node, ())
+    except _TooBig as e:
+        line, col = _mark_pos(e.node.start_mark)
+        doc.problems.append(Problem(display_name, line, col, "", e.message))
+        doc.data = None
+    except RecursionError:
+        doc.problems.append(Problem(display_name, 0, 0, "", "nested too deeply: refused"))
+        doc.data = None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = _mark_pos(mark)

@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,7 +99,8 @@ def _add_trust_options(p: argparse.ArgumentParser) -> None:
         "--signer-pins",
         default=os.environ.get("RECONCILER_SIGNER_PINS", trust.DEFAULT_PINS),
         metavar="FILE",
-        help="fingerprints of the signers this host trusts, one per line "
+        help="fingerprints of the signers this host trusts, one per line; when this file "
+        "exists, signed commits are required on every run "
         f"(default: $RECONCILER_SIGNER_PINS or {trust.DEFAULT_PINS})",
     )
 
@@ -181,29 +181,38 @@ def _accept_source(
     stack: contextlib.ExitStack[Any],
 ) -> VerifyError | None:
     """Check the rewind rule and signatures of the source's target; check out a clone's
-    target once accepted. Returns the refusal (nothing is checked out then), else None."""
+    target once accepted (not in a dry-run), and point a clone's source at the accepted
+    commit read from git objects. Returns the refusal (nothing is checked out then), else
+    None."""
     target = source.target or source.clean_commit
+    required = args.require_signed or trust.host_requires_signatures(Path(args.signer_pins))
     if source.repo is None or target is None:
-        if args.require_signed:
+        if required:
             return VerifyError(
-                f"signed commits are required but {args.repo} is not a git repository with "
-                "a commit: nothing can be verified"
+                f"signed commits are required on this host but {args.repo} is not a git "
+                "repository with a commit: nothing can be verified"
             )
         return None
-    if source.fetch_error is not None:
-        return None  # the last good checkout was accepted when it was checked out
-    refusal = _verify(args, source.repo, source.subdir, state, target)
-    if refusal is not None:
-        return refusal
-    if source.url is not None and source.commit != target:
-        if args.dry_run:
-            # A dry-run plans the target from an export: the clone's checkout stays the last
-            # one a real run accepted.
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reconciler-")))
-            gitsource.export_tree(source.repo, target, source.subdir, tmp)
-            source.path, source.commit = tmp, target
-        else:
-            gitsource.checkout(source, target)
+    if source.dirty and required and not args.dry_run:
+        return VerifyError(
+            f"{args.repo} has uncommitted changes, and signed commits are required on this "
+            "host: only committed, signed states are applied (--allow-dirty does not change "
+            "that)",
+            commit=target,
+        )
+    if source.fetch_error is None:
+        refusal = _verify(args, source.repo, source.subdir, state, target)
+        if refusal is not None:
+            return refusal
+        if source.url is not None and source.commit != target:
+            if not args.dry_run:
+                # The clone's checkout records the last accepted commit (a dry-run leaves it).
+                gitsource.checkout(source, target)
+            source.commit = target
+    # else: the last good checkout was accepted when it was checked out.
+    if source.url is not None and source.commit is not None:
+        # What is verified is what is loaded: the accepted commit's own objects.
+        source.path = gitsource.materialized(source.repo, source.commit, source.subdir, stack)
     return None
 
 

@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import json
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,16 +77,14 @@ def run(args: argparse.Namespace) -> int:
 def _export_against(
     args: argparse.Namespace, source: gitsource.Source, stack: contextlib.ExitStack[Any]
 ) -> Path | None:
-    """With ``--against REV``: the desired state at REV, exported to a temporary directory
-    that lives as long as ``stack``; else None."""
+    """With ``--against REV``: the desired state at REV, read from git objects into a
+    temporary directory that lives as long as ``stack``; else None."""
     if not args.against:
         return None
     if source.repo is None:
         raise SourceError(f"--against {args.against}: {args.repo} is not in a git repository")
     rev = gitsource.resolve(source.repo, args.against)
-    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reconciler-base-")))
-    gitsource.export_tree(source.repo, rev, source.subdir, tmp)
-    return tmp
+    return gitsource.materialized(source.repo, rev, source.subdir, stack)
 
 
 def _plan(

@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reconciler import desired as desired_mod
+from reconciler import gitsource
 from reconciler.cli import common
 from reconciler.cli.common import EXIT_ERROR, EXIT_OK
+from reconciler.errors import ReconcilerError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,15 +27,21 @@ def run(argv: Sequence[str]) -> int:
     """``reconcile validate``: print every problem as file:line:column: path: message on
     stderr and exit 1, else print a one-line summary and exit 0. Nothing is applied."""
     args = build_parser().parse_args(argv)
-    repo = Path(args.repo)
-    if not repo.is_dir():
-        print(f"reconcile: {repo}: not a directory", file=sys.stderr)
+    shown = Path(args.repo)
+    try:
+        # As a run reads it: a commit from its git objects, a work tree without symlinks
+        # leaving it.
+        with gitsource.open_local(shown, None) as source:
+            repo = source.path
+            problems = desired_mod.validate_repo(repo)
+            hosts = len(desired_mod.list_hosts(repo))
+    except ReconcilerError as e:
+        print(f"reconcile: {e}", file=sys.stderr)
         return EXIT_ERROR
-    problems = desired_mod.validate_repo(repo)
     for p in problems:
         print(p, file=sys.stderr)
     if problems:
         print(f"{len(problems)} problem(s) found; nothing was applied.", file=sys.stderr)
         return EXIT_ERROR
-    print(f"{repo}: valid ({len(desired_mod.list_hosts(repo))} host file(s))")
+    print(f"{shown}: valid ({hosts} host file(s))")
     return EXIT_OK
