@@ -39,12 +39,12 @@ STALE_AFTER_SECONDS = 7 * 24 * 3600
 class Basis:
     """What one host's plan was computed against (shown with the plan)."""
 
-    kind: str  # "snapshot" | "against" | "none"
+    source: str  # "snapshot" | "against" | "none" (the JSON key is "kind")
     detail: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """``{"kind": ..., **detail}`` for the JSON output."""
-        return {"kind": self.kind, **self.detail}
+        return {"kind": self.source, **self.detail}
 
 
 @dataclass

@@ -62,11 +62,11 @@ _PACKAGES = {"gpg": "gpg (Debian package gpg)", "ssh-keygen": "openssh-client"}
 
 @dataclass(frozen=True)
 class Signer:
-    """Someone allowed to sign commits: ``kind`` is "openpgp" or "ssh"; ``key_path`` is the
+    """Someone allowed to sign commits: ``key_type`` is "openpgp" or "ssh"; ``key_path`` is the
     public key file's path inside the repository (e.g. "keys/alice.asc", "keys/bob.pub")."""
 
     name: str
-    kind: str
+    key_type: str
     key_path: str
 
 
@@ -86,7 +86,7 @@ class _ToolMissing(VerifyError):
 @dataclass(frozen=True)
 class _Key:
     signer: str
-    kind: str
+    key_type: str
     fingerprint: str
     text: str
 
@@ -254,7 +254,7 @@ def _load_keys(
                         notes.append(f"{where}: {problem}")
                         continue
                     try:
-                        if signer.kind == SSH:
+                        if signer.key_type == SSH:
                             fpr = _ssh_key(text)[0]
                         else:
                             fpr = _openpgp_fingerprint(text, home)
@@ -269,7 +269,7 @@ def _load_keys(
                             notes.append(note)
                         continue
                     trusted.setdefault(
-                        (signer.kind, fpr, text), _Key(signer.name, signer.kind, fpr, text)
+                        (signer.key_type, fpr, text), _Key(signer.name, signer.key_type, fpr, text)
                     )
                 if not found:
                     notes.append(
@@ -506,9 +506,9 @@ def verify_range(
     ``allow_rewind``. Never imports into or reads the user's keyring or git config.
     """
     for signer in signers:
-        if signer.kind not in KINDS:
+        if signer.key_type not in KINDS:
             raise VerifyError(
-                f"signer {signer.name!r} has unknown key kind {signer.kind!r}: expected one of "
+                f"signer {signer.name!r} has unknown key kind {signer.key_type!r}: expected one of "
                 f"{', '.join(KINDS)}"
             )
         if not _NAME_RE.match(signer.name):
@@ -616,7 +616,7 @@ class _Checker:
         """The throwaway gpg home with every trusted OpenPGP key imported (made once)."""
         if self._home is None:
             home = _gpg_home(self.tmp)
-            for i, key in enumerate(k for k in self.keys if k.kind == OPENPGP):
+            for i, key in enumerate(k for k in self.keys if k.key_type == OPENPGP):
                 keyfile = self.tmp / f"key{i}.asc"
                 keyfile.write_text(key.text, encoding="utf-8")
                 proc = _gpg(
@@ -642,7 +642,7 @@ class _Checker:
         (bad, expired, revoked, unknown or untrusted key, malformed) is a VerifyError saying
         what to do, via :meth:`_fail`.
         """
-        pgp = {k.fingerprint: k.signer for k in self.keys if k.kind == OPENPGP}
+        pgp = {k.fingerprint: k.signer for k in self.keys if k.key_type == OPENPGP}
         if not pgp:
             raise self._fail(
                 what,
@@ -744,7 +744,7 @@ class _Checker:
         if self._allowed is None:
             lines = []
             for key in self.keys:
-                if key.kind == SSH:
+                if key.key_type == SSH:
                     _, keytype, b64 = _ssh_key(key.text)
                     lines.append(f'{key.signer} namespaces="git" {keytype} {b64}\n')
             self._allowed = self.tmp / "allowed_signers"
@@ -756,7 +756,7 @@ class _Checker:
         signing_key = _ssh_signature_key(sig)
         if signing_key is None:
             raise self._fail(what, "has a malformed SSH signature", resign, sha)
-        ssh = {k.fingerprint for k in self.keys if k.kind == SSH}
+        ssh = {k.fingerprint for k in self.keys if k.key_type == SSH}
         if signing_key not in ssh:
             # Answer without running ssh-keygen: the key is not one we would accept anyway.
             raise self._fail(

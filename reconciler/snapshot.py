@@ -142,7 +142,7 @@ def _optional_inner(tp: Any, args: tuple[Any, ...]) -> Any:
     return rest[0]
 
 
-def _kind_of(tp: Any) -> str:
+def _category(tp: Any) -> str:
     """Which converter handles ``tp``; a TypeError for a type that is not plain data."""
     if tp is Any:
         return "any"
@@ -182,33 +182,33 @@ def _sort_key(encoded: Any) -> str:
 
 def _encode(tp: Any, value: Any, path: str) -> Any:
     """``value`` (declared as ``tp``) as JSON data; _TypeMismatch if it does not fit ``tp``."""
-    kind = _kind_of(tp)
-    if kind == "any":
+    cat = _category(tp)
+    if cat == "any":
         return _plain(value, path)
-    if kind == "union":
+    if cat == "union":
         if value is None:
             if type(None) not in typing.get_args(tp):
                 raise _TypeMismatch(path, f"expected {_type_name(tp)}, found null")
             return None
         return _encode(_optional_inner(tp, typing.get_args(tp)), value, path)
-    if kind == "none":
+    if cat == "none":
         if value is not None:
             raise _TypeMismatch(path, f"expected null, found {_what(value)}")
         return None
-    if kind == "literal":
+    if cat == "literal":
         if value not in typing.get_args(tp):
             raise _TypeMismatch(
                 path, f"expected one of {typing.get_args(tp)!r}, found {_what(value)}"
             )
         return value
-    if kind == "record":
+    if cat == "record":
         if not isinstance(value, tp):
             raise _TypeMismatch(path, f"expected {tp.__name__}, found {_what(value)}")
         return {
             name: _encode(ftp, getattr(value, name), _at(path, name))
             for name, ftp, _ in _fields(tp)
         }
-    if kind == "mapping":
+    if cat == "mapping":
         if not isinstance(value, Mapping):
             raise _TypeMismatch(path, f"expected a mapping, found {_what(value)}")
         ktp, vtp = _pair_types(tp)
@@ -225,54 +225,54 @@ def _encode(tp: Any, value: Any, path: str) -> Any:
             for i, (k, v) in enumerate(value.items())
         ]
         return sorted(pairs, key=lambda p: _sort_key(p[0]))
-    if kind in ("tuple", "list"):
+    if cat in ("tuple", "list"):
         if not isinstance(value, list | tuple):
             raise _TypeMismatch(path, f"expected a sequence, found {_what(value)}")
         types_ = _item_types(tp, len(value), path)
         return [
             _encode(t, v, _at(path, i)) for i, (t, v) in enumerate(zip(types_, value, strict=True))
         ]
-    if kind == "set":
+    if cat == "set":
         if not isinstance(value, frozenset | set):
             raise _TypeMismatch(path, f"expected a set, found {_what(value)}")
         (itp,) = typing.get_args(tp) or (Any,)
         return sorted((_encode(itp, v, path + "[]") for v in value), key=_sort_key)
-    if kind == "datetime":
+    if cat == "datetime":
         if not isinstance(value, datetime):
             raise _TypeMismatch(path, f"expected a datetime, found {_what(value)}")
         return value.isoformat()
-    if kind == "enum":
+    if cat == "enum":
         if not isinstance(value, tp):
             raise _TypeMismatch(path, f"expected {tp.__name__}, found {_what(value)}")
         return _encode(type(value.value), value.value, path)
-    return _scalar(kind, value, path)
+    return _scalar(cat, value, path)
 
 
 def _decode(tp: Any, data: Any, path: str) -> Any:
     """The value of type ``tp`` that :func:`_encode` turned into ``data``; _TypeMismatch if
     malformed."""
-    kind = _kind_of(tp)
-    if kind == "any":
+    cat = _category(tp)
+    if cat == "any":
         return _plain(data, path)
-    if kind == "union":
+    if cat == "union":
         if data is None:
             if type(None) not in typing.get_args(tp):
                 raise _TypeMismatch(path, f"expected {_type_name(tp)}, found null")
             return None
         return _decode(_optional_inner(tp, typing.get_args(tp)), data, path)
-    if kind == "none":
+    if cat == "none":
         if data is not None:
             raise _TypeMismatch(path, f"expected null, found {_what(data)}")
         return None
-    if kind == "literal":
+    if cat == "literal":
         if data not in typing.get_args(tp):
             raise _TypeMismatch(
                 path, f"expected one of {typing.get_args(tp)!r}, found {_what(data)}"
             )
         return data
-    if kind == "record":
+    if cat == "record":
         return _decode_record(tp, data, path)
-    if kind == "mapping":
+    if cat == "mapping":
         ktp, vtp = _pair_types(tp)
         if ktp is str:
             if not isinstance(data, dict):
@@ -293,7 +293,7 @@ def _decode(tp: Any, data: Any, path: str) -> Any:
                 raise _TypeMismatch(_at(here, 0), f"duplicate key {_what(pair[0])}")
             out[key] = _decode(vtp, pair[1], _at(here, 1))
         return out
-    if kind in ("tuple", "list"):
+    if cat in ("tuple", "list"):
         if not isinstance(data, list):
             raise _TypeMismatch(path, f"expected a list, found {_what(data)}")
         types_ = _item_types(tp, len(data), path)
@@ -303,7 +303,7 @@ def _decode(tp: Any, data: Any, path: str) -> Any:
         # Sequence fields of the frozen live dataclasses hold tuples (immutable, hashable);
         # only a field declared ``list`` gets a list back.
         return items if typing.get_origin(tp) is list else tuple(items)
-    if kind == "set":
+    if cat == "set":
         if not isinstance(data, list):
             raise _TypeMismatch(path, f"expected a list, found {_what(data)}")
         (itp,) = typing.get_args(tp) or (Any,)
@@ -312,7 +312,7 @@ def _decode(tp: Any, data: Any, path: str) -> Any:
             return set(elements) if typing.get_origin(tp) is set else frozenset(elements)
         except TypeError as e:  # an unhashable element, e.g. a list under ``frozenset[Any]``
             raise _TypeMismatch(path, f"set elements must be hashable: {e}") from None
-    if kind == "datetime":
+    if cat == "datetime":
         if not isinstance(data, str):
             raise _TypeMismatch(path, f"expected an ISO 8601 date and time, found {_what(data)}")
         try:
@@ -321,13 +321,13 @@ def _decode(tp: Any, data: Any, path: str) -> Any:
             raise _TypeMismatch(
                 path, f"expected an ISO 8601 date and time, found {_what(data)}"
             ) from None
-    if kind == "enum":
+    if cat == "enum":
         try:
             return tp(data)
         except (ValueError, TypeError):
             names = ", ".join(repr(m.value) for m in tp)
             raise _TypeMismatch(path, f"expected one of {names}, found {_what(data)}") from None
-    return _scalar(kind, data, path)
+    return _scalar(cat, data, path)
 
 
 def _decode_record(cls: type[Any], data: Any, path: str) -> Any:
@@ -371,12 +371,12 @@ def _item_types(tp: Any, n: int, path: str) -> list[Any]:
     return [args[0] if args else Any] * n
 
 
-def _scalar(kind: str, value: Any, path: str) -> Any:
-    if kind == "bool":
+def _scalar(cat: str, value: Any, path: str) -> Any:
+    if cat == "bool":
         ok = isinstance(value, bool)
-    elif kind == "int":
+    elif cat == "int":
         ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind == "float":
+    elif cat == "float":
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         if ok and not math.isfinite(value):
             raise _TypeMismatch(path, f"expected a finite number, found {_what(value)}")
@@ -384,7 +384,7 @@ def _scalar(kind: str, value: Any, path: str) -> Any:
     else:  # str
         ok = isinstance(value, str)
     if not ok:
-        raise _TypeMismatch(path, f"expected {_SCALAR_NAMES[kind]}, found {_what(value)}")
+        raise _TypeMismatch(path, f"expected {_SCALAR_NAMES[cat]}, found {_what(value)}")
     return value
 
 
