@@ -112,7 +112,10 @@ def apply_plan(
         if err.address in attempted and err.address not in failed:
             result.errors.append(err)
     for kind, live in lives.items():
-        base.forget_vanished(by_kind[kind], live)
+        try:
+            base.forget_vanished(by_kind[kind], live)
+        except ReconcilerError as e:
+            result.errors.append(PlanError(e.address or kind, e.message))
     if state is not None:
         result.record = _record_run(state, plan, result, providers, started)
     return result

@@ -54,6 +54,31 @@ def is_url(repo: str) -> bool:
     return bool(sep) and "/" not in head and len(head) > 1  # not a Windows drive letter
 
 
+#: Transports a --repo URL may use: none of them runs a program named in the URL (git's
+#: "ext::" and other "<helper>::" remote helpers do).
+URL_SCHEMES = frozenset({"https", "http", "ssh", "git", "file", "git+ssh", "ssh+git"})
+
+
+def check_url(url: str) -> None:
+    """SourceError unless ``url`` is a plain git URL: ``scheme://`` with a scheme of
+    URL_SCHEMES, or scp-like ``[user@]host:path``; never a ``helper::`` transport."""
+    head = url.split("/", 1)[0]
+    if "::" in head:
+        raise SourceError(
+            f"--repo {url.split('::', 1)[0]}::...: git remote helpers run programs; use "
+            f"one of {', '.join(sorted(URL_SCHEMES))}, or [user@]host:path"
+        )
+    if "://" in url:
+        scheme = url.split("://", 1)[0].lower()
+        if scheme not in URL_SCHEMES:
+            raise SourceError(
+                f"--repo {scheme}://...: not a transport reconciler fetches from (use one of "
+                f"{', '.join(sorted(URL_SCHEMES))})"
+            )
+    elif url.startswith("-"):
+        raise SourceError(f"--repo {url}: not a repository")
+
+
 @dataclass
 class Source:
     """The desired state of this run.
@@ -244,6 +269,7 @@ def open_remote(url: str, ref: str | None, state_dir: Path, subdir: str = "") ->
     A failed fetch with an earlier checkout yields that checkout with ``fetch_error`` set;
     without one it raises SourceError.
     """
+    check_url(url)
     dest = _clone_dir(state_dir)
     repo = _open_clone(dest, url)
     fetch_error = None

@@ -20,6 +20,7 @@ leaves a half-written file):
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -60,11 +61,32 @@ class StateDir:
         """The resources of ``kind`` this tool owns, name -> record (a copy)."""
         return {k: dict(v) for k, v in self._load().get(kind, {}).items()}
 
+    def check_writable(self) -> None:
+        """StateError unless a file can be created in the state dir now (a read-only or
+        full filesystem): checked before anything is applied."""
+        probe = self.path / f".write-probe-{os.getpid()}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            os.close(fd)
+            probe.unlink()
+        except OSError as e:
+            raise StateError(
+                f"state directory {self.path} cannot be written ({e.strerror}): nothing was "
+                "applied, because what this run creates could not be recorded as ours"
+            ) from e
+
+    def _write(self, path: Path, text: str) -> None:
+        try:
+            atomicfile.write_atomic(path, text)
+        except OSError as e:
+            raise StateError(f"cannot write {path}: {e.strerror}") from e
+
     def set_ours(self, kind: str, records: dict[str, dict[str, Any]]) -> None:
-        """Replace the ownership records of ``kind`` and write the file atomically."""
+        """Replace the ownership records of ``kind`` and write the file atomically
+        (StateError if it cannot be written)."""
         data = self._load()
         data[kind] = records
-        atomicfile.write_atomic(self.ours_file, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        self._write(self.ours_file, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     @property
     def source_file(self) -> Path:
@@ -103,8 +125,7 @@ class StateDir:
             "source": source,
             "applied": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        text = json.dumps(record, indent=2, sort_keys=True) + "\n"
-        atomicfile.write_atomic(self.source_file, text)
+        self._write(self.source_file, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
     def append_run(self, record: dict[str, Any]) -> None:
         """Append one run record to ``runs.jsonl`` (one line, fsynced); StateError if not."""

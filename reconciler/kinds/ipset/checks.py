@@ -6,6 +6,7 @@ from typing import Any
 
 from reconciler.cidr import canonical_network
 from reconciler.errors import Problem
+from reconciler.kinds.nic.checks import IFNAMSIZ, ifname_too_long
 from reconciler.model import FirewallRule, IpsetSpec, Location
 from reconciler.yamlsrc import YamlDoc, YPath
 
@@ -16,6 +17,10 @@ def check(doc: YamlDoc, name: str, spec: dict[str, Any]) -> list[Problem]:
     document for :func:`load`."""
     base: YPath = ("ipsets", name)
     out: list[Problem] = []
+    fw = spec.get("firewall")
+    iface = fw.get("in_interface") if isinstance(fw, dict) else None
+    if isinstance(iface, str) and len(iface.lstrip("!").encode()) > IFNAMSIZ - 1:
+        out.append(doc.problem((*base, "firewall", "in_interface"), ifname_too_long(iface)))
     family = spec.get("family", "inet")
     want_version = 4 if family == "inet" else 6
     members = spec.get("members")

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.cidr import sort_key
-from reconciler.errors import NetlinkError, ProviderError
+from reconciler.errors import NetlinkError, ProviderError, StateError
 from reconciler.kinds.ipset import firewall
 from reconciler.kinds.ipset.against import spec_summary
 from reconciler.kinds.ipset.netlink import IpsetClient, LiveSet
@@ -148,7 +148,7 @@ class IpsetProvider:
                 )
             except ProviderError as e:
                 errors[name] = e.message
-        ours = self.state.ours(KIND) if self.state else {}
+        ours = _checked_ours(self.state) if self.state else {}
         return IpsetLive(sets, tuple(rules), present, ours, ssh_client_address(), errors)
 
     # ----------------------------------------------------------------------------- diff
@@ -476,6 +476,25 @@ class IpsetProvider:
         kept = {n: r for n, r in ours.items() if n in live.sets}
         if kept != ours:
             self.state.set_ours(KIND, kept)
+
+
+def _checked_ours(state: StateDir) -> dict[str, dict[str, Any]]:
+    """Our ownership records of sets, each checked for the shape we write (``rules``: a list
+    of argument lists): a hand-edited ``ours.json`` is a StateError naming the set, never a
+    TypeError deep in the plan."""
+    ours = state.ours(KIND)
+    for name, record in ours.items():
+        rules = record.get("rules", [])
+        if not isinstance(rules, list) or not all(
+            isinstance(r, list) and r and all(isinstance(a, str) for a in r) for r in rules
+        ):
+            raise StateError(
+                f"{state.ours_file} is corrupt: the rules recorded for set {name!r} must be "
+                "a list of iptables argument lists; restore it from backup, or remove the "
+                "set's entry to forget its ownership (it is then never pruned)",
+                address=f"{KIND}/{name}",
+            )
+    return ours
 
 
 class _PlanRefusal(Exception):

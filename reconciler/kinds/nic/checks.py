@@ -38,11 +38,23 @@ def _check_offloads(doc: YamlDoc, base: YPath, offloads: Any) -> list[Problem]:
     return out
 
 
+#: The kernel's buffer for an interface name, its NUL included (include/uapi/linux/if.h).
+IFNAMSIZ = 16
+
+
+def ifname_too_long(name: str) -> str:
+    """The message for an interface name the kernel cannot hold (it counts bytes)."""
+    n = len(name.encode())
+    return f"interface name {name!r} is {n} bytes in UTF-8; the kernel allows {IFNAMSIZ - 1}"
+
+
 def check(doc: YamlDoc, name: str, spec: dict[str, Any]) -> list[Problem]:
     """Known offload names, no two names switching one feature two ways, no rings on a
     bridge (they go under ``ports:``)."""
     base: YPath = ("nics", name)
     out: list[Problem] = []
+    if len(name.encode()) > IFNAMSIZ - 1:
+        out.append(doc.problem(base, ifname_too_long(name), key=True))
     if "rings" in spec and "ports" in spec:
         out.append(
             doc.problem(
