@@ -26,6 +26,7 @@ from reconciler import desired as desired_mod
 from reconciler import kinds as registry
 from reconciler.errors import Problem, SnapshotError, ValidationError
 from reconciler.fielddiff import Memo
+from reconciler.hostconfig import HostConfig
 from reconciler.kinds import base
 from reconciler.kinds.base import Context
 from reconciler.model import HostDesired
@@ -144,13 +145,16 @@ def plan_all(
     base_rev: str | None = None,
     snapshots: Path | None = None,
     now: datetime | None = None,
+    config: HostConfig | None = None,
 ) -> CiResult:
     """Validate ``repo`` and plan every host in ``hosts`` (see the module docstring); with
     ``hosts=None`` every ``hosts/*.yaml`` and the VM controller named in ``vms.yaml`` (which
     may have no host file of its own).
 
-    ``base`` is the desired-state directory at ``base_rev`` (exported by the caller). Pure
-    apart from reading those directories and the snapshot files.
+    ``base`` is the desired-state directory at ``base_rev`` (exported by the caller).
+    ``config`` is the host configuration what the repository asks of hosts is checked
+    against (None: the defaults); nothing from the repository runs. Pure apart from
+    reading those directories and the snapshot files.
     """
     now = now or datetime.now(UTC)
     # fleet.yaml is kept, host files only while their host is planned (a file unchanged
@@ -163,7 +167,7 @@ def plan_all(
     wanted = set(kinds)
     vms: dict[str, Any] | None = None
     try:
-        vms = desired_mod.load_vms(repo)
+        vms = desired_mod.load_vms(repo, config=config)
     except ValidationError as e:
         problems.update(e.problems)
     host_files = desired_mod.list_hosts(repo)
@@ -177,7 +181,7 @@ def plan_all(
     base_vms_problem = None
     if base is not None and vms is not None:
         try:
-            vms_before = desired_mod.load_vms(base)
+            vms_before = desired_mod.load_vms(base, config=config)
         except ValidationError as e:
             base_vms_problem = f"vms.yaml is invalid at {base_rev} ({len(e.problems)} problem(s))"
     plans: dict[str, dict[str, Any]] = {}
@@ -186,7 +190,7 @@ def plan_all(
     # Every host file is validated, also those not planned: CI checks the whole commit.
     for host in sorted(planned | set(host_files)):
         try:
-            desired = desired_mod.load_host(repo, host, cache)
+            desired = desired_mod.load_host(repo, host, cache, config=config)
         except ValidationError as e:
             problems.update(e.problems)
             continue
@@ -195,6 +199,7 @@ def plan_all(
         plans[host] = _plan_host(
             host, desired, wanted, vms, vms_before, base_vms_problem, repo, cache, memo,
             base=base, base_rev=base_rev, snapshots=snapshots, commit=commit, now=now,
+            config=config,
         )  # fmt: skip
     if problems:
         return CiResult(problems=sorted(problems))
@@ -217,6 +222,7 @@ def _plan_host(
     snapshots: Path | None,
     commit: str | None,
     now: datetime,
+    config: HostConfig | None = None,
 ) -> dict[str, Any]:
     """One host's plan dict, with its ``basis`` (and ``warnings``: about the basis, and the
     providers' notices when planned against a snapshot)."""
@@ -224,13 +230,13 @@ def _plan_host(
     host_vms = vms if controller else None
     snap = snapshots / f"{host}.json" if snapshots is not None else None
     warnings: list[PlanWarning] = []
-    if snap is not None and snap.exists():
+    if snap is not None and (snap.exists() or snap.is_symlink()):
         kinds = {k for k in wanted if controller or not registry.get(k).cluster}
         changes, errors, warnings, basis = _snapshot_plan(snap, desired, kinds, host_vms, repo, now)
     elif base is not None:
         before = None
         try:
-            before = desired_mod.load_host(base, host, cache)
+            before = desired_mod.load_host(base, host, cache, config=config)
         except ValidationError as e:
             warnings.append(
                 PlanWarning(

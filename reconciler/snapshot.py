@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
 import json
 import math
+import os
 import re
+import stat
 import types
 import typing
 from collections import abc
@@ -541,6 +544,29 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+#: The largest snapshot read (5,000 VMs or a 65,536-member set are a few MiB).
+MAX_SNAPSHOT_BYTES = 256 * 1024 * 1024
+
+
+def _read_file(path: Path) -> bytes:
+    """The bytes of a snapshot file: a regular file, not through a symlink (the snapshots
+    directory is repository content in CI), at most MAX_SNAPSHOT_BYTES."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SnapshotError(f"snapshot {path} is a symbolic link: refused") from None
+        raise SnapshotError(f"cannot read snapshot {path}: {e.strerror or e}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SnapshotError(f"snapshot {path} is not a regular file: refused")
+        data = f.read(MAX_SNAPSHOT_BYTES + 1)
+    if len(data) > MAX_SNAPSHOT_BYTES:
+        raise SnapshotError(f"snapshot {path} is larger than {MAX_SNAPSHOT_BYTES} bytes: refused")
+    return data
+
+
 def read_snapshot(path: Path, *, host: str | None = None) -> Snapshot:
     """Raises SnapshotError with a clear message for: missing/unreadable file; not JSON (say
     line/col); not an object; a format_version newer than FORMAT_VERSION ("written by a newer
@@ -551,10 +577,7 @@ def read_snapshot(path: Path, *, host: str | None = None) -> Snapshot:
     Otherwise returns the snapshot as written: ``read_snapshot(p) == snap`` after
     ``write_snapshot(p, snap)`` (``ssh_client`` aside, see :func:`dump_live`).
     """
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise SnapshotError(f"cannot read snapshot {path}: {e.strerror or e}") from None
+    raw = _read_file(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

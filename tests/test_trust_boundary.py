@@ -213,3 +213,21 @@ def test_a_dirty_tree_is_not_applied_when_signatures_are_required(
     assert _members_or_none(host.ns) is None
 
 
+
+
+# ------------------------------- the CI dry-run reads no host file a repository names
+@pytest.mark.parametrize("target", ["/dev/zero", "secret"])
+def test_a_snapshot_that_is_a_symlink_is_refused(tmp_path: Path, target: str) -> None:
+    repo = tmp_path / "repo"
+    (repo / "hosts").mkdir(parents=True)
+    (repo / "fleet.yaml").write_text("{}\n")
+    (repo / "hosts" / "h1.yaml").write_text("{}\n")
+    snaps = tmp_path / "snapshots"
+    snaps.mkdir()
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET + "\n")
+    (snaps / "h1.json").symlink_to(secret if target == "secret" else Path(target))
+    r = reconcile("--dry-run", "--all-hosts", "--repo", str(repo), "--snapshots", str(snaps))
+    assert r.returncode == 1
+    assert "h1.json is a symbolic link: refused" in r.stdout
+    assert "SECRETHASH" not in r.stdout + r.stderr and "Traceback" not in r.stderr
