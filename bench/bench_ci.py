@@ -108,10 +108,9 @@ def _fleet_yaml(layout: str, head: bool) -> str:
     if layout == "shared":
         lines += _mgmt_yaml(0, head)
     lines += [
-        "tarsnap:",
-        "  command: tarsnap",
-        "  keyfile: /root/tarsnap.key",
-        "  cachedir: /usr/local/tarsnap-cache",
+        "tarsnap:",  # the program is the host's; the paths under the default allowed_dirs
+        "  keyfile: /etc/reconciler/tarsnap.key",
+        "  cachedir: /var/lib/reconciler/tarsnap-cache",
     ]
     return "\n".join(lines) + "\n"
 
@@ -158,7 +157,7 @@ def _host_yaml(h: int, layout: str, head: bool, *, rings: bool, keep: bool) -> s
         "    keep: {daily: 14, within: 2d}",
         "  db:",
         "    backend: restic",
-        f"    repository: /srv/restic/h{h:04d}-db",
+        f"    repository: /var/lib/reconciler/restic/h{h:04d}-db",
         "    password_file: /etc/reconciler/restic.pass",
         "    paths: [/var/backups/db]",
         "    every: 1h",

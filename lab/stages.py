@@ -42,7 +42,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,9 @@ from typing import Any
 import yaml
 
 from reconciler import desired as desired_mod
-from reconciler.errors import ValidationError
+from reconciler import hostconfig
+from reconciler.errors import HostConfigError, ValidationError
+from reconciler.hostconfig import HostConfig
 from reconciler.model import HostDesired
 
 PREFIX = "rlab"
@@ -60,6 +62,44 @@ DEFAULT_REPO = Path(__file__).resolve().parent.parent / "desired-state"
 
 class LabError(Exception):
     """A lab step did not behave as the story expects."""
+
+
+FAKE_TARSNAP = Path(__file__).resolve().parent / "fake_tarsnap" / "tarsnap"
+
+#: What the lab's hosts allow the example to name: the defaults, and tarsnap's own
+#: default key file and cache (fleet.yaml names them).
+LAB_ALLOWED_DIRS = (
+    *hostconfig.DEFAULT_ALLOWED_DIRS,
+    "/root/tarsnap.key",
+    "/usr/local/tarsnap-cache",
+)
+
+
+def write_host_config(directory: Path) -> Path:
+    """Write the lab's host configuration (:mod:`reconciler.hostconfig`) into
+    ``directory`` and return its path: the tarsnap emulator is the hosts' tarsnap (tarsnap's
+    service cannot be reached from a lab), restic is the real one, files only under
+    :data:`LAB_ALLOWED_DIRS`. The desired state names none of this."""
+    path = directory / "config.yaml"
+    doc = {
+        "commands": {"tarsnap": str(FAKE_TARSNAP), "restic": "restic"},
+        "allowed_dirs": list(LAB_ALLOWED_DIRS),
+        "libvirt": {"allow_test_driver": False},
+    }
+    path.write_text("# the lab's host configuration (lab/stages.py)\n" + yaml.safe_dump(doc))
+    path.chmod(0o644)
+    return path
+
+
+def host_config() -> HostConfig:
+    """The host configuration every ``reconcile`` of the lab uses: ``$RECONCILER_CONFIG``
+    (set by :func:`main` to the file :func:`write_host_config` wrote)."""
+    return hostconfig.load(hostconfig.default_path())
+
+
+def load_host(repo: Path, host: str) -> HostDesired:
+    """``host``'s desired state, checked against the lab's host configuration."""
+    return desired_mod.load_host(repo, host, config=host_config())
 
 
 def _sh(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -262,7 +302,7 @@ def namespace_stage(repo: Path, hosts: Sequence[str], keep: bool) -> None:
         with tempfile.TemporaryDirectory(prefix="reconcile-lab-") as tmp:
             lab = Lab(repo, Path(tmp))
             for host in hosts:
-                d = desired_mod.load_host(repo, host)
+                d = load_host(repo, host)
                 build_host(host, d.raw.get("nics") or {})
                 links = _in(ns_name(host), "ip", "-br", "link").stdout.splitlines()
                 names = [ln.split()[0].split("@")[0] for ln in links if ln.strip()]
@@ -281,7 +321,7 @@ def _follows_fleet_mgmt(repo: Path, host: str) -> bool:
     the GitOps stage commits changes to that one."""
     own = yaml.safe_load((repo / "hosts" / f"{host}.yaml").read_text()) or {}
     redefined = isinstance(own, dict) and "mgmt" in (own.get("ipsets") or {})
-    return "mgmt" in desired_mod.load_host(repo, host).ipsets and not redefined
+    return "mgmt" in load_host(repo, host).ipsets and not redefined
 
 
 def gitops_stage(repo: Path, host: str, keep: bool) -> None:
@@ -294,7 +334,7 @@ def gitops_stage(repo: Path, host: str, keep: bool) -> None:
         _in(SWITCH, "ip", "link", "add", "sw0", "type", "bridge")
         _in(SWITCH, "ip", "link", "set", "sw0", "up")
     try:
-        build_host(host, desired_mod.load_host(repo, host).raw.get("nics") or {}, GITOPS_NS)
+        build_host(host, load_host(repo, host).raw.get("nics") or {}, GITOPS_NS)
         with tempfile.TemporaryDirectory(prefix="reconcile-lab-gitops-") as tmp:
             prefix = ["ip", "netns", "exec", GITOPS_NS]
             say = functools.partial(print, flush=True)
@@ -350,7 +390,7 @@ def inside_vm(repo: Path, hosts: Sequence[str]) -> int:
         lab.say(f"# in the VM: {nics[0]} (e1000), br0 with port {nics[1]} (e1000)")
         try:
             for host in hosts:
-                lab.story(host, desired_mod.load_host(repo, host))
+                lab.story(host, load_host(repo, host))
         except LabError as e:
             print(f"\nreconcile-lab (in the VM): {e}", file=sys.stderr)
             return 1
@@ -359,12 +399,11 @@ def inside_vm(repo: Path, hosts: Sequence[str]) -> int:
 
 def _lab_backups(desired: HostDesired, tmp: Path) -> HostDesired:
     """``desired`` with its backup sets pointed into ``tmp``: a fresh restic repository, and
-    the tarsnap emulator (tarsnap's service cannot be reached from a lab) with its own key
-    and cache. Paths to back up, schedules and keep policies stay as in git."""
+    a key and cache of its own for the tarsnap emulator (the lab's host configuration makes
+    it the hosts' tarsnap). Paths to back up, schedules and keep policies stay as in git."""
     raw = dict(desired.raw)
     raw["tarsnap"] = {
         **(raw.get("tarsnap") or {}),
-        "command": str(FAKE_TARSNAP),
         "keyfile": str(tmp / "tarsnap.key"),
         "cachedir": str(tmp / "tarsnap-cache"),
     }
@@ -379,15 +418,13 @@ def _lab_backups(desired: HostDesired, tmp: Path) -> HostDesired:
     return dataclasses.replace(desired, raw=raw)
 
 
-FAKE_TARSNAP = Path(__file__).resolve().parent / "fake_tarsnap" / "tarsnap"
-
-
 def backup_stage(repo: Path, hosts: Sequence[str], days: int = 12) -> None:
     """Run every host's backup sets over ``days`` of simulated time, one run a day.
 
     Uses the engine, providers and text renderer of ``reconcile`` in-process with a simulated
     clock (the CLI has no clock of its own to fake), against a real restic repository and
-    the tarsnap emulator, and shows archives being created and expired by the keep policy.
+    the tarsnap emulator (the commands of the lab's host configuration), and shows archives
+    being created and expired by the keep policy.
     """
     from reconciler import engine, log
     from reconciler.kinds.backup.provider import BackupProvider
@@ -405,7 +442,7 @@ def backup_stage(repo: Path, hosts: Sequence[str], days: int = 12) -> None:
         os.environ["FAKE_TARSNAP_STATE"] = str(tmp / "tarsnap-state")
         now = datetime(2026, 11, 1, 3, 0, tzinfo=UTC)
         for host in hosts:
-            desired = _lab_backups(desired_mod.load_host(repo, host), tmp)
+            desired = _lab_backups(load_host(repo, host), tmp)
             for name, spec in desired.raw["backups"].items():
                 if spec["backend"] == "restic":
                     _sh(["restic", "init", "--repo", spec["repository"],
@@ -413,12 +450,13 @@ def backup_stage(repo: Path, hosts: Sequence[str], days: int = 12) -> None:
                 print(f"\n=== host {host}: backup set {name} on {spec['backend']}, every "
                       f"{spec['every']}, keep {spec['keep']} ===", flush=True)  # fmt: skip
         clock = {"now": now}
-        provider = BackupProvider(clock=lambda: clock["now"])
+        # The programs run are the host configuration's, as in `reconcile`.
+        provider = BackupProvider(clock=lambda: clock["now"], commands=host_config().commands)
         for day in range(days):
             clock["now"] = now + timedelta(days=day)
             os.environ["FAKE_TARSNAP_NOW"] = str(int(clock["now"].timestamp()))
             for host in hosts:
-                desired = _lab_backups(desired_mod.load_host(repo, host), tmp)
+                desired = _lab_backups(load_host(repo, host), tmp)
                 plan, _ = engine.make_plan(desired, [provider])
                 print(f"\n[{host}] simulated {clock['now']:%Y-%m-%d %H:%M} UTC: reconcile "
                       "--only backup", flush=True)  # fmt: skip
@@ -660,19 +698,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--host", action="append", default=[], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     repo: Path = args.repo.resolve()
-    if args.inside_vm:
-        return inside_vm(repo, args.host)
+    try:
+        with lab_host_config() as config:
+            if args.inside_vm:
+                return inside_vm(repo, args.host)
+            return _stages(args, repo, config)
+    except HostConfigError as e:
+        print(f"\nreconcile-lab: {e}", file=sys.stderr)
+        return 1
+
+
+@contextlib.contextmanager
+def lab_host_config() -> Iterator[Path]:
+    """The lab's host configuration (:func:`write_host_config`) in a temporary directory,
+    named by ``RECONCILER_CONFIG`` for every ``reconcile`` the lab runs (in-process and in
+    subprocesses) while the context lasts; the variable is restored afterwards."""
+    old = os.environ.get(hostconfig.ENV_VAR)
+    with tempfile.TemporaryDirectory(prefix="reconcile-lab-config-") as tmp:
+        path = write_host_config(Path(tmp))
+        os.environ[hostconfig.ENV_VAR] = str(path)
+        try:
+            host_config()  # a bad one fails here, before any stage
+            yield path
+        finally:
+            if old is None:
+                os.environ.pop(hostconfig.ENV_VAR, None)
+            else:
+                os.environ[hostconfig.ENV_VAR] = old
+
+
+def _stages(args: argparse.Namespace, repo: Path, config: Path) -> int:
+    """Every stage of the lab, in order, with the host configuration ``config``."""
     hosts = desired_mod.list_hosts(repo)
     try:
         _preflight()
-        print(f"$ reconcile validate --repo {repo}", flush=True)
-        problems = desired_mod.validate_repo(repo)
+        print(f"$ reconcile validate --repo {repo} --config {config}", flush=True)
+        problems = desired_mod.validate_repo(repo, config=host_config())
         for p in problems:
             print(p)
         if problems:
             raise LabError("the desired state is invalid; nothing was applied")
         print(f"valid: {len(hosts)} host(s): {', '.join(hosts)}")
-        vm_hosts = [h for h in hosts if needs_vm(desired_mod.load_host(repo, h))]
+        vm_hosts = [h for h in hosts if needs_vm(load_host(repo, h))]
         ns_hosts = [h for h in hosts if h not in vm_hosts]
         if vm_hosts:
             print(f"# {', '.join(vm_hosts)}: ring sizes need real NIC drivers (veth has none): "
@@ -681,10 +748,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         gitops_hosts = [h for h in ns_hosts if _follows_fleet_mgmt(repo, h)]
         if gitops_hosts:
             gitops_stage(repo, gitops_hosts[0], args.keep)
-        backup_hosts = [h for h in hosts if desired_mod.load_host(repo, h).raw.get("backups")]
+        backup_hosts = [h for h in hosts if load_host(repo, h).raw.get("backups")]
         if backup_hosts:
             backup_stage(repo, backup_hosts)
-        vms = desired_mod.load_vms(repo)
+        vms = desired_mod.load_vms(repo, config=host_config())
         if vms is not None and vms["vms"]:
             _run_placement(repo, vms, args.no_libvirt)
         if vm_hosts and not args.no_vm:

@@ -1,6 +1,6 @@
 """Loading and validation of the desired-state repository (``docs/desired-state.md``).
 
-Every file goes through three stages and *all* problems of all files are collected before
+Every file goes through four stages and *all* problems of all files are collected before
 anything is reported:
 
 1. :func:`reconciler.yamlsrc.load_yaml` — strict YAML (duplicate keys, encoding, syntax);
@@ -10,7 +10,12 @@ anything is reported:
    sysadmin's words;
 3. semantic checks the schema cannot express, each kind's own (``check`` in its
    ``reconciler/kinds/<kind>/checks.py``: CIDRs, families, duplicates after
-   canonicalisation, maxelem, offload names, durations, VM placement and definitions).
+   canonicalisation, maxelem, offload names, durations, VM placement and definitions);
+4. what the files ask of the host, against the host configuration
+   (:mod:`reconciler.hostconfig`; each kind's ``check_host``/``check_host_file``/
+   ``check_host_cluster``): no program named by the repository unless it is the host's, no
+   host file outside ``allowed_dirs``, libvirt URIs and restic repositories that start no
+   program. Never cached, as it depends on the host.
 
 Public API: :func:`list_hosts`, :func:`validate_repo`, :func:`load_host`, :func:`load_vms`.
 """
@@ -33,6 +38,7 @@ from jsonschema import Draft202012Validator
 
 from reconciler import kinds as registry
 from reconciler.errors import Problem, ValidationError
+from reconciler.hostconfig import HostConfig
 from reconciler.kinds.vm.checks import check_vms
 from reconciler.model import HostDesired
 from reconciler.schema import host_schema
@@ -211,6 +217,28 @@ def _check_host_semantics(path: Path, doc: YamlDoc) -> list[Problem]:
     return out
 
 
+def _check_host_policy(doc: YamlDoc, config: HostConfig | None) -> list[Problem]:
+    """Every kind's checks of what a fleet/host file asks of this host (a program to run, a
+    host file to read) against the host configuration (None: the defaults). Kept out of
+    the cached document's problems: the answer depends on the host configuration and on
+    the host's file system (symlinks), not on the file's content alone."""
+    data = doc.data
+    out: list[Problem] = []
+    if not isinstance(data, dict):
+        return out
+    host = config or HostConfig()
+    for kind in registry.KINDS:
+        if kind.check_host_file is not None:
+            out += kind.check_host_file(doc, host)
+        section = data.get(kind.section) if kind.section else None
+        if kind.check_host is None or not isinstance(section, dict):
+            continue
+        for name, spec in section.items():
+            if isinstance(spec, dict):
+                out += kind.check_host(doc, name, spec, host)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------
@@ -281,12 +309,15 @@ def _load_host_file(repo: Path, rel: str, cache: LoadCache | None = None) -> Yam
     return doc
 
 
-def _load_vms_file(repo: Path) -> YamlDoc:
+def _load_vms_file(repo: Path, config: HostConfig | None = None) -> YamlDoc:
     doc = load_yaml(repo / VMS_FILE, VMS_FILE)
     if doc.data is None:
         return doc
     doc.problems += _schema_problems(doc, "vms.schema.json", None)
     doc.problems += check_vms(doc, repo)
+    for kind in registry.KINDS:
+        if kind.check_host_cluster is not None:
+            doc.problems += kind.check_host_cluster(doc, config or HostConfig())
     return doc
 
 
@@ -313,25 +344,35 @@ def stray_host_files(repo: Path) -> list[Problem]:
     return out
 
 
-def validate_repo(repo: Path, cache: LoadCache | None = None) -> list[Problem]:
+def validate_repo(
+    repo: Path, cache: LoadCache | None = None, *, config: HostConfig | None = None
+) -> list[Problem]:
     """Validate the whole desired-state repository and return every problem, sorted.
 
     Checks ``fleet.yaml`` (optional), every ``hosts/*.yaml``, ``vms.yaml`` (optional) and the
-    ``vms/*.xml`` definitions it references. File names in problems are relative to ``repo``.
-    An empty list means the repository is valid.
+    ``vms/*.xml`` definitions it references, and what they ask of the host against the host
+    configuration ``config`` (None: the defaults). File names in problems are relative to
+    ``repo``. An empty list means the repository is valid.
     """
     problems: list[Problem] = []
-    if (repo / FLEET_FILE).exists():
-        problems += _load_host_file(repo, FLEET_FILE, cache).problems
-    for host in list_hosts(repo):
-        problems += _load_host_file(repo, f"{HOSTS_DIR}/{host}.yaml", cache).problems
+    rels = [FLEET_FILE] if (repo / FLEET_FILE).exists() else []
+    rels += [f"{HOSTS_DIR}/{name}.yaml" for name in list_hosts(repo)]
+    for rel in rels:
+        doc = _load_host_file(repo, rel, cache)
+        problems += doc.problems + _check_host_policy(doc, config)
     problems += stray_host_files(repo)
     if (repo / VMS_FILE).exists():
-        problems += _load_vms_file(repo).problems
+        problems += _load_vms_file(repo, config).problems
     return sorted(set(problems))
 
 
-def load_host(repo: Path, host: str, cache: LoadCache | None = None) -> HostDesired:
+def load_host(
+    repo: Path,
+    host: str,
+    cache: LoadCache | None = None,
+    *,
+    config: HostConfig | None = None,
+) -> HostDesired:
     """Validate ``fleet.yaml`` and ``hosts/<host>.yaml`` and return the merged desired state.
 
     A missing host file means "fleet only"; a missing ``fleet.yaml`` means "host only". Raises
@@ -344,6 +385,8 @@ def load_host(repo: Path, host: str, cache: LoadCache | None = None) -> HostDesi
     ``nics``, ``backups`` and ``tarsnap`` are also returned validated in ``raw`` (offload
     values normalised to ``bool``, ``tarsnap.command`` defaulting to ``tarsnap``). With a
     :class:`LoadCache`, files already loaded (same name and content) are not parsed again.
+    What the files ask of the host (programs, host files, :mod:`reconciler.hostconfig`) is
+    checked against ``config`` (None: the defaults) on every call.
     """
     if not _HOST_NAME.match(host):
         raise ValidationError([Problem(f"{HOSTS_DIR}/{host}.yaml", 0, 0, "", "invalid host name")])
@@ -353,7 +396,7 @@ def load_host(repo: Path, host: str, cache: LoadCache | None = None) -> HostDesi
     host_rel = f"{HOSTS_DIR}/{host}.yaml"
     if (repo / host_rel).exists():
         docs.append(_load_host_file(repo, host_rel, cache))
-    problems = [p for d in docs for p in d.problems]
+    problems = [p for d in docs for p in (*d.problems, *_check_host_policy(d, config))]
     if problems:
         raise ValidationError(problems)
 
@@ -396,15 +439,17 @@ def load_host(repo: Path, host: str, cache: LoadCache | None = None) -> HostDesi
     )
 
 
-def load_vms(repo: Path) -> dict[str, Any] | None:
+def load_vms(repo: Path, *, config: HostConfig | None = None) -> dict[str, Any] | None:
     """Validated ``vms.yaml`` as plain data, or ``None`` when the file does not exist.
 
     Defaults are filled in (``vms`` ``{}``, ``vnc_port`` ``"auto"``, ``state`` ``"running"``).
-    Raises :class:`ValidationError` with every problem if the file or a definition is invalid.
+    Raises :class:`ValidationError` with every problem if the file or a definition is invalid,
+    or asks what the host configuration ``config`` (None: the defaults) does not allow
+    (libvirt node URIs).
     """
     if not (repo / VMS_FILE).exists():
         return None
-    doc = _load_vms_file(repo)
+    doc = _load_vms_file(repo, config)
     if doc.problems:
         raise ValidationError(doc.problems)
     data: dict[str, Any] = copy.deepcopy(doc.data)

@@ -117,3 +117,9 @@ class VerifyError(ReconcilerError):
 class SnapshotError(ReconcilerError):
     """A live-state snapshot file is unreadable, corrupt, from another host, or of a newer
     format than this version understands."""
+
+
+class HostConfigError(ReconcilerError):
+    """The host configuration (``/etc/reconciler/config.yaml``, ``--config FILE``) is
+    missing when named explicitly, unreadable, unsafe or invalid; the message names the file
+    (and for invalid content the line and key)."""

@@ -51,6 +51,8 @@ JOURNAL_NAME = "runs.jsonl"
 SCHEDULED_KINDS = frozenset(k.name for k in registry.KINDS if k.scheduled)
 #: Kinds assumed for old records that did not list theirs (runs then reconciled every kind).
 ALL_KINDS = registry.NAMES
+#: The kind of an error address's head: a kind's own name, or a head it claims (``node``).
+_ERROR_KIND = {h: k.name for k in registry.KINDS for h in (k.name, *k.error_heads)}
 
 
 @dataclass(frozen=True)
@@ -163,9 +165,10 @@ def change_kind(change: dict[str, Any]) -> str:
 
 
 def error_kind(error: dict[str, Any]) -> str:
-    """The kind an error is about, from its address; ``run`` for run-wide errors."""
+    """The kind an error is about, from its address (``node/kvm1`` is vm's); ``run`` for
+    run-wide errors."""
     head = str(error.get("address") or "").split("/", 1)[0]
-    return head if head in ALL_KINDS else "run"
+    return _ERROR_KIND.get(head, "run")
 
 
 def run_kinds(record: dict[str, Any]) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests import hostcfg
 from tests.clirun import ROOT, reconcile
 from tests.netns import Netns, netns  # noqa: F401  (fixture)
 from tests.test_gitsource import GIT_ENV, git
@@ -62,6 +63,11 @@ class Repo:
         self.ds = root / "desired-state"
         (self.ds / "hosts").mkdir(parents=True)
         git(root, "init", "-q")
+        # The hosts' configuration, outside the repository: it allows the restic paths of
+        # host b and the test:/// nodes of vms.yaml.
+        self.config = hostcfg.write(
+            root.parent, allowed_dirs=["/srv/restic", "/root/restic.pass"], allow_test_driver=True
+        )
 
     def write(
         self,
@@ -81,7 +87,7 @@ class Repo:
     def plan(self, *extra: str) -> subprocess.CompletedProcess[str]:
         return reconcile(
             "--dry-run", "--all-hosts", "--repo", str(self.ds), "--log-format", "json", *extra,
-            env={**GIT_ENV, "RECONCILER_METRICS_FILE": ""},
+            env=hostcfg.env_with(self.config, {**GIT_ENV, "RECONCILER_METRICS_FILE": ""}),
         )  # fmt: skip
 
 
@@ -192,7 +198,7 @@ def test_host_without_snapshot_or_base_is_an_error_for_that_host(
 def take_snapshot(ns: Netns, repo: Repo, tmp: Path, host: str, only: str = "ipset") -> Path:
     out = tmp / "snaps" / f"{host}.json"
     out.parent.mkdir(exist_ok=True)
-    env = {**GIT_ENV, "PYTHONPATH": str(ROOT)}
+    env = hostcfg.env_with(repo.config, {**GIT_ENV, "PYTHONPATH": str(ROOT)})
     r = ns.run(
         [sys.executable, "-m", "reconciler", "snapshot", "--repo", str(repo.ds), "--host", host,
          "--only", only, "--state-dir", str(tmp / "state"), "--lock-file", str(tmp / "lock"),

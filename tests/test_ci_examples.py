@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from reconciler.hostconfig import ENV_VAR
 from tests.clirun import ROOT
 from tests.test_ci_dryrun import Repo
 from tests.test_gitsource import GIT_ENV, git
@@ -60,7 +61,9 @@ def test_example_passes_with_changes_and_writes_the_plan(ci: str, tmp_path: Path
     base = repo.write()
     repo.write(members="192.0.2.0/24, 203.0.113.0/24")
     summary = tmp_path / "summary.md"
-    r = run_ci(script(), repo.root, {base_var: base, "GITHUB_STEP_SUMMARY": str(summary)})
+    # The runner holds the fleet's host configuration (outside the repository).
+    env = {base_var: base, "GITHUB_STEP_SUMMARY": str(summary), ENV_VAR: str(repo.config)}
+    r = run_ci(script(), repo.root, env)
     assert r.returncode == 0, r.stdout + r.stderr  # changes pending do not fail the check
     assert f"=== host a: against the desired state at {base}" in r.stdout
     assert "+ member 203.0.113.0/24" in r.stdout
@@ -75,7 +78,7 @@ def test_example_fails_on_invalid_desired_state(ci: str, tmp_path: Path) -> None
     repo = Repo(tmp_path / "repo")
     base = repo.write()
     repo.write(members="192.0.2.0/33")
-    r = run_ci(script(), repo.root, {base_var: base})
+    r = run_ci(script(), repo.root, {base_var: base, ENV_VAR: str(repo.config)})
     assert r.returncode != 0
     assert "fleet.yaml:5:" in r.stderr
 
@@ -86,7 +89,7 @@ def test_example_without_a_base_uses_the_previous_commit(ci: str, tmp_path: Path
     repo = Repo(tmp_path / "repo")
     repo.write()
     repo.write(rx=2048)
-    r = run_ci(script(), repo.root, {})
+    r = run_ci(script(), repo.root, {ENV_VAR: str(repo.config)})
     assert r.returncode == 0, r.stdout + r.stderr
     assert "~ rings.rx: 4096 -> 2048" in r.stdout
     assert git(repo.root, "status", "--porcelain", "desired-state") == ""

@@ -23,6 +23,7 @@ from reconciler.kinds.backup.duration import parse_duration
 from reconciler.kinds.nic.offloads import resolve_offload
 from reconciler.model import FirewallRule, Location
 from reconciler.yamlsrc import format_path, load_yaml
+from tests import hostcfg
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "desired-state"
@@ -41,13 +42,14 @@ def _write(base: Path, files: dict[str, str | bytes]) -> Path:
 
 
 def test_example_is_valid() -> None:
-    assert [str(p) for p in validate_repo(EXAMPLE)] == []
+    assert [str(p) for p in validate_repo(EXAMPLE, config=hostcfg.example())] == []
     assert list_hosts(EXAMPLE) == ["db", "edge", "www"]
 
 
 def test_example_load_host_merges_fleet_and_host() -> None:
-    www = load_host(EXAMPLE, "www")
-    db = load_host(EXAMPLE, "db")
+    config = hostcfg.example()
+    www = load_host(EXAMPLE, "www", config=config)
+    db = load_host(EXAMPLE, "db", config=config)
     assert www.files == ("fleet.yaml", "hosts/www.yaml")
     assert set(www.ipsets) == {"mgmt", "mgmt6"}
     # db redefines mgmt as a whole: one extra member, source is the host file
@@ -65,7 +67,7 @@ def test_example_load_host_merges_fleet_and_host() -> None:
 
 
 def test_load_host_without_host_file_is_fleet_only() -> None:
-    lone = load_host(EXAMPLE, "nosuchhost")
+    lone = load_host(EXAMPLE, "nosuchhost", config=hostcfg.example())
     assert lone.files == ("fleet.yaml",)
     assert set(lone.ipsets) == {"mgmt", "mgmt6"}
     assert lone.raw["nics"] == {}
@@ -77,7 +79,7 @@ def test_load_host_canonicalises_and_merges(tmp_path: Path) -> None:
         {
             "fleet.yaml": (
                 "ipsets:\n"
-                "  a: {type: 'hash:net', members: [10.1.2.3/8, 192.0.2.7]}\n"
+                "  a: {type: 'hash:net', members: [10.0.0.0/8, 192.0.2.7]}\n"
                 "  b: {type: 'hash:net', members: [198.51.100.0/24]}\n"
                 "tarsnap: {command: /usr/bin/tarsnap, keyfile: /root/k}\n"
             ),
@@ -87,13 +89,15 @@ def test_load_host_canonicalises_and_merges(tmp_path: Path) -> None:
                 "    type: hash:net\n"
                 "    family: inet6\n"
                 "    maxelem: 10\n"
-                "    members: ['2001:DB8:0:0::1/32']\n"
+                "    members: ['2001:DB8:0:0::/32']\n"
                 "    firewall: {chain: MGMT}\n"
                 "tarsnap: {keyfile: /root/h1.key}\n"
             ),
         },
     )
-    h = load_host(repo, "h1")
+    # The host's own tarsnap command, so the repository may name it; its key files allowed.
+    config = hostcfg.load(tmp_path / "host", tarsnap="/usr/bin/tarsnap", allowed_dirs=["/root"])
+    h = load_host(repo, "h1", config=config)
     assert h.ipsets["a"].members == frozenset({"10.0.0.0/8", "192.0.2.7/32"})
     assert h.ipsets["b"].members == frozenset({"2001:db8::/32"})
     assert h.ipsets["b"].family == "inet6"
@@ -142,7 +146,9 @@ def test_load_vms_absent_and_invalid(tmp_path: Path) -> None:
 def test_golden_bad_input(case: str) -> None:
     expected = (CASES / case / "expected.txt").read_text(encoding="utf-8").splitlines()
     assert expected, "a bad-input case must expect at least one problem"
-    assert [str(p) for p in validate_repo(CASES / case)] == expected
+    # These cases are about the schema and semantic checks: the host allows any path and
+    # libvirt's test driver (tests/test_host_policy.py covers what a host refuses).
+    assert [str(p) for p in validate_repo(CASES / case, config=hostcfg.permissive())] == expected
 
 
 def test_non_utf8_file(tmp_path: Path) -> None:
@@ -222,7 +228,7 @@ def test_vm_stop_and_migration_switches(tmp_path: Path) -> None:
             )
         },
     )
-    problems = [str(p) for p in validate_repo(tmp_path)]
+    problems = [str(p) for p in validate_repo(tmp_path, config=hostcfg.permissive())]
     assert len(problems) == 1 and "vms.vm2.allow_stop" in problems[0], problems
 
 

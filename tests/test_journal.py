@@ -301,3 +301,19 @@ def test_run_with_a_missing_state_dir_creates_it(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "state").is_dir()
     assert (tmp_path / "state" / "runs.jsonl").exists()
+
+
+def test_an_unreachable_node_counts_against_vm_only() -> None:
+    """A node error (address ``node/kvm1``) belongs to the vm kind: the ipset kind of the
+    same run still converged, so its drift is still judged (issue 13)."""
+    record: dict[str, Any] = {
+        "commit": "c" * 40,
+        "kinds": ["ipset", "vm"],
+        "ok": False,
+        "changes": [],
+        "errors": [{"address": "node/kvm1", "message": "cannot connect"}],
+    }
+    assert journal.error_kind({"address": "node/kvm1"}) == "vm"
+    assert journal.converged_kinds(record) == {"ipset"}
+    assert journal.baselines([record]) == {"ipset": "c" * 40}
+    assert journal.error_kind({"address": "source"}) == "run"

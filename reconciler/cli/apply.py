@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 from reconciler import engine, gitsource, journal, log, metrics, trust
 from reconciler.cli import ci_dryrun, common
 from reconciler.cli.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK
-from reconciler.errors import ReconcilerError, StateError, ValidationError, VerifyError
+from reconciler.errors import (
+    HostConfigError,
+    ReconcilerError,
+    StateError,
+    ValidationError,
+    VerifyError,
+)
+from reconciler.hostconfig import HostConfig
 from reconciler.kinds.base import Context, Provider
 from reconciler.lock import RunLock
 from reconciler.model import HostDesired
@@ -60,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_lock_file(p)
     common.add_wait(p, 0.0)
     common.add_state_dir(p)
+    common.add_config(p)
     _add_run_options(p)
     common.add_log_format(p)
     return p
@@ -132,14 +140,20 @@ def run(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     common.configure_log(args.log_format)
+    if ci_dryrun.requested(args) and not args.dry_run:
+        parser.error("--all-hosts, --snapshots and --against plan only: add --dry-run")
+    try:
+        # The host decides what runs and which host files may be named: read once, first.
+        config = common.host_config(args)
+    except HostConfigError as e:
+        print(f"reconcile: {e}", file=sys.stderr)
+        return EXIT_ERROR
     if ci_dryrun.requested(args):
-        if not args.dry_run:
-            parser.error("--all-hosts, --snapshots and --against plan only: add --dry-run")
-        return ci_dryrun.run(args)
+        return ci_dryrun.run(args, config)
     host = args.host or common.short_hostname()
     kinds = args.only or list(common.KINDS)
     try:
-        return _reconcile(args, host, kinds)
+        return _reconcile(args, host, kinds, config)
     except ReconcilerError as e:
         # StateError (corrupt ours.json ...), LockHeldError, SourceError ...: the message
         # says it all.
@@ -147,8 +161,9 @@ def run(argv: Sequence[str]) -> int:
         return EXIT_ERROR
 
 
-def _reconcile(args: argparse.Namespace, host: str, kinds: list[str]) -> int:
-    """Open the source, take the lock, accept the target, then plan (and apply) it."""
+def _reconcile(args: argparse.Namespace, host: str, kinds: list[str], config: HostConfig) -> int:
+    """Open the source, take the lock, accept the target, then plan (and apply) it, with
+    the host configuration ``config``."""
     loaded = None
     with contextlib.ExitStack() as stack:
         remote = gitsource.is_url(args.repo)
@@ -157,7 +172,7 @@ def _reconcile(args: argparse.Namespace, host: str, kinds: list[str]) -> int:
             # A local desired state is validated before anything is read from, or
             # written to, the host: not even the state dir or lock file is created.
             try:
-                loaded = common.load_desired(source.path, host, kinds)
+                loaded = common.load_desired(source.path, host, kinds, config)
             except ValidationError as e:
                 return common.invalid(e)
         # The lock covers the source too: a fetch and checkout update the clone in the
@@ -171,7 +186,7 @@ def _reconcile(args: argparse.Namespace, host: str, kinds: list[str]) -> int:
         refusal = _accept_source(args, source, state, stack)
         if refusal is not None:
             return _refuse(args, host, kinds, state, refusal)
-        return _run(args, host, kinds, source, state, loaded)
+        return _run(args, host, kinds, source, state, loaded, config)
 
 
 def _accept_source(
@@ -264,9 +279,11 @@ def _run(
     source: gitsource.Source,
     state: StateDir,
     loaded: Loaded | None,
+    config: HostConfig,
 ) -> int:
     """Plan, and unless --dry-run apply. ``loaded`` is the desired state when it was
-    validated before the lock (a local source); a fetched one is loaded here."""
+    validated before the lock (a local source); a fetched one is loaded here. ``config``
+    is the host configuration: the checks of the desired state and the providers use it."""
     problem = _source_problem(args, source)
     if problem is not None:
         print(f"reconcile: {problem}", file=sys.stderr)
@@ -274,11 +291,17 @@ def _run(
     try:
         # Validate before anything is read from the host (a fetched commit is checked here).
         desired, vms = (
-            loaded if loaded is not None else common.load_desired(source.path, host, kinds)
+            loaded if loaded is not None else common.load_desired(source.path, host, kinds, config)
         )
     except ValidationError as e:
         return common.invalid(e)
-    ctx = Context(state=state, force=args.force, vms=_controller_only(vms, host), repo=source.path)
+    ctx = Context(
+        state=state,
+        force=args.force,
+        vms=_controller_only(vms, host),
+        repo=source.path,
+        host=config,
+    )
     providers = common.providers(kinds, ctx)
     plan = _plan(desired, providers, source)
     plan_dict = plan.to_dict()
@@ -348,7 +371,10 @@ def _apply(
     source: gitsource.Source,
     state: StateDir,
 ) -> engine.RunResult:
-    """Apply and verify the plan, record the applied commit and write the metrics."""
+    """Apply and verify the plan, record the applied commit and write the metrics. A state
+    dir that cannot be written stops the run first (StateError): nothing is applied whose
+    ownership could not be recorded."""
+    state.check_writable()
     result = engine.apply_plan(desired, providers, plan, state)
     if source.repo is not None and source.commit is not None and not source.dirty:
         # The base of the next run's rewind check and verification: this commit was

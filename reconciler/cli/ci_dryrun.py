@@ -18,6 +18,7 @@ from reconciler.errors import ReconcilerError, SourceError, ValidationError
 
 if TYPE_CHECKING:
     from reconciler.ci import CiResult
+    from reconciler.hostconfig import HostConfig
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -46,10 +47,12 @@ def requested(args: argparse.Namespace) -> bool:
     return bool(args.all_hosts or args.against or args.snapshots)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, config: HostConfig | None = None) -> int:
     """The CI dry-run of a parsed ``reconcile --dry-run`` command line: exit 1 on an invalid
     repository or any host's errors, 2 with --detailed-exitcode when something would change,
-    else 0. ``--repo`` must be a local checkout."""
+    else 0. ``--repo`` must be a local checkout. ``config`` is the host configuration the
+    desired state is checked against (None: the defaults); nothing from the repository
+    runs."""
     if gitsource.is_url(args.repo):
         print(
             "reconcile: the CI dry-run reads a checkout: pass its path as --repo", file=sys.stderr
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         with contextlib.ExitStack() as stack:
             source = stack.enter_context(gitsource.open_local(Path(args.repo), args.ref, args.path))
             base = _export_against(args, source, stack)
-            result = _plan(args, source, kinds, base)
+            result = _plan(args, source, kinds, base, config)
     except ReconcilerError as e:
         print(f"reconcile: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -88,9 +91,14 @@ def _export_against(
 
 
 def _plan(
-    args: argparse.Namespace, source: gitsource.Source, kinds: Sequence[str], base: Path | None
+    args: argparse.Namespace,
+    source: gitsource.Source,
+    kinds: Sequence[str],
+    base: Path | None,
+    config: HostConfig | None = None,
 ) -> CiResult:
-    """Plan every host (``--all-hosts``) or this one."""
+    """Plan every host (``--all-hosts``) or this one, against the host configuration
+    ``config``."""
     from reconciler import ci
 
     hosts = None if args.all_hosts else [args.host or common.short_hostname()]
@@ -102,6 +110,7 @@ def _plan(
         base=base,
         base_rev=args.against,
         snapshots=Path(args.snapshots) if args.snapshots else None,
+        config=config,
     )
 
 

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import desired as desired_mod
+from reconciler import hostconfig, log
 from reconciler import kinds as registry
-from reconciler import log
 from reconciler.errors import ValidationError
+from reconciler.hostconfig import HostConfig
 from reconciler.kinds.base import Context, Provider
 from reconciler.model import HostDesired
 
@@ -137,6 +138,31 @@ def add_log_format(p: argparse.ArgumentParser, *, documented: bool = True) -> No
     )
 
 
+def add_config(p: argparse.ArgumentParser, *, documented: bool = True) -> None:
+    """Add ``--config FILE``, the host configuration (default ``$RECONCILER_CONFIG``, else
+    :data:`reconciler.hostconfig.DEFAULT_PATH` if it exists); read by :func:`host_config`."""
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=hostconfig.default_path(),
+        metavar="FILE",
+        help=(
+            "host configuration: the commands run, the directories the repository may name "
+            f"files in (default: $RECONCILER_CONFIG, else {hostconfig.DEFAULT_PATH} if it "
+            "exists; never read from the repository)"
+            if documented
+            else None
+        ),
+    )
+
+
+def host_config(args: argparse.Namespace) -> HostConfig:
+    """The host configuration ``--config`` names (:func:`reconciler.hostconfig.load`);
+    raises :class:`~reconciler.errors.HostConfigError` when it cannot be used."""
+    config: Path | None = args.config
+    return hostconfig.load(config)
+
+
 def configure_log(log_format: str) -> None:
     """Configure logging on stderr for a ``--log-format`` value."""
     log.configure(json_lines=None if log_format == "auto" else log_format == "json")
@@ -148,11 +174,12 @@ def short_hostname() -> str:
 
 
 def load_desired(
-    repo: Path, host: str, kinds: Sequence[str]
+    repo: Path, host: str, kinds: Sequence[str], config: HostConfig | None = None
 ) -> tuple[HostDesired, dict[str, Any] | None]:
-    """The host's desired state and (with the vm kind) vms.yaml; ValidationError if bad."""
-    desired = desired_mod.load_host(repo, host)
-    vms = desired_mod.load_vms(repo) if "vm" in kinds else None
+    """The host's desired state and (with the vm kind) vms.yaml, checked against the host
+    configuration ``config`` (None: the defaults); ValidationError if bad."""
+    desired = desired_mod.load_host(repo, host, config=config)
+    vms = desired_mod.load_vms(repo, config=config) if "vm" in kinds else None
     return desired, vms
 
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from reconciler import __version__, gitsource
 from reconciler.cli import common
 from reconciler.cli.common import EXIT_ERROR, EXIT_OK
-from reconciler.errors import ReconcilerError, ValidationError
+from reconciler.errors import HostConfigError, ReconcilerError, ValidationError
+from reconciler.hostconfig import HostConfig
 from reconciler.kinds import base
 from reconciler.kinds.base import Context
 from reconciler.lock import RunLock
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_state_dir(p, documented=False)
     common.add_lock_file(p, documented=False)
     common.add_wait(p, 60.0, documented=False)
+    common.add_config(p)
     p.add_argument(
         "--output", "-o", metavar="FILE", help="where to write it (default: ./<host>.json)"
     )
@@ -52,12 +54,18 @@ def run(argv: Sequence[str]) -> int:
     The desired state (a local path; the timer's clone is ``<state-dir>/source``) tells the
     providers what to read; NICs are read wide (every physical NIC) so a commit that adds a
     NIC can still be planned. A kind that cannot be read is recorded as an error in the
-    snapshot (exit 1), the others are written.
+    snapshot (exit 1), the others are written. The programs run to read (tarsnap, restic)
+    are the host configuration's (``--config``).
     """
     from reconciler import snapshot
 
     args = build_parser().parse_args(argv)
     common.configure_log(args.log_format)
+    try:
+        config = common.host_config(args)
+    except HostConfigError as e:
+        print(f"reconcile snapshot: {e}", file=sys.stderr)
+        return EXIT_ERROR
     host = args.host or common.short_hostname()
     kinds = args.only or list(common.KINDS)
     out = Path(args.output or f"{host}.json")
@@ -66,10 +74,10 @@ def run(argv: Sequence[str]) -> int:
         with RunLock(Path(args.lock_file), wait=args.wait), contextlib.ExitStack() as stack:
             source = stack.enter_context(gitsource.open_local(Path(args.repo), None, args.path))
             try:
-                desired, vms = common.load_desired(source.path, host, kinds)
+                desired, vms = common.load_desired(source.path, host, kinds, config)
             except ValidationError as e:
                 return common.invalid(e)
-            snap = _read(args, stack, source, host, kinds, desired, vms)
+            snap = _read(args, stack, source, host, kinds, desired, vms, config)
             snapshot.write_snapshot(out, snap)
     except ReconcilerError as e:
         print(f"reconcile snapshot: {e}", file=sys.stderr)
@@ -88,16 +96,18 @@ def _read(
     kinds: Sequence[str],
     desired: HostDesired,
     vms: dict[str, Any] | None,
+    config: HostConfig,
 ) -> Snapshot:
     """Read the live state of every kind (a kind's read error is recorded, not raised).
-    Providers use the state dir if there is one, else a scratch one; nothing is changed."""
+    Providers use the state dir if there is one, else a scratch one, and the host
+    configuration ``config``; nothing is changed."""
     from reconciler import snapshot
 
     if vms is not None and vms["controller"] != host:
         vms = None
     state = StateDir(Path(args.state_dir), create=False) if Path(args.state_dir).is_dir() else None
     scratch = StateDir(Path(stack.enter_context(tempfile.TemporaryDirectory())))
-    ctx = Context(state=state or scratch, vms=vms, repo=source.path)
+    ctx = Context(state=state or scratch, vms=vms, repo=source.path, host=config)
     lives: dict[str, Any] = {}
     errors: dict[str, str] = {}
     for p in common.providers(kinds, ctx):

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from reconciler.hostconfig import HostConfig
 from reconciler.model import HostDesired
 from reconciler.plan import Change, Op, PlanError, PlanWarning
 
@@ -147,21 +148,30 @@ def from_snapshot(
 @dataclass(frozen=True)
 class Context:
     """What a provider is built with. The zero value builds a diff-only provider: no state
-    dir (nothing recorded as ours), no ``--force``, no cluster desired state, the real clock.
+    dir (nothing recorded as ours), no ``--force``, no ``--allow-empty``, no cluster desired
+    state, the real clock, the default host configuration.
     """
 
     state: StateDir | None = None
     force: bool = False
+    #: ``--allow-empty``: a plan may delete every resource we own of a kind while git
+    #: declares none of that kind (without it, such a plan is refused).
+    allow_empty: bool = False
     #: validated ``vms.yaml`` when this host is the controller; None otherwise.
     vms: Mapping[str, Any] | None = None
     repo: Path | None = None
     #: a fixed "now" (the CI dry-run); None: the real clock.
     now: datetime | None = None
+    #: the host configuration: the programs a provider runs come from here, never from
+    #: the repository (:mod:`reconciler.hostconfig`).
+    host: HostConfig = field(default_factory=HostConfig)
 
 
 OpLine = Callable[[dict[str, Any]], str]
 Check = Callable[["YamlDoc", str, dict[str, Any]], "list[Problem]"]
 CheckFile = Callable[[Path, "YamlDoc"], "list[Problem]"]
+HostCheck = Callable[["YamlDoc", str, dict[str, Any], HostConfig], "list[Problem]"]
+HostCheckFile = Callable[["YamlDoc", HostConfig], "list[Problem]"]
 Load = Callable[["YamlDoc", str, dict[str, Any]], Any]
 Against = Callable[[HostDesired, HostDesired, "Memo | None"], list[Change]]
 ClusterAgainst = Callable[[Mapping[str, Any] | None, Mapping[str, Any]], list[Change]]
@@ -188,6 +198,14 @@ class Kind:
     check: Check | None = None
     #: checks of a whole fleet or host file that one resource at a time cannot see.
     check_file: CheckFile | None = None
+    #: what one resource asks of the host (a program to run, a host file to read) checked
+    #: against the host configuration (``allowed_dirs`` ...). Run on every load, never
+    #: cached: the answer depends on the host configuration and the host's file system.
+    check_host: HostCheck | None = None
+    #: the same for a whole fleet or host file (its settings sections: ``tarsnap``).
+    check_host_file: HostCheckFile | None = None
+    #: the same for a cluster-wide kind's own file (``vms.yaml``: libvirt node URIs).
+    check_host_cluster: HostCheckFile | None = None
     #: one validated resource -> its typed desired form (``HostDesired.<section>``); None
     #: keeps it as plain data in ``HostDesired.raw[section]``.
     load: Load | None = None
@@ -207,3 +225,5 @@ class Kind:
     scheduled: bool = False
     #: its desired state is cluster-wide (vms.yaml), applied on the controller only.
     cluster: bool = False
+    #: other heads of error addresses that are this kind's (``node/kvm1`` is vm's).
+    error_heads: tuple[str, ...] = ()

@@ -12,21 +12,26 @@ from reconciler.lock import RunLock
 from reconciler.plan import Change, Op, Plan, PlanError
 from reconciler.render import text
 from reconciler.state import StateDir
+from tests import hostcfg
 from tests.clirun import reconcile
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES = sorted(p for p in (ROOT / "tests" / "data" / "desired").iterdir() if p.is_dir())
 
 
-def test_validate_example_exits_0() -> None:
-    proc = reconcile("validate", "--repo", str(ROOT / "desired-state"))
+def test_validate_example_exits_0(tmp_path: Path) -> None:
+    # The host configuration the example is written for (docs/host-config.md, the lab's).
+    config = hostcfg.write(tmp_path, allowed_dirs=hostcfg.EXAMPLE_ALLOWED_DIRS)
+    proc = reconcile("validate", "--repo", str(ROOT / "desired-state"), "--config", str(config))
     assert proc.returncode == 0, proc.stderr
     assert "valid" in proc.stdout
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_validate_bad_input_exits_1_with_file_line_and_field(case: Path) -> None:
-    proc = reconcile("validate", "--repo", str(case))
+def test_validate_bad_input_exits_1_with_file_line_and_field(case: Path, tmp_path: Path) -> None:
+    # About the schema and semantic checks: a host that allows any path and the test driver.
+    config = hostcfg.write(tmp_path, allowed_dirs=["/"], allow_test_driver=True)
+    proc = reconcile("validate", "--repo", str(case), "--config", str(config))
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     expected = (case / "expected.txt").read_text().splitlines()

@@ -17,7 +17,8 @@ def _provider(ctx: Context) -> Provider:
     from reconciler.kinds.backup.provider import BackupProvider
 
     now = ctx.now
-    return BackupProvider(clock=None if now is None else (lambda: now))
+    # The programs run are the host's (ctx.host.commands), never the repository's.
+    return BackupProvider(clock=None if now is None else (lambda: now), commands=ctx.host.commands)
 
 
 def _live_class() -> type[Any]:
@@ -32,6 +33,10 @@ KIND = Kind(
     live_class=_live_class,
     section="backups",
     check=checks.check,
+    check_host=checks.check_host,
+    check_host_file=checks.check_host_file,
+    # ``command`` stays a key of the settings (a repository may still write the host's own
+    # command); the command run is always the host configuration's.
     settings={"tarsnap": {"command": "tarsnap"}},
     op_lines=render.OP_LINES,
     against=against.changes,

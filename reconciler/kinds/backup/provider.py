@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from reconciler.errors import ProviderError, ReconcilerError
+from reconciler.hostconfig import Commands
 from reconciler.kinds.backup import against, retention
 from reconciler.kinds.backup.common import BackendBusy
 from reconciler.kinds.backup.duration import parse_duration
@@ -87,15 +88,17 @@ def _listing_key(spec: Mapping[str, Any], desired: HostDesired) -> tuple[str, ..
     if spec["backend"] == "restic":
         return ("restic", str(spec["repository"]), str(spec["password_file"]), desired.host)
     t = desired.raw.get("tarsnap") or {}
-    return ("tarsnap", str(t.get("command")), str(t.get("keyfile")), str(t.get("cachedir")))
+    return ("tarsnap", str(t.get("keyfile")), str(t.get("cachedir")))
 
 
 class BackupProvider:
     """read / pure diff / apply for backup sets (``backups:`` in the desired state).
 
     ``clock`` returns the current time (aware); tests pass a controllable one to simulate
-    years. ``delete_batch`` bounds the archives per deletion call. ``restic_command`` is the
-    restic binary (path or name on PATH).
+    years. ``delete_batch`` bounds the archives per deletion call. ``commands`` are the
+    host's tarsnap and restic programs (path or name on PATH; the host configuration's
+    ``commands``): they are what runs, whatever the desired state's ``tarsnap.command`` says
+    (validation refuses one that differs).
     """
 
     kind = KIND
@@ -105,11 +108,11 @@ class BackupProvider:
         *,
         clock: Clock | None = None,
         delete_batch: int = DEFAULT_DELETE_BATCH,
-        restic_command: str = "restic",
+        commands: Commands | None = None,
     ) -> None:
         self.clock: Clock = clock or _utc_now
         self.delete_batch = delete_batch
-        self.restic_command = restic_command
+        self.commands = commands or Commands()
         # Backends of the sets of the last read, for apply (a Change carries no credentials:
         # a restic repository URL may hold a password and must not appear in the plan).
         self._backends: dict[str, Backend] = {}
@@ -125,9 +128,11 @@ class BackupProvider:
         """The backend object for set ``name`` (constructing it does no I/O)."""
         address = f"{KIND}/{name}"
         if spec["backend"] == "restic":
-            cfg = ResticConfig.from_desired(spec, host=desired.host, command=self.restic_command)
+            cfg = ResticConfig.from_desired(spec, host=desired.host, command=self.commands.restic)
             return ResticBackend(cfg, address=address)
         tcfg = TarsnapConfig.from_desired(desired.raw.get("tarsnap") or {})
+        # The host's tarsnap, never a command named in the repository.
+        tcfg = replace(tcfg, command=self.commands.tarsnap)
         return TarsnapBackend(tcfg, address=address)
 
     # ------------------------------------------------------------------------------- read

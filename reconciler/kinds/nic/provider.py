@@ -44,7 +44,7 @@ from reconciler.errors import ProviderError
 from reconciler.kinds.nic.ethtool import EthtoolIO, FeatureLive, LinkLive, RingsLive
 from reconciler.kinds.nic.offloads import resolve_offload
 from reconciler.model import HostDesired, Location, NicSpec, RingValue
-from reconciler.plan import Change, Op, PlanError
+from reconciler.plan import Change, Op, PlanError, PlanWarning
 
 KIND = "nic"
 
@@ -230,6 +230,80 @@ def _plan_rings(
     return before, after, []
 
 
+def _targets(desired: HostDesired, live: NicLive) -> tuple[dict[str, _Target], list[PlanError]]:
+    """Every NIC to converge, with what is wanted of it from its own entry and from the
+    bridges whose ``ports:`` reach it; and the errors of NICs that cannot be planned. Pure."""
+    errors: list[PlanError] = []
+    targets: dict[str, _Target] = {}
+    for name in sorted(desired.nics):
+        spec = desired.nics[name]
+        address = f"{KIND}/{name}"
+        link = live.links.get(name)
+        if link is None:
+            errors.append(
+                PlanError(
+                    address,
+                    f"no NIC named {name} on this host "
+                    f"(desired by {_origin('nics.' + name, spec.source)})",
+                )
+            )
+            continue
+        if spec.rings is not None and link.kind == "bridge":
+            errors.append(
+                PlanError(
+                    address,
+                    f"{name} is a bridge, which has no rings of its own; put them under "
+                    "ports: to size the rings of its ports",
+                )
+            )
+            continue
+        if spec.ports is not None and link.kind != "bridge":
+            errors.append(
+                PlanError(
+                    address,
+                    f"ports: only applies to a bridge, and {name} is "
+                    f"{'a ' + link.kind if link.kind else 'a physical NIC'}",
+                )
+            )
+            continue
+        t = targets.setdefault(name, _Target(name))
+        t.own = spec
+        _add(t, spec, _origin(f"nics.{name}", spec.source))
+        if spec.ports is not None:
+            ports, _skipped = bridge_ports(name, live.links)
+            origin = _origin(f"nics.{name}.ports", spec.ports.source)
+            for port, path in ports:
+                pt = targets.setdefault(port, _Target(port))
+                pt.via.append(path)
+                _add(pt, spec.ports, origin)
+    return targets, errors
+
+
+def _ringless_ports(
+    desired: HostDesired, live: NicLive, targets: dict[str, _Target]
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(port -> bridges) for bridge ports that get ring sizes only from bridges' ``ports:``
+    and whose driver has no rings; and (bridge -> its ports) for bridges none of whose
+    ports has rings (then an error: the ``rings:`` can never apply). Pure."""
+    ringless: dict[str, list[str]] = {}
+    with_rings: dict[str, bool] = {}
+    members: dict[str, list[str]] = {}
+    for name in sorted(targets):
+        t = targets[name]
+        state = live.nics.get(name)
+        if not t.via or not t.rings or state is None or name in live.errors:
+            continue
+        own_rings = t.own is not None and t.own.rings is not None
+        bridges = sorted({p[0] for p in t.via})
+        for b in bridges:
+            members.setdefault(b, []).append(name)
+            with_rings[b] = with_rings.get(b, False) or state.rings is not None
+        if state.rings is None and not own_rings:
+            ringless[name] = bridges
+    none_with_rings = {b: ps for b, ps in members.items() if not with_rings[b]}
+    return ringless, none_with_rings
+
+
 def _features_of(name: str, state: NicState) -> tuple[str, ...]:
     """The kernel features ``name`` switches on this NIC. ``tso`` is every
     ``tx-tcp*-segmentation`` the kernel has, as ethtool defines it, including ones newer than
@@ -379,51 +453,18 @@ class NicProvider:
         ``set_rings``, each carrying only the values that differ. Errors are per NIC and
         setting: a NIC with an impossible ring size still gets its offloads.
         """
-        errors: list[PlanError] = []
-        targets: dict[str, _Target] = {}
-        for name in sorted(desired.nics):
-            spec = desired.nics[name]
-            address = f"{KIND}/{name}"
-            link = live.links.get(name)
-            if link is None:
-                errors.append(
-                    PlanError(
-                        address,
-                        f"no NIC named {name} on this host "
-                        f"(desired by {_origin('nics.' + name, spec.source)})",
-                    )
-                )
-                continue
-            if spec.rings is not None and link.kind == "bridge":
-                errors.append(
-                    PlanError(
-                        address,
-                        f"{name} is a bridge, which has no rings of its own; put them under "
-                        "ports: to size the rings of its ports",
-                    )
-                )
-                continue
-            if spec.ports is not None and link.kind != "bridge":
-                errors.append(
-                    PlanError(
-                        address,
-                        f"ports: only applies to a bridge, and {name} is "
-                        f"{'a ' + link.kind if link.kind else 'a physical NIC'}",
-                    )
-                )
-                continue
-            t = targets.setdefault(name, _Target(name))
-            t.own = spec
-            _add(t, spec, _origin(f"nics.{name}", spec.source))
-            if spec.ports is not None:
-                ports, _skipped = bridge_ports(name, live.links)
-                origin = _origin(f"nics.{name}.ports", spec.ports.source)
-                for port, path in ports:
-                    pt = targets.setdefault(port, _Target(port))
-                    pt.via.append(path)
-                    _add(pt, spec.ports, origin)
+        targets, errors = _targets(desired, live)
         # Every source is merged now (a port's own entry may sort after its bridge), so each
         # target holds all of its conflicts.
+        ringless, none_with_rings = _ringless_ports(desired, live, targets)
+        errors += [
+            PlanError(
+                f"{KIND}/{bridge}",
+                f"none of {bridge}'s ports has ring sizes to set ({', '.join(ports)}: their "
+                "drivers have no rings); remove rings: from its ports:",
+            )
+            for bridge, ports in sorted(none_with_rings.items())
+        ]
         changes: list[Change] = []
         for name in sorted(targets):
             t = targets[name]
@@ -445,7 +486,10 @@ class NicProvider:
             if state is None:
                 errors.append(PlanError(address, f"{name} was not read"))
                 continue
-            rb, ra, rerr = _plan_rings(name, t.rings, state)
+            rings = t.rings
+            if name in ringless:
+                rings = {}  # a bridge port whose driver has no rings: a plan warning
+            rb, ra, rerr = _plan_rings(name, rings, state)
             fb, fa, ferr = _plan_offloads(t.offloads, state)
             errors.extend(PlanError(address, m) for m in rerr + ferr)
             ops: list[Op] = []
@@ -475,6 +519,21 @@ class NicProvider:
                     d["path"] = [" > ".join(p) for p in t.via]
             changes.append(Change(KIND, name, "update", tuple(ops), before, after, None, warnings))
         return changes, errors
+
+    def notices(self, desired: HostDesired, live: NicLive) -> list[PlanWarning]:
+        """Pure: bridge ports skipped for ring sizes because their driver has none (tap,
+        veth or a paravirtual NIC beside real ones), as tap and vnet ports are."""
+        targets, _ = _targets(desired, live)
+        ringless, none_with_rings = _ringless_ports(desired, live, targets)
+        return [
+            PlanWarning(
+                f"{KIND}/{port}",
+                f"ring sizes from {' and '.join(bridges)}'s ports: skipped: this port's driver "
+                f"has no rings ({live.nics[port].rings_error or 'Operation not supported'})",
+            )
+            for port, bridges in sorted(ringless.items())
+            if not set(bridges) <= set(none_with_rings)
+        ]
 
     # ---------------------------------------------------------------------------- apply
     def apply(self, change: Change) -> list[Op]:

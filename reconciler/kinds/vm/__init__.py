@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from reconciler.kinds.base import Context, Kind, Provider
-from reconciler.kinds.vm import against, render
+from reconciler.kinds.vm import against, checks, render
 
 
 def _provider(ctx: Context) -> Provider | None:
@@ -33,6 +33,8 @@ KIND = Kind(
     provider=_provider,
     live_class=_live_class,
     op_lines=render.OP_LINES,
+    check_host_cluster=checks.check_host_cluster,
     cluster_against=against.vm_changes,
     cluster=True,
+    error_heads=("node",),
 )

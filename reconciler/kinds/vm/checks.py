@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 import xml.parsers.expat
 from pathlib import Path
 
 from reconciler.errors import Problem
+from reconciler.hostconfig import HostConfig, show
 from reconciler.yamlsrc import YamlDoc, YPath
 
 
@@ -114,3 +117,161 @@ def _check_definition(doc: YamlDoc, repo: Path, vm: str, definition: str) -> lis
             )
         ]
     return []
+
+
+# ----------------------------------------------------------------------------- host policy
+# libvirt node URIs against the host configuration: only transports and parameters that
+# cannot start a program, host paths only where the host allows them. Source: libvirt's
+# "Connection URIs" page (https://libvirt.org/uri.html, docs/uri.rst in libvirt.git):
+#
+# * ``driver[+transport]://[username@][hostname][:port]/[path][?extraparameters]``;
+# * the ``ext`` transport "invokes the user specified command" (``command=``): refused;
+# * ``ssh``: ``command=`` is "Path to the ssh binary to use", ``netcat=`` names the command
+#   run on the remote side, ``proxy=`` chooses the remote proxy binary: all three refused
+#   (on every transport). ``ssh`` itself is the host's (``PATH``), and a host or user
+#   starting with ``-`` (an ssh option, ``-oProxyCommand=``) is refused;
+# * ``libssh``/``libssh2``: no process; ``keyfile=`` and ``known_hosts=`` are host files
+#   (libssh2 may rewrite known_hosts): under ``allowed_dirs`` only;
+# * ``socket=`` "The path to the Unix domain socket": under ``allowed_dirs``, ``/run`` or
+#   ``/var/run`` (where daemons put sockets; the lab's nodes listen under /run);
+# * ``tls``: ``pkipath=`` is a directory of client certificates and key: under
+#   ``allowed_dirs``;
+# * ``name=`` is "The name passed to the remote virConnectOpen function": over ``unix`` that
+#   is this host's root daemon, which would open whatever URI it holds (``test:///<file>``)
+#   unchecked: refused;
+# * "Any others are passed unmodified through to the back end": so parameters are an
+#   allowlist (below); parameter names are compared case-insensitively and URI-unescaped,
+#   as libvirt does;
+# * ``test:///<file>`` makes this process read a host file (its first line is echoed in
+#   libvirt's parse error): only with ``libvirt.allow_test_driver: true``, and then only
+#   ``test:///default`` or a file under ``allowed_dirs``;
+# * ``qemu:///embed?root=DIR`` runs the QEMU driver inside this process with a root
+#   directory from the URI: refused (``/embed`` for every driver).
+#
+# A bare name (``kvm1``) is a ``uri_aliases`` entry of the host's libvirt.conf: host
+# configuration, allowed.
+
+_TRANSPORTS = ("", "unix", "tls", "tcp", "ssh", "libssh", "libssh2")
+_SAFE_PARAMS = (
+    "mode", "no_verify", "no_tty", "known_hosts_verify", "sshauth", "tls_priority",
+)  # fmt: skip
+_PATH_PARAMS = ("keyfile", "known_hosts", "pkipath")
+_SOCKET_DIRS = ("/run", "/var/run")
+_PROGRAM_PARAMS = {
+    "command": "names a program to run",
+    "netcat": "names the program run on the remote side",
+    "proxy": "chooses the program run on the remote side",
+    "name": "is the URI libvirt's daemon opens unchecked",
+}
+_ALIAS = re.compile(r"^[A-Za-z0-9_-]+$")
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)([^?#]*)(?:\?([^#]*))?$")
+
+
+def libvirt_uri_problems(uri: str, host: HostConfig) -> list[str]:
+    """Why node URI ``uri`` is refused (see the comment above), else []."""
+    value = show(uri)
+    if _ALIAS.match(uri):
+        return []  # a uri_aliases name from the host's own libvirt.conf
+    m = _URI.match(uri) if uri.isprintable() and " " not in uri else None
+    if m is None:
+        return [f"{value} is not a libvirt URI (driver[+transport]://[user@][host]/path)"]
+    scheme, authority, query = m.group(1).lower(), m.group(2), m.group(4)
+    path = urllib.parse.unquote(m.group(3))  # libvirt unescapes it (%2e%2e is ..)
+    driver, _, transport = scheme.partition("+")
+    out: list[str] = []
+    if transport == "ext":
+        out.append(
+            f"{value}: the ext transport runs a command to reach the node; the repository "
+            "may not start programs (use ssh, libssh, tls or unix)"
+        )
+    elif transport not in _TRANSPORTS:
+        out.append(f"{value}: unknown libvirt transport {transport!r}")
+    userinfo, _, hostport = urllib.parse.unquote(authority).rpartition("@")
+    for what, part in (("host", hostport), ("user", userinfo)):
+        if part.startswith("-"):
+            out.append(
+                f"{value}: the {what} {show(part)} starts with '-', which ssh would read as "
+                "an option"
+            )
+    if path.rstrip("/").endswith("/embed"):
+        out.append(
+            f"{value}: an embedded driver runs inside this process with a root directory "
+            "from the repository; use the node's daemon (/system)"
+        )
+    if driver == "test":
+        out += _test_driver(value, transport, authority, path, host)
+    for name, param in _params(query or ""):
+        out += _param_problems(value, name, param, host)
+    return out
+
+
+def _test_driver(
+    value: str, transport: str, authority: str, path: str, host: HostConfig
+) -> list[str]:
+    if not host.libvirt.allow_test_driver:
+        return [
+            f"{value}: libvirt's test driver is not allowed on this host "
+            f"(libvirt.allow_test_driver is false, {host.origin('libvirt.allow_test_driver')})"
+        ]
+    if transport or authority or path in ("/default", ""):
+        return []
+    why = host.path_problem(path)
+    return [] if why is None else [f"{value}: the test driver would read a host file: {why}"]
+
+
+def _params(query: str) -> list[tuple[str, str]]:
+    """The URI's parameters, ``(lower-cased name, value)``, both URI-unescaped. libvirt
+    splits on ``&`` (and ``;``); splitting on both finds every name libvirt sees (more
+    names, never fewer, and every one is checked)."""
+    out: list[tuple[str, str]] = []
+    for part in re.split(r"[&;]", query):
+        if not part:
+            continue
+        name, _, val = part.partition("=")
+        out.append((urllib.parse.unquote(name).lower(), urllib.parse.unquote(val)))
+    return out
+
+
+def _param_problems(value: str, name: str, param: str, host: HostConfig) -> list[str]:
+    shown = show(name)
+    if name in _PROGRAM_PARAMS:
+        return [f"{value}: the parameter {shown}= {_PROGRAM_PARAMS[name]}; not allowed"]
+    if name == "socket":
+        why = host.path_problem(param, also=_SOCKET_DIRS)
+        return [] if why is None else [f"{value}: socket={why}"]
+    if name in _PATH_PARAMS:
+        why = host.path_problem(param)
+        return [] if why is None else [f"{value}: {shown}={why}"]
+    if name in _SAFE_PARAMS:
+        return []
+    allowed = ", ".join(sorted((*_SAFE_PARAMS, *_PATH_PARAMS, "socket")))
+    return [f"{value}: the parameter {shown}= is not one the host allows (allowed: {allowed})"]
+
+
+def check_host_cluster(doc: YamlDoc, host: HostConfig) -> list[Problem]:
+    """``vms.yaml`` against the host configuration: every node's ``uri``
+    (:func:`libvirt_uri_problems`) and ``migration_uri`` (QEMU's ``tcp://host[:port]``
+    only: the other migration URI forms, ``exec:`` among them, can start programs)."""
+    data = doc.data
+    out: list[Problem] = []
+    nodes = data.get("nodes") if isinstance(data, dict) else None
+    if not isinstance(nodes, dict):
+        return out
+    for node, spec in nodes.items():
+        if not isinstance(spec, dict):
+            continue
+        uri = spec.get("uri")
+        if isinstance(uri, str):
+            out += [doc.problem(("nodes", node, "uri"), m) for m in libvirt_uri_problems(uri, host)]
+        migration = spec.get("migration_uri")
+        if isinstance(migration, str) and not _MIGRATION.match(migration):
+            out.append(
+                doc.problem(
+                    ("nodes", node, "migration_uri"),
+                    f"{show(migration)}: only tcp://host[:port] is allowed",
+                )
+            )
+    return out
+
+
+_MIGRATION = re.compile(r"^tcp://[A-Za-z0-9._:\[\]-]+$")

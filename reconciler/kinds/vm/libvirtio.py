@@ -405,11 +405,14 @@ def in_process_uri(uri: str) -> bool:
 
 
 def open_node(name: str, uri: str) -> NodeIO:
-    """Open a connection to ``uri`` (read-write). Raises ProviderError when unreachable."""
+    """Open a connection to ``uri`` (read-write). Raises ProviderError when unreachable,
+    with the first line of libvirt's message only: a ``test:///<file>`` URI's parse error
+    goes on to quote the file's content."""
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as e:
-        raise ProviderError(f"node {name} ({uri}) is unreachable: {_err(e)}") from e
+        first = _err(e).splitlines()[0] if _err(e) else ""
+        raise ProviderError(f"node {name} ({uri}) is unreachable: {first}") from e
     if conn is None:  # older bindings return None instead of raising
         raise ProviderError(f"node {name} ({uri}) is unreachable")
     return NodeIO(name, conn)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from reconciler import cli, engine
+from reconciler import cli, engine, hostconfig
 from reconciler import desired as desired_mod
 from reconciler.engine import RunResult
 from reconciler.errors import ValidationError
@@ -34,6 +34,7 @@ from reconciler.kinds.backup.restic import (
 from reconciler.model import HostDesired
 from reconciler.plan import Plan
 from reconciler.render import text as render_text
+from tests import hostcfg
 from tests.simclock import Clock
 
 pytestmark = pytest.mark.skipif(shutil.which("restic") is None, reason="restic is not installed")
@@ -77,6 +78,9 @@ class Site:
         self.pw = root / "pw"
         shutil.copy(template / "pw", self.pw)
         self.pw.chmod(0o600)
+        # The host allows the repositories and password file here (restic: the default).
+        self.config = hostcfg.write(root / "host", allowed_dirs=[root])
+        self.host = hostconfig.load(self.config)
 
     def repo(self, name: str) -> Path:
         path = self.root / name
@@ -90,7 +94,7 @@ class Site:
             lines.append(f"  {name}:")
             lines += [f"    {k}: {json.dumps(v)}" for k, v in s.items()]
         (self.desired_dir / "hosts" / f"{HOST}.yaml").write_text("\n".join(lines) + "\n")
-        return desired_mod.load_host(self.desired_dir, HOST)
+        return desired_mod.load_host(self.desired_dir, HOST, config=self.host)
 
     def restic_set(self, repo: str = "repo", **kw: Any) -> dict[str, Any]:
         spec: dict[str, Any] = {
@@ -212,6 +216,8 @@ def test_dry_run_changes_nothing(site: Site, tmp_path: Path) -> None:
             str(tmp_path / "state"),
             "--log-format",
             "json",
+            "--config",
+            str(site.config),
         ]
     )
     assert code == cli.EXIT_CHANGES

@@ -1,7 +1,8 @@
 """The backup provider end to end against the tarsnap emulator (lab/fake_tarsnap/tarsnap).
 
 The emulator's "server" is a JSON file; the provider drives it exactly as it drives tarsnap
-(``tarsnap.command`` in the desired state). Simulated time comes from the provider's clock.
+(``commands.tarsnap`` of the host configuration, which the tests write to a file). Simulated
+time comes from the provider's clock.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from typing import Any
 import pytest
 
 from reconciler import desired as desired_mod
-from reconciler import engine
+from reconciler import engine, hostconfig
 from reconciler.engine import RunResult
 from reconciler.kinds.backup import retention
 from reconciler.kinds.backup.provider import BackupProvider
 from reconciler.model import HostDesired
 from reconciler.plan import Plan
+from tests import hostcfg
 from tests.clirun import reconcile
 from tests.simclock import Clock
 
@@ -50,10 +52,12 @@ class Account:
             (self.data / d / "file").write_text(d)
         self.desired_dir = root / "desired"
         (self.desired_dir / "hosts").mkdir(parents=True)
+        # The host runs the emulator as its tarsnap, and allows the key and cache here.
+        self.config = hostcfg.write(root / "host", tarsnap=str(FAKE), allowed_dirs=[root])
+        self.host = hostconfig.load(self.config)
 
     def write(self, sets: dict[str, dict[str, Any]], **tarsnap_extra: Any) -> HostDesired:
         tarsnap = {
-            "command": str(FAKE),
             "keyfile": str(self.keyfile),
             "cachedir": str(self.cachedir),
             **tarsnap_extra,
@@ -61,7 +65,11 @@ class Account:
         doc = {"tarsnap": tarsnap, "backups": sets}
         # JSON is YAML: no quoting surprises in paths.
         (self.desired_dir / "hosts" / f"{HOST}.yaml").write_text(json.dumps(doc, indent=1))
-        return desired_mod.load_host(self.desired_dir, HOST)
+        return desired_mod.load_host(self.desired_dir, HOST, config=self.host)
+
+    def provider(self, **kw: Any) -> BackupProvider:
+        """The backup provider with the host's commands, as ``reconcile`` builds it."""
+        return BackupProvider(commands=self.host.commands, **kw)
 
     def tarsnap_set(self, name: str = "etc", **kw: Any) -> dict[str, Any]:
         spec: dict[str, Any] = {
@@ -127,7 +135,7 @@ def test_years_of_simulated_time_follow_decide(acct: Account) -> None:
     acct.seed(FOREIGN)
     policy = retention.KeepPolicy.from_mapping(spec["keep"])
     clock = Clock(datetime(2022, 12, 30, 2, 0, tzinfo=UTC))
-    provider = BackupProvider(clock=clock)
+    provider = acct.provider(clock=clock)
     ours: set[str] = set()
     deleted = 0
     for step in range(20):
@@ -148,7 +156,7 @@ def test_nothing_due_is_a_noop_and_dry_run_writes_nothing(acct: Account) -> None
     desired = acct.write({"etc": acct.tarsnap_set(every="1h", keep={"last": 1})})
     acct.seed(["etc-20240101-000000", "etc-20240102-000000", *FOREIGN])
     clock = Clock(datetime(2024, 1, 2, 0, 59, 59, tzinfo=UTC))
-    provider = BackupProvider(clock=clock)
+    provider = acct.provider(clock=clock)
     state_before = (acct.state / "state.json").read_text()
     # Dry run = make_plan only (the engine never calls apply): a deletion is planned ...
     plan, _ = engine.make_plan(desired, [provider])
@@ -199,7 +207,7 @@ def test_busy_cache_lock_fails_that_set_only(acct: Account, tmp_path: Path) -> N
             "keep": {"last": 3},
         }
     desired = acct.write(sets)
-    provider = BackupProvider(clock=Clock(datetime(2024, 1, 5, tzinfo=UTC)))
+    provider = acct.provider(clock=Clock(datetime(2024, 1, 5, tzinfo=UTC)))
     # tarsnap's own cache lock: lockf() on <cachedir>/lockf, as another tarsnap holds it.
     fd = os.open(acct.cachedir / "lockf", os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -224,7 +232,7 @@ def test_busy_cache_lock_fails_that_set_only(acct: Account, tmp_path: Path) -> N
 def test_unsafe_key_file_is_an_error_for_that_set_only(acct: Account) -> None:
     acct.keyfile.chmod(0o644)
     desired = acct.write({"etc": acct.tarsnap_set()})
-    plan, _ = engine.make_plan(desired, [BackupProvider()])
+    plan, _ = engine.make_plan(desired, [acct.provider()])
     assert [e.address for e in plan.errors] == ["backup/etc"]
     assert "chmod 600" in plan.errors[0].message
     assert acct.calls() == []  # checked before tarsnap ever ran
@@ -238,7 +246,7 @@ def test_missing_path_is_an_error_for_that_set_only(acct: Account) -> None:
         }
     )
     acct.seed([])
-    plan, result = run(desired, BackupProvider(clock=Clock(datetime(2024, 3, 1, tzinfo=UTC))))
+    plan, result = run(desired, acct.provider(clock=Clock(datetime(2024, 3, 1, tzinfo=UTC))))
     assert [e.address for e in plan.errors] == ["backup/etc"]
     assert result.applied == ["backup/home"]
     assert acct.names() == {"home-20240301-000000"}
@@ -249,7 +257,7 @@ def test_many_deletions_in_bounded_batches(acct: Account) -> None:
     old = [retention.archive_name("etc", start + timedelta(hours=i)) for i in range(1200)]
     acct.seed(old)
     desired = acct.write({"etc": acct.tarsnap_set(every="1h", keep={"last": 1})})
-    provider = BackupProvider(clock=Clock(datetime(2021, 1, 1, tzinfo=UTC)), delete_batch=500)
+    provider = acct.provider(clock=Clock(datetime(2021, 1, 1, tzinfo=UTC)), delete_batch=500)
     _, result = run(desired, provider)
     assert result.ok
     deletes = [c for c in acct.calls() if "-d" in c]
@@ -262,7 +270,7 @@ def test_backup_longer_than_every_still_converges(acct: Account) -> None:
     ``every`` is not reported as "did not converge"; the next run makes the next archive."""
     desired = acct.write({"etc": acct.tarsnap_set(every="1h", keep={"last": 5})})
     times = iter(datetime(2024, 1, 1, h, tzinfo=UTC) for h in range(0, 24, 3))
-    provider = BackupProvider(clock=lambda: next(times))  # 3 hours pass per clock reading
+    provider = acct.provider(clock=lambda: next(times))  # 3 hours pass per clock reading
     _, result = run(desired, provider)
     assert result.ok, result.errors
     assert acct.names() == {"etc-20240101-000000"}
@@ -278,14 +286,14 @@ def test_sequence_mismatch_runs_fsck_only_when_git_allows_it(acct: Account) -> N
     acct.seed(["etc-20240101-000000"], seq_mismatch=True)
     clock = Clock(datetime(2024, 1, 3, tzinfo=UTC))
     desired = acct.write({"etc": acct.tarsnap_set(keep={"last": 1})})
-    _, result = run(desired, BackupProvider(clock=clock))
+    _, result = run(desired, acct.provider(clock=clock))
     assert not result.ok
     assert "--fsck" in result.errors[0].message and "Sequence number mismatch" in (
         result.errors[0].message
     )
     assert not any("--fsck" in c for c in acct.calls())
     desired = acct.write({"etc": acct.tarsnap_set(keep={"last": 1})}, allow_fsck=True)
-    _, result = run(desired, BackupProvider(clock=clock))
+    _, result = run(desired, acct.provider(clock=clock))
     assert result.ok, result.errors
     assert sum("--fsck" in c for c in acct.calls()) == 1
     assert acct.names() == {"etc-20240103-000000"}
@@ -303,7 +311,7 @@ def test_cli_shows_a_future_archive_even_when_nothing_is_due(acct: Account) -> N
         "--repo", str(acct.desired_dir), "--host", HOST, "--only", "backup",
         "--state-dir", str(acct.root / "state"), "--lock-file", str(acct.root / "lock"),
     )  # fmt: skip
-    env = {**os.environ, "RECONCILER_METRICS_FILE": ""}
+    env = hostcfg.env_with(acct.config, {**os.environ, "RECONCILER_METRICS_FILE": ""})
     dry = reconcile(*base, "--dry-run", "--output", "json", "--detailed-exitcode", env=env)
     assert dry.returncode == 0, dry.stderr
     plan = json.loads(dry.stdout)

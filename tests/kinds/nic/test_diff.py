@@ -81,7 +81,15 @@ def _load(tmp_path: Path, text: str) -> HostDesired:
 def test_golden(case: Path, tmp_path: Path) -> None:
     data = yaml.safe_load(case.read_text())
     desired = _load(tmp_path, data["desired"])
-    changes, errors = NicProvider().diff(desired, _live(data["live"]))
+    live = _live(data["live"])
+    provider = NicProvider()
+    changes, errors = provider.diff(desired, live)
+    if "warnings" in data["expected"]:
+        notes = provider.notices(desired, live)
+        want_notes = data["expected"]["warnings"]
+        assert [w.address for w in notes] == [w["address"] for w in want_notes]
+        for want_w, have_w in zip(want_notes, notes, strict=True):
+            assert want_w["contains"] in have_w.message
 
     for want, have in golden.check(data["expected"], changes, errors):
         ring_op = any(o["op"] == "set_rings" for o in have["ops"])

@@ -24,7 +24,7 @@ from reconciler import desired as desired_mod
 from reconciler.kinds.vm.libvirtio import VncConfig
 from reconciler.kinds.vm.placement import plan_vms, unmanaged_domains
 from reconciler.kinds.vm.read import DomainLive, NodeLive, VmLive, read_definitions
-from tests import golden
+from tests import golden, hostcfg
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = sorted(GOLDEN.glob("*.yaml"))
@@ -73,7 +73,7 @@ def load_case(case: Path, tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
     (tmp_path / "vms.yaml").write_text(data["vms"])
-    config = desired_mod.load_vms(tmp_path)
+    config = desired_mod.load_vms(tmp_path, config=hostcfg.permissive())  # test:/// nodes
     assert config is not None
     live_data = data.get("live") or {}
     # Every node of vms.yaml is read; an unlisted one is empty.
@@ -119,7 +119,7 @@ def test_auto_ports_at_scale_match_the_plain_lowest_free_search(tmp_path: Path) 
     lines.append("vms:")
     lines += [f"  {vm}: {{node: {nodes[i % 3]}, state: shutoff}}" for i, vm in enumerate(names)]
     (tmp_path / "vms.yaml").write_text("\n".join(lines) + "\n")
-    config = desired_mod.load_vms(tmp_path)
+    config = desired_mod.load_vms(tmp_path, config=hostcfg.permissive())  # test:/// nodes
     assert config is not None
     # Every tenth VM already has a fixed port (kept); the rest have autoport and no port.
     # Domains git does not manage hold 5901 and 5905 on kvm1 only.

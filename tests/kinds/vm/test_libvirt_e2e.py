@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from lab.libvirtd import Node, libvirt_daemons, reason_unavailable, small_domain_xml
+from tests import hostcfg
 
 # libvirt's own allocator already holds the port for another domain of the same daemon:
 #   "internal error: Failed to reserve port 5901"
@@ -234,8 +235,10 @@ def test_manual_move_onto_node_using_5901_fails_to_start(cluster: Cluster) -> No
 def _write_desired_state(
     repo: Path, nodes: dict[str, Node], vms: dict[str, dict[str, object]]
 ) -> None:
-    """A desired-state directory whose vms.yaml points at the real daemons."""
+    """A desired-state directory whose vms.yaml points at the real daemons, and next to it
+    the host configuration that allows their sockets (``_reconcile`` passes it)."""
     repo.mkdir(parents=True, exist_ok=True)
+    hostcfg.write(repo.parent, allowed_dirs=[node.root for node in nodes.values()])
     doc = {
         "controller": "master",
         "storage": "shared",
@@ -249,7 +252,7 @@ def _reconcile_args(tmp_path: Path, *extra: str) -> list[str]:
     return [
         "--repo", str(tmp_path / "repo"), "--host", "master", "--only", "vm",
         "--lock-file", str(tmp_path / "reconcile.lock"), "--state-dir", str(tmp_path / "state"),
-        "--log-format", "json", *extra,
+        "--log-format", "json", "--config", str(tmp_path / "host-config.yaml"), *extra,
     ]  # fmt: skip
 
 
