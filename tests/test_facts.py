@@ -41,7 +41,7 @@ import yaml
 from reconciler.kinds.backup import restic, tarsnap
 from reconciler.kinds.ipset import firewall, netlink
 from reconciler.kinds.nic import ethtool
-from reconciler.kinds.vm import libvirtio
+from reconciler.kinds.vm import domainxml
 
 
 class Parser(NamedTuple):
@@ -55,9 +55,9 @@ class Parser(NamedTuple):
 
 PARSERS: dict[str, Parser] = {
     "firewall.parse_save": Parser(firewall.parse_save, "text"),
-    "libvirtio.parse_domain_xml": Parser(libvirtio.parse_domain_xml, "text"),
-    "libvirtio.parse_definition": Parser(libvirtio.parse_definition, "text"),
-    "libvirtio.live_vnc_port": Parser(libvirtio.live_vnc_port, "text"),
+    "domainxml.parse_domain_xml": Parser(domainxml.parse_domain_xml, "text"),
+    "domainxml.parse_definition": Parser(domainxml.parse_definition, "text"),
+    "domainxml.live_vnc_port": Parser(domainxml.live_vnc_port, "text"),
     "restic.parse_snapshots": Parser(restic.parse_snapshots, "data"),
     "tarsnap.parse_archive_list": Parser(tarsnap.parse_archive_list, "data", reads_bytes=True),
     "netlink.decode_list_dump": Parser(netlink.decode_list_dump, "datagrams", reads_bytes=True),

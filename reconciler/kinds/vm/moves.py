@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from reconciler.errors import ProviderError
-from reconciler.kinds.vm.libvirtio import NodeIO, parse_domain_xml, with_vnc_port
+from reconciler.kinds.vm.domainxml import parse_domain_xml, with_vnc_port
+from reconciler.kinds.vm.libvirtio import NodeIO
 from reconciler.kinds.vm.read import Definition, Nodes
 from reconciler.plan import Op
 

@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
-from reconciler.kinds.vm.libvirtio import (
-    VncConfig,
-)
+from reconciler.kinds.vm.domainxml import VncConfig
 from reconciler.kinds.vm.read import DomainLive, NodeLive, VmLive
 from reconciler.plan import Change, Op, PlanError
 

@@ -13,18 +13,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from reconciler.errors import ReconcilerError
-from reconciler.kinds.vm.libvirtio import (
-    STATE_NAMES,
+from reconciler.kinds.vm.domainxml import (
     DomainXmlInfo,
-    NodeIO,
-    RawDomain,
     VncConfig,
-    in_process_uri,
     live_vnc_port,
-    open_node,
     parse_definition,
     parse_domain_xml,
 )
+from reconciler.kinds.vm.libvirtio import STATE_NAMES, NodeIO, RawDomain, in_process_uri, open_node
 
 MAX_READ_THREADS = 32
 Connect = Callable[[str, str], NodeIO]

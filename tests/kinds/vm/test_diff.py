@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from reconciler import desired as desired_mod
-from reconciler.kinds.vm.libvirtio import VncConfig
+from reconciler.kinds.vm.domainxml import VncConfig
 from reconciler.kinds.vm.placement import plan_vms, unmanaged_domains
 from reconciler.kinds.vm.read import DomainLive, NodeLive, VmLive, read_definitions
 from tests import golden, hostcfg

@@ -15,13 +15,13 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from reconciler.kinds.vm.libvirtio import (
+from reconciler.kinds.vm.domainxml import (
     VncConfig,
     live_vnc_port,
-    open_node,
     parse_definition,
     parse_domain_xml,
 )
+from reconciler.kinds.vm.libvirtio import open_node
 
 GRAPHICS = {
     "fixed": "<graphics type='vnc' port='5901' autoport='no'/>",

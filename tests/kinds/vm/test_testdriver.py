@@ -18,7 +18,8 @@ import pytest
 
 from reconciler import engine
 from reconciler.errors import ProviderError
-from reconciler.kinds.vm.libvirtio import NodeIO, open_node, parse_domain_xml
+from reconciler.kinds.vm.domainxml import parse_domain_xml
+from reconciler.kinds.vm.libvirtio import NodeIO, open_node
 from reconciler.kinds.vm.provider import VmProvider
 from reconciler.model import HostDesired
 
