@@ -9,7 +9,8 @@ from pathlib import Path
 
 from reconciler.errors import Problem
 from reconciler.hostconfig import HostConfig, show
-from reconciler.yamlsrc import YamlDoc, YPath
+from reconciler.kinds.vm.domainxml import parse_definition
+from reconciler.yamlsrc import MAX_FILE_BYTES, YamlDoc, YPath, read_bounded
 
 
 class _DomainScan:
@@ -95,9 +96,13 @@ def _check_definition(doc: YamlDoc, repo: Path, vm: str, definition: str) -> lis
         return []  # the schema reported it
     if not path.is_file():
         return [doc.problem(dpath, f"definition file {definition} does not exist")]
+    raw = read_bounded(path)
+    if raw is None:
+        return [doc.problem(dpath, f"definition file {definition} is not a regular file of "
+                            f"at most {MAX_FILE_BYTES} bytes")]  # fmt: skip
     scan = _DomainScan()
     try:
-        scan.parse(path.read_bytes())
+        scan.parse(raw)
     except xml.parsers.expat.ExpatError as e:
         msg = xml.parsers.expat.errors.messages.get(e.code, str(e))
         return [Problem(definition, e.lineno, e.offset + 1, "", f"malformed XML: {msg}")]
@@ -116,6 +121,11 @@ def _check_definition(doc: YamlDoc, repo: Path, vm: str, definition: str) -> lis
                 f"<name> is {scan.name.strip()!r} but {doc.file} calls this VM {vm!r}",
             )
         ]
+    try:
+        # What the run reads from it: memory units, counts, no DOCTYPE or entities.
+        parse_definition(raw.decode("utf-8", errors="replace"))
+    except ValueError as e:
+        return [Problem(definition, 1, 1, "domain", str(e))]
     return []
 
 

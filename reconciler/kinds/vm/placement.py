@@ -39,6 +39,7 @@ class _Vm:
     mode: str = "error"  # here | move | finish | define | error
     port: int | None = None  # planned VNC port (None: the domain has no VNC)
     has_vnc: bool = True  # the domain (or its definition) has VNC graphics
+    tcp_vnc: bool = True  # ... listening on TCP (not a unix socket, not listen type none)
     size: tuple[int, int] = (0, 1)  # (memory KiB, vCPUs) it needs when running
 
 
@@ -85,7 +86,8 @@ def plan_vms(config: Mapping[str, Any], live: VmLive) -> tuple[list[Change], lis
             if dom is not None and dom.persistent:
                 vms[name] = _Vm(
                     name, spec, target, want, dom, target, None, None, "here", None,
-                    dom.vnc is not None, (dom.memory_kib, dom.vcpus),
+                    dom.vnc is not None, dom.vnc is not None and dom.vnc.tcp,
+                    (dom.memory_kib, dom.vcpus),
                 )  # fmt: skip
                 continue
         v = vms[name] = _Vm(name, spec, target, want)
@@ -222,12 +224,14 @@ def _locate(
         raise _Blocked(d.error or f"definition {d.path} could not be read")
     v.mode = "define"
     v.has_vnc = d.info.vnc is not None
+    v.tcp_vnc = d.info.vnc is not None and d.info.vnc.tcp
     v.size = (d.info.memory_kib, d.info.vcpus)
 
 
 def _sized(v: _Vm) -> None:
     assert v.current is not None
     v.has_vnc = v.current.vnc is not None
+    v.tcp_vnc = v.current.vnc is not None and v.current.vnc.tcp
     v.size = (v.current.memory_kib, v.current.vcpus)
 
 
@@ -319,8 +323,10 @@ def _allocate_ports(
                 )
             continue  # nothing to allocate: the VM has no console port
         if want != "auto":
-            v.port = int(want)
+            v.port = int(want)  # a console on a socket or without listener becomes TCP
             continue
+        if not v.tcp_vnc:
+            continue  # auto: a unix-socket or listener-less console has no port to give
         cur = v.current
         have = None if cur is None else cur.config_port or cur.live_vnc_port
         if have is None:
@@ -363,6 +369,8 @@ def _may_stop(v: _Vm) -> bool:
 def _vnc_summary(vnc: VncConfig | None) -> Any:
     if vnc is None:
         return None
+    if not vnc.tcp:
+        return vnc.listen  # "socket" or "none": no TCP port
     return "auto" if vnc.autoport else vnc.port
 
 
