@@ -24,22 +24,43 @@ def canonical_network(text: str) -> tuple[int, int, str]:
 
     ``canonical`` equals ``str(ipaddress.ip_network(text, strict=False))``, so
     ``10.1.2.3/8`` gives ``10.0.0.0/8`` and ``192.0.2.1`` gives ``192.0.2.1/32``.
-    Raises ValueError for anything that is not an IP network.
+    Raises ValueError for anything that is not an IP network. (The desired state refuses
+    host bits: :func:`parse_network` says when they are set.)
+    """
+    version, prefixlen, canonical, _ = parse_network(text)
+    return version, prefixlen, canonical
+
+
+def parse_network(text: str) -> tuple[int, int, str, str | None]:
+    """Return ``(version, prefixlen, canonical, host)`` for ``text``.
+
+    The first three are :func:`canonical_network`'s. ``host`` is None unless ``text`` has
+    host bits set (bits after the prefix), and is then the address alone as a host network:
+    ``10.10.0.1/24`` gives ``(4, 24, "10.10.0.0/24", "10.10.0.1/32")``, ``2001:db8::1/64``
+    gives ``(6, 64, "2001:db8::/64", "2001:db8::1/128")``. One parse for both answers: a
+    65,536-member set is checked member by member. Raises ValueError for anything that is
+    not an IP network.
     """
     m = _V4.fullmatch(text)
     if m is not None:
         a, b, c, d, plen = m.groups()
         prefix = 32 if plen is None else int(plen)
-        value = (int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)) & (
-            (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
-        )
+        address = int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
+        value = address & ((0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF)
+        host = None if value == address else f"{a}.{b}.{c}.{d}/32"
         return (
             4,
             prefix,
             f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}/{prefix}",
+            host,
         )
     net = ipaddress.ip_network(text, strict=False)
-    return net.version, net.prefixlen, str(net)
+    host = None
+    if "/" in text:
+        addr = ipaddress.ip_interface(text).ip
+        if addr != net.network_address:
+            host = f"{addr}/{addr.max_prefixlen}"
+    return net.version, net.prefixlen, str(net), host
 
 
 def sort_key(canonical: str) -> tuple[int, bytes, int]:

@@ -13,7 +13,7 @@ from reconciler.kinds.ipset import against, checks, render
 def _provider(ctx: Context) -> Provider:
     from reconciler.kinds.ipset.provider import IpsetProvider
 
-    return IpsetProvider(ctx.state, force=ctx.force)
+    return IpsetProvider(ctx.state, force=ctx.force, allow_empty=ctx.allow_empty)
 
 
 def _live_class() -> type[Any]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from reconciler.cidr import sort_key
 from reconciler.fielddiff import Memo, field_ops
+from reconciler.kinds.ipset.checks import is_tombstone
 from reconciler.model import HostDesired, IpsetSpec
 from reconciler.plan import Action, Change, Op
 
@@ -63,12 +64,29 @@ def ipset_changes(
 
 
 def ipset_change(name: str, b: IpsetSpec | None, a: IpsetSpec | None) -> Change | None:
-    """The change of one set from ``b`` to ``a`` (None: absent), None when they are equal."""
+    """The change of one set from ``b`` to ``a`` (None: absent), None when they are equal.
+
+    A tombstone (``absent: true``) is no set: a set that becomes one is deleted (on the host
+    if it exists there), one that was one and is defined again is created.
+    """
     if b == a:
         return None
+    tombstone = is_tombstone(a)
+    if is_tombstone(b):
+        b = None
+    if tombstone:
+        a = None
+    if b is None and a is None:
+        return None  # a tombstone added or removed: nothing on a converged host
     if a is None:
         assert b is not None
-        note = "deleted on the host only if reconciler created it (ours.json)"
+        if tombstone:
+            note = "marked absent: deleted on the host with the rules reconciler inserted for it"
+        else:
+            note = (
+                "deleted on the host only if reconciler created it (ours.json); refused "
+                "there while an ACCEPT rule we manage uses it: mark it `absent: true`"
+            )
         op = Op("destroy_set", {"set": name})
         return Change("ipset", name, "delete", (op,), _summary(b), None, None, (note,))
     summary = _summary(a)

@@ -1,20 +1,44 @@
-"""Semantic checks of ``ipsets:`` beyond the schema, and the typed form of a valid set."""
+"""Semantic checks of ``ipsets:`` beyond the schema, and the typed form of a valid set (or
+of a tombstone, ``absent: true``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from reconciler.cidr import canonical_network
+from reconciler.cidr import canonical_network, parse_network
 from reconciler.errors import Problem
 from reconciler.kinds.nic.checks import IFNAMSIZ, ifname_too_long
 from reconciler.model import FirewallRule, IpsetSpec, Location
 from reconciler.yamlsrc import YamlDoc, YPath
 
 
+@dataclass(frozen=True)
+class IpsetTombstone(IpsetSpec):
+    """A set git marks ``absent: true``: delete it if it exists (a no-op otherwise).
+
+    Deleting a set that an ACCEPT rule uses needs this intent: a set that merely left git is
+    not deleted then (:mod:`reconciler.kinds.ipset.provider`). The other fields keep their
+    zero values; whatever else the YAML says about the set is validated and ignored.
+    """
+
+
+def is_tombstone(spec: IpsetSpec | None) -> bool:
+    """True when ``spec`` is a tombstone (``absent: true``)."""
+    return isinstance(spec, IpsetTombstone)
+
+
+def host_bits_message(text: str, host: str, network: str) -> str:
+    """The problem of a member written with host bits set (``10.10.0.1/24``): a typo for a
+    single address as often as for the network, so both are offered."""
+    return f"{text}: host bits set; did you mean {host} or {network}?"
+
+
 def check(doc: YamlDoc, name: str, spec: dict[str, Any]) -> list[Problem]:
-    """Members: valid networks of the set's family, no /0, no duplicates after
-    canonicalisation, no more than maxelem. The canonical members are kept with the
-    document for :func:`load`."""
+    """Members: valid networks of the set's family, no /0, no host bits set, no duplicates
+    after canonicalisation, no more than maxelem. The canonical members are kept with the
+    document for :func:`load`. A tombstone's members, if it still lists them, are checked
+    the same way (they are ignored, but stay valid for when the tombstone is lifted)."""
     base: YPath = ("ipsets", name)
     out: list[Problem] = []
     fw = spec.get("firewall")
@@ -31,8 +55,9 @@ def check(doc: YamlDoc, name: str, spec: dict[str, Any]) -> list[Problem]:
         if not isinstance(m, str):
             continue  # the schema reported it
         mpath = (*base, "members", i)
+        text = m.strip()
         try:
-            version, prefixlen, canon = canonical_network(m.strip())
+            version, prefixlen, canon, host = parse_network(text)
         except ValueError:
             out.append(doc.problem(mpath, f"not a valid IP network: {m!r}"))
             continue
@@ -54,6 +79,11 @@ def check(doc: YamlDoc, name: str, spec: dict[str, Any]) -> list[Problem]:
                     f"the kernel rejects /0 in hash:net; split it into two /1 networks ({halves})",
                 )
             )
+            continue
+        if host is not None:
+            # The kernel would silently store the network: 10.10.0.1/24 (a typo for a /32)
+            # would admit 256 addresses.
+            out.append(doc.problem(mpath, host_bits_message(text, host, canon)))
             continue
         if canon in seen:
             j = seen[canon]
@@ -109,12 +139,16 @@ def _ipset_spec(
 
 
 def load(doc: YamlDoc, name: str, spec: dict[str, Any]) -> IpsetSpec:
-    """The typed set, kept with the document: a cached fleet.yaml builds its sets once, not
-    once per host."""
+    """The typed set (an :class:`IpsetTombstone` for ``absent: true``), kept with the
+    document: a cached fleet.yaml builds its sets once, not once per host."""
     typed: IpsetSpec | None = doc.derived.get(("ipset_spec", name))
     if typed is None:
         line, col = doc.pos(("ipsets", name), key=True)
-        known = doc.derived.get(("ipset_members", name))
-        typed = _ipset_spec(name, spec, Location(doc.file, line, col), known)
+        location = Location(doc.file, line, col)
+        if spec.get("absent") is True:
+            typed = IpsetTombstone(name=name, source=location)
+        else:
+            known = doc.derived.get(("ipset_members", name))
+            typed = _ipset_spec(name, spec, location, known)
         doc.derived[("ipset_spec", name)] = typed
     return typed

@@ -7,13 +7,22 @@ every call is killed after 30 seconds (:mod:`reconciler.runner`), so a wedged ip
 never hang a run.
 Reads use ``iptables-save`` so that rules in every table are seen, which is what matters when
 deciding whether a set is still in use or whether an ACCEPT rule depends on it.
+
+Two iptables backends can hold rules at the same time: nf_tables (``iptables-nft``) and the
+legacy xtables (``iptables-legacy``); Debian ships both, and ``iptables`` is the one the
+alternatives system points at. reconciler writes with ``iptables`` only, but reads both when
+both are installed (:func:`read_rules`): a rule made with the other one still matches packets
+and still uses our sets. Rules of the other backend are named by its binary
+(``iptables-legacy``), so a message about one is a command a sysadmin can paste.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from reconciler import runner
@@ -21,6 +30,8 @@ from reconciler.errors import CommandError
 from reconciler.model import Family, FirewallRule
 
 BINARIES: dict[str, str] = {"inet": "iptables", "inet6": "ip6tables"}
+BACKENDS = ("nft", "legacy")
+"""The iptables backends: nf_tables and the legacy xtables."""
 
 XTABLES_WAIT = 10
 """Seconds iptables waits for the xtables lock (``-w``) before it gives up with an error."""
@@ -47,6 +58,11 @@ class Rule:
         return f"{self.binary} -t {self.table} -A {self.chain} {self.spec}"
 
 
+Chains = Mapping[str, tuple[str, ...]]
+"""A filter table's jumps: chain -> the targets its rules jump or go to that matter for
+deciding whether a packet is accepted (``ACCEPT`` and user chains), sorted, each once."""
+
+
 def binary_for(family: Family) -> str:
     """The iptables binary that handles rules for sets of ``family``."""
     return BINARIES[family]
@@ -68,20 +84,83 @@ def _iptables(argv: list[str], address: str | None) -> subprocess.CompletedProce
 
 
 def list_set_rules(binaries: tuple[str, ...] = ("iptables", "ip6tables")) -> list[Rule]:
-    """Every rule, in every table, that matches on an ipset, for the given binaries.
+    """Every rule, in every table, that matches on an ipset, for the given binaries (the
+    backend each of them uses; :func:`read_rules` reads the other backend too).
 
     A binary that is not installed contributes nothing (it cannot have rules).
     """
+    return read_rules(binaries, other_backend=False)[0]
+
+
+def backend_of(binary: str) -> str:
+    """The backend ``binary`` (``iptables``, ``ip6tables``) uses here: ``nft`` or ``legacy``.
+
+    Debian's alternatives link ``iptables`` to ``xtables-nft-multi`` or
+    ``xtables-legacy-multi``, which the link's target says without running anything;
+    otherwise ``binary -V`` does (``iptables v1.8.9 (nf_tables)``; before 1.8 there was no
+    nf_tables backend, and no backend in the version line).
+    """
+    path = shutil.which(binary)
+    if path is None:
+        return "legacy"
+    real = os.path.basename(os.path.realpath(path))
+    for backend in BACKENDS:
+        if backend in real:
+            return backend
+    proc = _iptables([binary, "-V"], None)
+    return "nft" if "nf_tables" in proc.stdout else "legacy"
+
+
+def other_backend_binary(binary: str) -> str:
+    """The name of ``binary`` for the backend it does not use: ``iptables-legacy`` when
+    ``iptables`` is nf_tables, ``iptables-nft`` when it is legacy."""
+    backend = backend_of(binary)
+    return f"{binary}-{'legacy' if backend == 'nft' else 'nft'}"
+
+
+def is_other_backend(binary: str) -> bool:
+    """True for a rule read from the backend reconciler does not write with
+    (``iptables-legacy``, ``ip6tables-nft`` ...)."""
+    return binary not in BINARIES.values()
+
+
+def _save(save: str) -> str:
+    proc = _iptables([save], None)
+    if proc.returncode != 0:
+        raise CommandError(f"{save} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def read_rules(
+    binaries: tuple[str, ...] = ("iptables", "ip6tables"), *, other_backend: bool = True
+) -> tuple[list[Rule], dict[str, Chains]]:
+    """The rules that match on an ipset (every table) and the filter table's jumps
+    (:func:`parse_chains`), per binary.
+
+    ``binary-save`` reads the backend ``binary`` uses. With ``other_backend`` (and when it
+    is installed: ``iptables-legacy-save`` next to an nf_tables ``iptables``, or
+    ``iptables-nft-save`` next to a legacy one) the other backend is read too, its rules
+    and jumps under its own binary's name (``iptables-legacy``). A binary that is not
+    installed contributes nothing (it cannot have rules).
+    """
     rules: list[Rule] = []
+    chains: dict[str, Chains] = {}
     for binary in binaries:
         save = f"{binary}-save"
         if shutil.which(save) is None:
             continue
-        proc = _iptables([save], None)
-        if proc.returncode != 0:
-            raise CommandError(f"{save} failed: {proc.stderr.strip()}")
-        rules.extend(parse_save(binary, proc.stdout))
-    return rules
+        text = _save(save)
+        rules.extend(parse_save(binary, text))
+        chains[binary] = parse_chains(text)
+        if not other_backend or shutil.which(binary) is None:
+            continue
+        other = other_backend_binary(binary)
+        if shutil.which(f"{other}-save") is None:
+            continue
+        text = _save(f"{other}-save")
+        rules.extend(parse_save(other, text))
+        chains[other] = parse_chains(text)
+    return rules, chains
 
 
 def parse_save(binary: str, text: str) -> list[Rule]:
@@ -104,16 +183,64 @@ def parse_save(binary: str, text: str) -> list[Rule]:
     return rules
 
 
+def _target(words: list[str]) -> str | None:
+    """The target a rule jumps (``-j``) or goes (``-g``) to, or None."""
+    for i, w in enumerate(words[:-1]):
+        if w in ("-j", "--jump", "-g", "--goto"):
+            return words[i + 1]
+    return None
+
+
+def parse_chains(text: str) -> dict[str, tuple[str, ...]]:
+    """The filter table's chains of ``iptables-save`` (or ``iptables -S``) output, each with
+    the targets of its rules that can accept a packet: ``ACCEPT`` and user chains.
+
+    Which chains INPUT reaches, and whether a rule's target accepts (directly, or through a
+    user chain that does), follow from this (:mod:`reconciler.kinds.ipset.provider`).
+    """
+    declared: dict[str, set[str]] = {}
+    table = "filter"
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+            continue
+        if table != "filter":
+            continue
+        if line.startswith(":"):
+            declared.setdefault(line[1:].split()[0], set())
+        elif line.startswith(("-N ", "-P ")):
+            declared.setdefault(line.split()[1], set())
+        elif line.startswith("-A "):
+            # Quotes only come with comments and log prefixes: split those properly.
+            words = shlex.split(line) if '"' in line or "'" in line else line.split()
+            if len(words) < 2:
+                continue
+            targets = declared.setdefault(words[1], set())
+            target = _target(words)
+            if target is not None:
+                targets.add(target)
+    return {
+        chain: tuple(sorted(t for t in targets if t == "ACCEPT" or t in declared))
+        for chain, targets in declared.items()
+    }
+
+
 def rule_exists(binary: str, chain: str, spec: list[str], address: str) -> bool:
     """True when ``binary -C chain spec`` finds the rule in the filter table."""
     proc = _iptables([binary, *_WAIT, "-C", chain, *spec], address)
     if proc.returncode == 0:
         return True
-    # iptables -C exits 1 with "does a matching rule exist" / "Bad rule" when absent; anything
-    # else (no such chain, no such set, ...) is a real error worth reporting.
+    # iptables -C exits 1 with "does a matching rule exist" / "Bad rule" when absent (the
+    # legacy backend says "No chain/target/match by that name" when the absent rule jumps to
+    # a user chain); anything else (exit 2: no such target, no such set ...) is a real error
+    # worth reporting. A chain that does not exist reads as an absent rule, and inserting it
+    # then fails with iptables' own message.
     msg = proc.stderr.strip()
     if proc.returncode == 1 and (
-        "does a matching rule exist" in msg or "Bad rule" in msg or msg == ""
+        "does a matching rule exist" in msg
+        or "Bad rule" in msg
+        or "No chain/target/match by that name" in msg
+        or msg == ""
     ):
         return False
     raise CommandError(f"{binary} -C {chain} {shlex.join(spec)}: {msg}", address=address)

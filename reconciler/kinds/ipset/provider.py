@@ -8,10 +8,20 @@ Safety rules (the ipset kind in ``docs/kinds.md``), each enforced here and teste
   rules reference sets by index, so they keep matching across the swap;
 * the kernel only swaps sets of the same type and family, so a type or family change of a set
   a rule uses is a plan error (never a destroy); one no rule uses is rebuilt and renamed;
-* without ``force``, a change that empties a set, or drops the current SSH client's address
-  from a set an ACCEPT rule uses, is refused (shown in the plan, never applied);
+* without ``force``, a change that empties a set is refused (shown in the plan, never applied);
+* the anti-lockout guard judges the whole plan: without ``force``, when the current SSH client
+  (``SSH_CONNECTION``, IPv4-mapped addresses as IPv4) is accepted now by a rule we manage (a
+  rule matching on one of our sets, in INPUT or a user chain INPUT reaches, whose target is
+  ACCEPT or a user chain that accepts) and no such rule accepts it once every change of the
+  plan is made, the changes that take its access away are refused. When it keeps access only
+  through what the plan creates, those changes come first and the removals require them;
 * only sets in git or recorded as ours are touched; ours that left git are pruned unless a
-  rule we did not insert still uses them.
+  rule we did not insert still uses them, or an ACCEPT rule we manage uses them (deleting
+  access needs intent: ``absent: true`` in git, a tombstone);
+* a plan that would delete every set we own while git declares no ipsets (a wrong ``--repo``)
+  is refused unless ``allow_empty`` (``--allow-empty``);
+* rules are read from both iptables backends when both are installed; a set a rule of the
+  backend we do not write with uses is not changed (a plan error naming the rule).
 """
 
 from __future__ import annotations
@@ -19,7 +29,8 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import shlex
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +39,7 @@ from reconciler.cidr import sort_key
 from reconciler.errors import NetlinkError, ProviderError, StateError
 from reconciler.kinds.ipset import firewall
 from reconciler.kinds.ipset.against import spec_summary
+from reconciler.kinds.ipset.checks import is_tombstone
 from reconciler.kinds.ipset.netlink import IpsetClient, LiveSet
 from reconciler.model import HostDesired, IpsetSpec
 from reconciler.plan import Change, Op, PlanError
@@ -46,9 +58,13 @@ def temp_name(name: str) -> str:
 class IpsetLive:
     """Everything ``diff`` needs, read from the host. Plain data, so golden tests can build it.
 
+    ``rules`` are the rules that match on a set, from both iptables backends (a rule of the
+    backend reconciler does not write with is named by its binary, ``iptables-legacy``).
     ``rule_present`` says, per desired set with a ``firewall:`` rule, whether that rule exists.
     ``ours`` is the ownership record from the state dir; ``ssh_client`` the address from
-    ``SSH_CONNECTION`` (None outside SSH).
+    ``SSH_CONNECTION`` (None outside SSH). ``chains`` holds, per binary, the filter table's
+    chains with the targets their rules jump to that can accept a packet
+    (:func:`firewall.parse_chains`): whether a rule accepts, and whether INPUT reaches it.
     """
 
     sets: Mapping[str, LiveSet]
@@ -57,6 +73,7 @@ class IpsetLive:
     ours: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     ssh_client: str | None = None
     errors: Mapping[str, str] = field(default_factory=dict)
+    chains: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
 
     def for_snapshot(self) -> IpsetLive:
         """The state as a snapshot keeps it: without ``ssh_client``.
@@ -71,15 +88,31 @@ class IpsetLive:
 
 
 def ssh_client_address(environ: Mapping[str, str] | None = None) -> str | None:
-    """The client address of the current SSH session, from ``SSH_CONNECTION``, or None."""
+    """The client address of the current SSH session, from ``SSH_CONNECTION``, or None.
+
+    An IPv4-mapped IPv6 address (``::ffff:192.0.2.5``, what a dual-stack sshd reports for
+    an IPv4 client) is the IPv4 address it maps: that is what iptables and the IPv4 sets
+    see.
+    """
     env = os.environ if environ is None else environ
     parts = env.get("SSH_CONNECTION", "").split()
     if not parts:
         return None
+    return normalise_client(parts[0])
+
+
+def normalise_client(text: str | None) -> str | None:
+    """``text`` as an address the guard compares: IPv4-mapped IPv6 as IPv4, IPv6 compressed,
+    any zone (``%eth0``) dropped; None for None or anything that is not an address."""
+    if not text:
+        return None
     try:
-        return str(ipaddress.ip_address(parts[0]))
+        addr = ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
         return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
 
 
 def _header_dict(s: LiveSet) -> dict[str, Any]:
@@ -105,12 +138,13 @@ def _rule_op(op: str, spec: IpsetSpec) -> Op:
     )
 
 
-def _contains(members: Iterable[str], addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    for m in members:
-        net = ipaddress.ip_network(m)
-        if net.version == addr.version and addr in net:
-            return True
-    return False
+def _covering(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> frozenset[str]:
+    """Every canonical network that contains ``addr``, one per prefix length: a set holds
+    ``addr`` when it shares one of them (33 or 129 lookups, not a parse per member of a
+    65,536-member set)."""
+    return frozenset(
+        str(ipaddress.ip_network((addr, p), strict=False)) for p in range(addr.max_prefixlen + 1)
+    )
 
 
 class IpsetProvider:
@@ -118,9 +152,16 @@ class IpsetProvider:
 
     kind = KIND
 
-    def __init__(self, state: StateDir | None, *, force: bool = False) -> None:
+    def __init__(
+        self, state: StateDir | None, *, force: bool = False, allow_empty: bool = False
+    ) -> None:
+        """``force`` lifts the emptying and lockout guards; ``allow_empty`` lets a plan
+        delete every set we own while git declares no ipsets (``--allow-empty``)."""
         self.state = state
         self.force = force
+        self.allow_empty = allow_empty
+        # Changes applied by this provider in this run: what a require_applied op checks.
+        self._applied: set[str] = set()
 
     # ----------------------------------------------------------------------------- read
     def read(self, desired: HostDesired) -> IpsetLive:
@@ -132,7 +173,7 @@ class IpsetProvider:
             if e.errno == errno.EPERM:
                 e.message += " (managing ipsets needs root, or CAP_NET_ADMIN)"
             raise
-        rules = firewall.list_set_rules()
+        rules, chains = firewall.read_rules()
         present: dict[str, bool] = {}
         errors: dict[str, str] = {}
         for name, spec in desired.ipsets.items():
@@ -149,33 +190,46 @@ class IpsetProvider:
             except ProviderError as e:
                 errors[name] = e.message
         ours = _checked_ours(self.state) if self.state else {}
-        return IpsetLive(sets, tuple(rules), present, ours, ssh_client_address(), errors)
+        return IpsetLive(sets, tuple(rules), present, ours, ssh_client_address(), errors, chains)
 
     # ----------------------------------------------------------------------------- diff
     def diff(self, desired: HostDesired, live: IpsetLive) -> tuple[list[Change], list[PlanError]]:
-        """Compute changes for every desired set and every owned set that left git. Pure."""
+        """Compute changes for every desired set, every tombstone and every owned set that
+        left git, then judge the plan as a whole (prune-all, lockout). Pure."""
         changes: list[Change] = []
         errors: list[PlanError] = []
-        for name in sorted(desired.ipsets):
+        other_backend = _other_backend_users(live)
+        present = {n: s for n, s in desired.ipsets.items() if not is_tombstone(s)}
+        tombstones = {n for n, s in desired.ipsets.items() if is_tombstone(s)}
+        for name in sorted(present):
             address = f"{KIND}/{name}"
             if name in live.errors:
                 errors.append(PlanError(address, live.errors[name]))
                 continue
             try:
-                ch = self._diff_one(desired.ipsets[name], live)
+                ch = self._diff_one(present[name], live)
+            except _PlanRefusal as e:
+                errors.append(PlanError(address, str(e)))
+                continue
+            if ch is not None and name in other_backend:
+                errors.append(PlanError(address, _other_backend_message(name, other_backend)))
+                continue
+            if ch is not None:
+                changes.append(ch)
+        for name in sorted(tombstones | (set(live.ours) - set(desired.ipsets))):
+            address = f"{KIND}/{name}"
+            if name in live.sets and name in other_backend:
+                errors.append(PlanError(address, _other_backend_message(name, other_backend)))
+                continue
+            try:
+                ch = self._diff_delete(name, live, tombstone=name in tombstones)
             except _PlanRefusal as e:
                 errors.append(PlanError(address, str(e)))
                 continue
             if ch is not None:
                 changes.append(ch)
-        for name in sorted(set(live.ours) - set(desired.ipsets)):
-            try:
-                ch = self._diff_prune(name, live)
-            except _PlanRefusal as e:
-                errors.append(PlanError(f"{KIND}/{name}", str(e)))
-                continue
-            if ch is not None:
-                changes.append(ch)
+        changes = self._refuse_prune_all(desired, changes)
+        changes = self._guard_plan(desired, live, changes, tombstones)
         return changes, errors
 
     def _diff_one(self, spec: IpsetSpec, live: IpsetLive) -> Change | None:
@@ -223,7 +277,7 @@ class IpsetProvider:
         if not (add or delete or structural or sizing or need_rule):
             return None
 
-        refusal = self._guard(spec, cur, live, delete)
+        refusal = self._guard(spec, cur)
         before = _header_dict(cur)
         after = spec_summary(spec)
         if structural or sizing:
@@ -309,10 +363,9 @@ class IpsetProvider:
         after = dict(after, added=add, removed=delete, rebuilt_for=structural + sizing)
         return Change(KIND, name, "replace", tuple(ops), before, after, refused=refusal)
 
-    def _guard(
-        self, spec: IpsetSpec, cur: LiveSet, live: IpsetLive, delete: Sequence[str]
-    ) -> str | None:
-        """The reason to refuse this change without ``force``, or None."""
+    def _guard(self, spec: IpsetSpec, cur: LiveSet) -> str | None:
+        """The reason to refuse this set's change on its own without ``force``, or None.
+        (Whether the SSH client keeps access is judged on the whole plan: _guard_plan.)"""
         if self.force:
             return None
         live_members = cur.members or frozenset()
@@ -321,39 +374,31 @@ class IpsetProvider:
                 f"would empty set {spec.name} (it has {len(live_members)} members); "
                 "use --force if that is really intended"
             )
-        if not live.ssh_client or not delete:
-            return None
-        accept_rules = [
-            r
-            for r in live.rules
-            if r.set_name == spec.name and r.target == "ACCEPT" and "src" in r.direction
-        ]
-        if not accept_rules:
-            return None
-        addr = ipaddress.ip_address(live.ssh_client)
-        if _contains(delete, addr) and not _contains(spec.members, addr):
-            return (
-                f"would drop {addr}, the address of the current SSH client (SSH_CONNECTION), "
-                f"from set {spec.name}, which this ACCEPT rule uses: "
-                f"{accept_rules[0].describe()}; add it to the desired members or use --force"
-            )
         return None
 
-    def _diff_prune(self, name: str, live: IpsetLive) -> Change | None:
+    def _diff_delete(self, name: str, live: IpsetLive, *, tombstone: bool) -> Change | None:
+        """Delete set ``name`` with the rules we inserted for it: a tombstone (``absent:
+        true``), or a set of ours that left git. None when it does not exist.
+
+        _PlanRefusal when a rule we did not insert (or another reference) still uses it.
+        A set that merely left git while an ACCEPT rule we manage uses it is refused: that
+        deletion takes access away and needs the intent of a tombstone.
+        """
         cur = live.sets.get(name)
         if cur is None:
-            return None  # already gone; ownership is tidied after apply
-        ours_rules = [list(r) for r in live.ours[name].get("rules", [])]
+            return None  # already gone (ownership is tidied after apply); a tombstone: no-op
+        ours_rules = [list(r) for r in live.ours.get(name, {}).get("rules", [])]
         live_users = [r for r in live.rules if r.set_name == name]
         ops: list[Op] = []
+        mine: list[firewall.Rule] = []
         foreign: list[str] = []
         for r in live_users:
             spec_words = r.spec.split()
-            mine = any(
+            if any(
                 r.binary == o[0] and r.chain == o[1] and r.table == "filter" and spec_words == o[2:]
                 for o in ours_rules
-            )
-            if mine:
+            ):
+                mine.append(r)
                 ops.append(
                     Op("delete_rule", {"binary": r.binary, "chain": r.chain, "rule": spec_words})
                 )
@@ -368,20 +413,142 @@ class IpsetProvider:
                     f"{cur.header.references} reference(s) not from iptables (another set or tool)"
                 )
             )
+            why = (
+                "is marked absent in git"
+                if tombstone
+                else "was created by reconciler and has left git"
+            )
             raise _PlanRefusal(
-                f"set {name} was created by reconciler and has left git, but is still in use, "
-                f"so it is kept: {what}. Remove those rules, and the next run deletes it"
+                f"set {name} {why}, but is still in use, so it is kept: {what}. Remove those "
+                "rules, and the next run deletes it"
             )
         refusal = None
-        if not self.force and ops and live.ssh_client and cur.members:
-            addr = ipaddress.ip_address(live.ssh_client)
-            if _contains(cur.members, addr) and any(r.target == "ACCEPT" for r in live_users):
-                refusal = (
-                    f"deleting the ACCEPT rule for set {name} would drop {addr}, the current "
-                    "SSH client; use --force if that is really intended"
-                )
+        accepting = [r for r in mine if _target_accepts(r.target, live.chains.get(r.binary, {}))]
+        if not tombstone and accepting:
+            refusal = (
+                f"{KIND}/{name} left git but an ACCEPT rule we manage uses it; mark it "
+                f"`absent: true` to delete it (the rule: {accepting[0].describe()})"
+            )
         ops.append(Op("destroy_set", {"set": name}))
         return Change(KIND, name, "delete", tuple(ops), _header_dict(cur), None, refused=refusal)
+
+    def _refuse_prune_all(self, desired: HostDesired, changes: list[Change]) -> list[Change]:
+        """Without ``allow_empty``, refuse the deletions of a plan made while git declares no
+        ipsets at all: that is what a ``--repo`` pointing at the wrong directory looks like,
+        and it would delete every set we own with its rules (Argo CD's ``allowEmpty``)."""
+        if self.allow_empty or desired.ipsets:
+            return changes
+        deletes = [c.name for c in changes if c.action == "delete"]
+        if not deletes:
+            return changes
+        why = (
+            "git declares no ipsets, so this plan would delete every set reconciler owns "
+            f"({', '.join(deletes)}) and the rules it inserted for them; refused without "
+            "--allow-empty (check --repo: a wrong directory looks like this). Run with "
+            "--allow-empty if no ipsets at all is really intended"
+        )
+        return [
+            replace(c, refused=_joined(why, c.refused)) if c.action == "delete" else c
+            for c in changes
+        ]
+
+    def _guard_plan(
+        self,
+        desired: HostDesired,
+        live: IpsetLive,
+        changes: list[Change],
+        tombstones: set[str],
+    ) -> list[Change]:
+        """The anti-lockout guard, on the plan as a whole.
+
+        When the SSH client is accepted now by a rule we manage and would not be once every
+        change that is not already refused is made, the changes that take that access away
+        are refused (without ``force``). When it keeps access only through what the plan
+        itself creates, the changes creating it go first and each removal starts with a
+        ``require_applied`` op naming them: if one fails, the removal is not made.
+        """
+        client = normalise_client(live.ssh_client)
+        if self.force or client is None:
+            return changes
+        addr = ipaddress.ip_address(client)
+        binary = firewall.BINARIES["inet" if addr.version == 4 else "inet6"]
+        chains = live.chains.get(binary, {})
+        reach = _reachable(chains, "INPUT")
+        managed = (
+            {n for n in desired.ipsets if n not in tombstones}
+            | (tombstones & set(live.sets))
+            | set(live.ours)
+        )
+
+        def accepting(rule: firewall.Rule) -> bool:
+            return (
+                rule.binary == binary
+                and rule.table == "filter"
+                and rule.set_name in managed
+                and rule.chain in reach
+                and _matches_src(rule)
+                and _target_accepts(rule.target, chains)
+            )
+
+        cover = _covering(addr)
+        members_now = {n: s.members for n, s in live.sets.items() if s.members is not None}
+        rules_now = {_key(r): r for r in live.rules if accepting(r)}
+        before = {
+            k for k, r in rules_now.items() if not cover.isdisjoint(members_now.get(r.set_name, ()))
+        }
+        if not before:
+            return changes  # not accepted through our sets now: nothing of ours to lose
+
+        members_after = dict(members_now)
+        rules_after = dict(rules_now)
+        for c in changes:
+            if c.refused:
+                continue  # never applied
+            if c.action == "delete":
+                members_after.pop(c.name, None)
+                rules_after = {k: r for k, r in rules_after.items() if r.set_name != c.name}
+                continue
+            spec = desired.ipsets[c.name]
+            members_after[c.name] = spec.members
+            for op in c.ops:
+                if op.op == "insert_rule" and op.args["binary"] == binary:
+                    assert spec.firewall is not None
+                    new = firewall.Rule(
+                        binary, "filter", op.args["chain"], shlex.join(op.args["rule"]),
+                        c.name, "src", spec.firewall.target,
+                    )  # fmt: skip
+                    if accepting(new):
+                        rules_after[_key(new)] = new
+        after = {
+            k
+            for k, r in rules_after.items()
+            if r.set_name in members_after and not cover.isdisjoint(members_after[r.set_name])
+        }
+        lost = before - after
+        if not lost or after & before:
+            # Nothing taken away, or it keeps access it has now through a rule left alone.
+            return changes
+        removals = {k[3] for k in lost}  # the sets whose changes take access away
+        if not after:
+            out = []
+            for c in changes:
+                if c.name in removals and not c.refused:
+                    rule = rules_now[min(k for k in lost if k[3] == c.name)]
+                    c = replace(c, refused=_lockout_message(c, addr, rule))
+                out.append(c)
+            return out
+        # It keeps access only through what this plan creates: that goes first, and the
+        # removals require it applied.
+        providers = sorted({f"{KIND}/{k[3]}" for k in after})
+        reason = f"it keeps {addr}, the current SSH client (SSH_CONNECTION), accepted"
+        require = tuple(Op("require_applied", {"needs": a, "reason": reason}) for a in providers)
+        first = [c for c in changes if c.address in providers]
+        rest = [
+            replace(c, ops=require + c.ops) if c.name in removals and not c.refused else c
+            for c in changes
+            if c.address not in providers
+        ]
+        return first + rest
 
     # ---------------------------------------------------------------------------- apply
     def apply(self, change: Change) -> list[Op]:
@@ -420,12 +587,20 @@ class IpsetProvider:
             raise
         finally:
             self._record_ownership(change, done)
+        self._applied.add(address)
         return done
 
     def _apply_one(self, client: IpsetClient, change: Change, op: Op, family: str) -> None:
         a = op.args
         address = change.address
-        if op.op == "create_set":
+        if op.op == "require_applied":
+            if a["needs"] not in self._applied:
+                raise ProviderError(
+                    f"not applied: it needs {a['needs']} applied first ({a['reason']}), "
+                    "and that did not happen in this run",
+                    address=address,
+                )
+        elif op.op == "create_set":
             client.create(
                 a["set"],
                 type=a["type"],
@@ -495,6 +670,104 @@ def _checked_ours(state: StateDir) -> dict[str, dict[str, Any]]:
                 address=f"{KIND}/{name}",
             )
     return ours
+
+
+RuleKey = tuple[str, str, str, str]
+"""A rule as the guard tells rules apart: (binary, chain, spec, set)."""
+
+
+def _key(rule: firewall.Rule) -> RuleKey:
+    return (rule.binary, rule.chain, rule.spec, rule.set_name)
+
+
+def _joined(*reasons: str | None) -> str:
+    """Refusal reasons, the first first, each once."""
+    out: list[str] = []
+    for r in reasons:
+        if r and r not in out:
+            out.append(r)
+    return "; ".join(out)
+
+
+def _matches_src(rule: firewall.Rule) -> bool:
+    """True when ``rule`` matches packets whose source is in its set: ``src`` as the first
+    direction, and not negated (``! --match-set``)."""
+    if rule.direction.split(",")[0] != "src":
+        return False
+    words = shlex.split(rule.spec)
+    for i, w in enumerate(words[:-1]):
+        if w == "--match-set" and words[i + 1] == rule.set_name:
+            return not (i > 0 and words[i - 1] == "!")
+    return True
+
+
+def _target_accepts(
+    target: str | None, chains: Mapping[str, Sequence[str]], seen: frozenset[str] = frozenset()
+) -> bool:
+    """True when a packet sent to ``target`` can be accepted: ``ACCEPT``, or a user chain
+    with a rule that accepts (directly or through further user chains). Any ACCEPT in the
+    chain counts, whatever else its rule matches."""
+    if target == "ACCEPT":
+        return True
+    if target is None or target in seen or target not in chains:
+        return False
+    return any(_target_accepts(t, chains, seen | {target}) for t in chains[target])
+
+
+def _reachable(chains: Mapping[str, Sequence[str]], start: str) -> set[str]:
+    """``start`` and every chain its rules jump or go to, transitively."""
+    found = {start}
+    todo = [start]
+    while todo:
+        for t in chains.get(todo.pop(), ()):
+            if t in chains and t not in found:
+                found.add(t)
+                todo.append(t)
+    return found
+
+
+def _other_backend_users(live: IpsetLive) -> dict[str, list[firewall.Rule]]:
+    """Sets used by rules of the iptables backend reconciler does not write with."""
+    out: dict[str, list[firewall.Rule]] = {}
+    for r in live.rules:
+        if firewall.is_other_backend(r.binary):
+            out.setdefault(r.set_name, []).append(r)
+    return out
+
+
+def _other_backend_message(name: str, users: Mapping[str, Sequence[firewall.Rule]]) -> str:
+    """The plan error of a set a rule of the other iptables backend uses."""
+    rules = users[name]
+    other = rules[0].binary
+    ours = other.rsplit("-", 1)[0]
+    return (
+        f"set {name} is not changed while a rule of the other iptables backend uses it: "
+        + "; ".join(r.describe() for r in rules)
+        + f". reconciler writes its rules with `{ours}`, not `{other}`, and its guards "
+        f"cannot vouch for rules it does not manage: recreate that rule with `{ours}` (or "
+        "delete it), and the next run manages the set"
+    )
+
+
+def _lockout_message(
+    change: Change, addr: ipaddress.IPv4Address | ipaddress.IPv6Address, rule: firewall.Rule
+) -> str:
+    """Why ``change`` is refused: it takes away the SSH client's access through ``rule``."""
+    who = f"{addr}, the address of the current SSH client (SSH_CONNECTION)"
+    via = rule.describe()
+    if rule.target != "ACCEPT":
+        via += f" (its target {rule.target} accepts)"
+    if change.action == "delete":
+        return (
+            f"deleting set {change.name} would drop {who}, which this rule accepts now: {via}; "
+            "after the whole plan no rule we manage would accept it. Give it access through "
+            "another set first, or use --force if that is really intended"
+        )
+    return (
+        f"would drop {who}, from set {change.name}, which this ACCEPT rule uses: {via}; after "
+        "the whole plan no rule we manage would accept it. Add it to the desired members or "
+        "use --force"
+    )
 
 
 class _PlanRefusal(Exception):

@@ -32,6 +32,7 @@ OP_LINES: dict[str, OpLine] = {
     "destroy_set": _destroy_set,
     "insert_rule": lambda a: f"+ rule {a['binary']} -I {a['chain']} {shlex.join(a['rule'])}",
     "delete_rule": lambda a: f"- rule {a['binary']} -D {a['chain']} {shlex.join(a['rule'])}",
+    "require_applied": lambda a: f"= only after {a['needs']} is applied ({a['reason']})",
 }
 
 MEMBERS_PER_EVENT = 1000

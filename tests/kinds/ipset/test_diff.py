@@ -3,6 +3,11 @@
 Each file in tests/kinds/ipset/golden/ holds the desired YAML (loaded through the real loader, so
 canonicalisation is covered end to end), a description of live state, and the expected
 changes and errors. No root needed: diff is pure.
+
+Live state keys: ``sets`` (name -> header fields and ``members``), ``rules`` (rules that use
+sets; ``binary: iptables-legacy`` for the other backend's), ``rule_present``, ``ours``,
+``ssh_client`` and ``chains`` (binary -> chain -> the targets its rules jump to). A case may
+set ``force`` and ``allow_empty`` (the provider's options).
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ def _live(data: dict[str, Any]) -> IpsetLive:
         rule_present=data.get("rule_present") or {},
         ours=data.get("ours") or {},
         ssh_client=data.get("ssh_client"),
+        chains={
+            binary: {chain: tuple(targets) for chain, targets in chains.items()}
+            for binary, chains in (data.get("chains") or {}).items()
+        },
     )
 
 
@@ -56,7 +65,9 @@ def test_golden(case: Path, tmp_path: Path) -> None:
     data = yaml.safe_load(case.read_text())
     (tmp_path / "fleet.yaml").write_text(data["desired"])
     desired = desired_mod.load_host(tmp_path, "h1")
-    provider = IpsetProvider(None, force=bool(data.get("force")))
+    provider = IpsetProvider(
+        None, force=bool(data.get("force")), allow_empty=bool(data.get("allow_empty"))
+    )
     changes, errors = provider.diff(desired, _live(data["live"]))
 
     golden.check(data["expected"], changes, errors)

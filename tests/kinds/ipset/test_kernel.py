@@ -34,6 +34,7 @@ class Host:
         self.state = root / "state"
         self.lock = root / "lock"
         (self.repo / "hosts").mkdir(parents=True)
+        (self.repo / "hosts" / "h1.yaml").write_text("{}\n")  # fleet defaults only
 
     def write(self, fleet: str) -> None:
         (self.repo / "fleet.yaml").write_text(textwrap.dedent(fleet))
@@ -89,13 +90,13 @@ ipsets:
     maxelem: 65536
     members:
       - 192.0.2.0/24
-      - 198.51.100.130/25
+      - 198.51.100.128/25
       - 203.0.113.7
     firewall: {chain: INPUT, in_interface: eth0, target: ACCEPT}
 """
 
 
-def test_plan_apply_converges_and_noncanonical_cidrs_settle(host: Host) -> None:
+def test_plan_apply_converges_and_a_bare_address_settles(host: Host) -> None:
     host.write(MGMT)
     code, plan = host.plan()
     assert code == 2
@@ -109,7 +110,7 @@ def test_plan_apply_converges_and_noncanonical_cidrs_settle(host: Host) -> None:
     assert "create mgmt hash:net family inet hashsize 1024 maxelem 65536" in host.ns.ipset_save()
     assert "-A INPUT -i eth0 -m set --match-set mgmt src -j ACCEPT" in host.ns.iptables_rules()
 
-    # 198.51.100.130/25 is stored as 198.51.100.128/25: no perpetual diff.
+    # 203.0.113.7 is stored as 203.0.113.7/32: no perpetual diff.
     code, plan = host.plan()
     assert (code, plan["changes"], plan["errors"]) == (0, [], [])
     # A second apply makes no change and inserts no duplicate rule.
@@ -297,7 +298,7 @@ ipsets:
 def test_lockout_guard_refuses_dropping_ssh_client(host: Host) -> None:
     host.write(MGMT)
     assert host.apply().returncode == 0
-    host.write(MGMT.replace("      - 198.51.100.130/25\n", ""))
+    host.write(MGMT.replace("      - 198.51.100.128/25\n", ""))
     ssh = {"SSH_CONNECTION": "198.51.100.200 50000 192.0.2.1 22"}
     code, plan = host.plan(env=ssh)
     assert code == 1
@@ -333,18 +334,27 @@ def test_second_run_exits_1_naming_the_lock_holder(host: Host) -> None:
     assert host.ns.ipset_save() == ""
 
 
+EXTRA = """\
+  extra:
+    type: hash:net
+    members: [10.20.0.0/16]
+"""
+
+
 def test_prune_ours_but_never_theirs(host: Host) -> None:
-    host.write(MGMT)
+    """A set of ours that left git (no ACCEPT rule uses it) is pruned; theirs is untouched.
+    (Sets an ACCEPT rule uses, and a git with no ipsets at all: test_safe_by_default.py.)"""
+    host.write(MGMT + EXTRA)
     assert host.apply().returncode == 0
     host.ns.run(["ipset", "create", "theirs", "hash:net"])
     host.ns.run(["ipset", "add", "theirs", "10.0.0.0/8"])
-    host.write("ipsets: {}\n")
+    host.write(MGMT)
     code, plan = host.plan()
     assert code == 2
-    assert [(c["address"], c["action"]) for c in plan["changes"]] == [("ipset/mgmt", "delete")]
+    assert [(c["address"], c["action"]) for c in plan["changes"]] == [("ipset/extra", "delete")]
     assert host.apply().returncode == 0
-    assert "mgmt" not in host.ns.ipset_save()
-    assert "--match-set mgmt" not in host.ns.iptables_rules()
+    assert "extra" not in host.ns.ipset_save()
+    assert "--match-set mgmt" in host.ns.iptables_rules()
     assert host.ns.ipset_members("theirs") == {"10.0.0.0/8"}
     assert host.plan()[0] == 0
 
