@@ -12,6 +12,8 @@ Semantics (``kind`` is ``ipset``, ``nic``, ``backup``, ``vm``; ``run`` for run-w
 * ``reconciler_last_run_success`` (gauge): 1 if the last run applied and verified
   everything, else 0.
 * ``reconciler_last_run_duration_seconds`` (gauge).
+* ``reconciler_last_success_timestamp_seconds`` (gauge): when the last run that succeeded
+  finished; absent until one succeeded.
 * ``reconciler_applied_commit_info{commit}`` (gauge, always 1): the commit of the last
   successful run; absent until one succeeded or when the source is not git.
 * ``reconciler_last_run_changes{kind}``, ``reconciler_last_run_drift_changes{kind}``,
@@ -20,7 +22,16 @@ Semantics (``kind`` is ``ipset``, ``nic``, ``backup``, ``vm``; ``run`` for run-w
   ``reconciler_errors_total{kind}`` (counters): sums over every run in the journal. The
   journal is append-only, so they only go up; a wiped state dir is a counter reset, which
   ``rate()``/``increase()`` handle.
+* ``reconciler_last_run_not_converged{kind}`` (gauge): resources of the last run that were
+  applied and still differed on the re-read ("did not converge"), per kind; and
+  ``reconciler_resource_not_converged{kind,address}`` (gauge, always 1): one series per such
+  resource, absent when there is none.
 * ``reconciler_journal_skipped_lines`` (gauge): unreadable journal lines (see status).
+* With the state dir's backup check records (``backup_checks``):
+  ``reconciler_backup_check_ok{set}`` (gauge: 1 if the set's last check passed, else 0),
+  ``reconciler_backup_last_check_timestamp_seconds{set}`` and
+  ``reconciler_backup_check_interval_seconds{set}`` (its ``check.every``), one series per
+  set with ``check:``.
 
 Every kind is always present (0 when nothing happened), so ``increase()`` works from the
 first scrape and alerts need no ``absent()``.
@@ -29,12 +40,16 @@ first scrape and alerts need no ``absent()``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from reconciler import atomicfile, journal
 from reconciler import kinds as registry
+from reconciler.errors import StateError
+from reconciler.kinds.backup import checkstate
+from reconciler.kinds.backup.checkstate import CheckRecord
+from reconciler.kinds.backup.duration import parse_duration
 
 #: node_exporter's textfile directories: the Debian/Ubuntu package's, then upstream's docs.
 TEXTFILE_DIRS = (
@@ -43,6 +58,8 @@ TEXTFILE_DIRS = (
 )
 METRICS_NAME = "reconciler.prom"
 KINDS = registry.NAMES
+#: How the engine's error for a resource that was applied and still differs begins.
+NOT_CONVERGED = "did not converge"
 
 
 def default_path() -> Path | None:
@@ -105,8 +122,56 @@ def _tally(records: Iterable[dict[str, Any]]) -> tuple[Counter[str], Counter[str
     return changes, drift, errors
 
 
-def render(records: Sequence[dict[str, Any]], *, skipped_lines: int = 0) -> str:
-    """The exposition text for a journal's records (the last one is "the last run")."""
+def _not_converged(record: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """(kind, address) of each resource the run applied that did not converge."""
+    if record is None:
+        return []
+    out = {
+        (journal.error_kind(e), str(e.get("address") or ""))
+        for e in journal.errors_of(record)
+        if str(e.get("message") or "").startswith(NOT_CONVERGED)
+    }
+    return sorted(out)
+
+
+def _backup_checks(w: _Writer, checks: Mapping[str, CheckRecord]) -> None:
+    """The backup check metrics, one series per set with a check record."""
+    names = sorted(checks)
+    w.metric(
+        "reconciler_backup_check_ok",
+        "gauge",
+        "1 if the last check of the backup set passed, 0 if it failed.",
+        [({"set": n}, 1 if checks[n].ok else 0) for n in names],
+    )
+    w.metric(
+        "reconciler_backup_last_check_timestamp_seconds",
+        "gauge",
+        "Unix time of the last check of the backup set (the run's planned moment).",
+        [({"set": n}, checks[n].at.timestamp()) for n in names],
+    )
+    intervals = []
+    for n in names:
+        try:
+            intervals.append(({"set": n}, parse_duration(checks[n].every).total_seconds()))
+        except ValueError:
+            continue  # a record written without its every: no interval to report
+    w.metric(
+        "reconciler_backup_check_interval_seconds",
+        "gauge",
+        "The backup set's check.every, in seconds.",
+        intervals,
+    )
+
+
+def render(
+    records: Sequence[dict[str, Any]],
+    *,
+    skipped_lines: int = 0,
+    backup_checks: Mapping[str, CheckRecord] | None = None,
+) -> str:
+    """The exposition text for a journal's records (the last one is "the last run") and,
+    when given, the state dir's backup check records
+    (:func:`reconciler.kinds.backup.checkstate.load`)."""
     runs = [r for r in records if not r.get("dry_run")]
     w = _Writer()
     last = runs[-1] if runs else None
@@ -134,6 +199,14 @@ def render(records: Sequence[dict[str, Any]], *, skipped_lines: int = 0) -> str:
             [({}, 1 if journal.run_ok(last) else 0)],
         )
     success = journal.last_success(runs)
+    succeeded = journal.parse_time(success.get("finished")) if success else None
+    if succeeded is not None:
+        w.metric(
+            "reconciler_last_success_timestamp_seconds",
+            "gauge",
+            "Unix time the last successful reconcile run finished.",
+            [({}, succeeded.timestamp())],
+        )
     commit = success.get("commit") if success else None
     if isinstance(commit, str):
         w.metric(
@@ -162,6 +235,20 @@ def render(records: Sequence[dict[str, Any]], *, skipped_lines: int = 0) -> str:
         "Errors in the last run, per kind (run: not about one resource).",
         _per_kind(le, [*kinds, "run"]),
     )
+    stuck = _not_converged(last)
+    w.metric(
+        "reconciler_last_run_not_converged",
+        "gauge",
+        "Resources the last run applied that still differed on the re-read, per kind.",
+        _per_kind(Counter(k for k, _ in stuck), kinds),
+    )
+    if stuck:
+        w.metric(
+            "reconciler_resource_not_converged",
+            "gauge",
+            "A resource the last run applied that still differed on the re-read (always 1).",
+            [({"kind": k, "address": a}, 1) for k, a in stuck],
+        )
     tc, td, te = _tally(runs)
     w.metric(
         "reconciler_changes_total",
@@ -187,7 +274,18 @@ def render(records: Sequence[dict[str, Any]], *, skipped_lines: int = 0) -> str:
         "Unreadable lines skipped in the run journal (see reconcile status).",
         [({}, skipped_lines)],
     )
+    if backup_checks:
+        _backup_checks(w, backup_checks)
     return w.text()
+
+
+def read_backup_checks(state_dir: Path) -> dict[str, CheckRecord]:
+    """The backup check records of ``state_dir``, for :func:`render`; {} when there are none
+    or they cannot be read (the backup sets' own plan errors report that)."""
+    try:
+        return checkstate.load(state_dir)
+    except StateError:
+        return {}
 
 
 def write_atomic(path: Path, text: str) -> None:

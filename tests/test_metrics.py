@@ -231,3 +231,69 @@ def test_a_metrics_failure_never_fails_the_run(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "metrics_not_written" in proc.stderr and "Traceback" not in proc.stderr
     assert len(StateDir(tmp_path / "state").runs().records) == 1
+
+
+# --- what the alerts need --------------------------------------------------------------
+
+
+def test_last_success_time_and_not_converged_resources() -> None:
+    ok = rec(finished="2024-05-01T10:00:02.500+00:00")
+    failed = rec(
+        ok=False,
+        finished="2024-05-01T10:15:00.000+00:00",
+        errors=[
+            {"address": "nic/eth0", "message": "did not converge: a re-read still shows "
+             "update (1 op(s))"},
+            {"address": "ipset/mgmt", "message": "did not converge: a re-read still shows "
+             "update (2 op(s))"},
+            {"address": "nic/eth1", "message": "EBUSY"},
+        ],
+    )  # fmt: skip
+    series, types = parse_exposition(metrics.render([ok, failed]))
+    assert series[("reconciler_last_success_timestamp_seconds", ())] == 1714557602.5
+    assert series[("reconciler_last_run_timestamp_seconds", ())] == 1714558500.0
+    assert series[("reconciler_last_run_not_converged", (("kind", "nic"),))] == 1
+    assert series[("reconciler_last_run_not_converged", (("kind", "ipset"),))] == 1
+    assert series[("reconciler_last_run_not_converged", (("kind", "vm"),))] == 0
+    stuck = sorted(k[1] for k in series if k[0] == "reconciler_resource_not_converged")
+    assert stuck == [(("kind", "ipset"), ("address", "ipset/mgmt")),
+                     (("kind", "nic"), ("address", "nic/eth0"))]  # fmt: skip
+    assert types["reconciler_resource_not_converged"] == "gauge"
+    # A clean last run: every kind at 0 and no per-resource series; never a success: no time.
+    series, _ = parse_exposition(metrics.render([failed, rec()]))
+    assert not any(k[0] == "reconciler_resource_not_converged" for k in series)
+    assert series[("reconciler_last_run_not_converged", (("kind", "nic"),))] == 0
+    series, _ = parse_exposition(metrics.render([failed]))
+    assert ("reconciler_last_success_timestamp_seconds", ()) not in series
+
+
+def test_backup_check_metrics_come_from_the_state_dirs_records(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from reconciler.kinds.backup import checkstate
+    from reconciler.kinds.backup.checkstate import CheckRecord
+
+    at = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
+    state = StateDir(tmp_path / "state")
+    assert metrics.read_backup_checks(state.path) == {}
+    checkstate.save(
+        state.path,
+        {
+            "etc": CheckRecord(at, True, "restic check", "no errors were found", "30d"),
+            "www": CheckRecord(at, False, "tarsnap -t -f www-20240501-030000", "corrupt", "7d"),
+        },
+    )
+    checks = metrics.read_backup_checks(state.path)
+    series, types = parse_exposition(metrics.render([rec()], backup_checks=checks))
+    assert series[("reconciler_backup_check_ok", (("set", "etc"),))] == 1
+    assert series[("reconciler_backup_check_ok", (("set", "www"),))] == 0
+    assert series[("reconciler_backup_last_check_timestamp_seconds", (("set", "www"),))] == (
+        at.timestamp()
+    )
+    assert series[("reconciler_backup_check_interval_seconds", (("set", "etc"),))] == 30 * 86400
+    assert types["reconciler_backup_check_ok"] == "gauge"
+    # No records: no backup check series at all.
+    assert "reconciler_backup_check_ok" not in metrics.render([rec()])
+    # A corrupt record file is not a metrics failure (the backup sets report it).
+    checkstate.path_in(state.path).write_text("{not json")
+    assert metrics.read_backup_checks(state.path) == {}

@@ -17,8 +17,13 @@ def _provider(ctx: Context) -> Provider:
     from reconciler.kinds.backup.provider import BackupProvider
 
     now = ctx.now
-    # The programs run are the host's (ctx.host.commands), never the repository's.
-    return BackupProvider(clock=None if now is None else (lambda: now), commands=ctx.host.commands)
+    # The programs run are the host's (ctx.host.commands), never the repository's; the
+    # state dir records when each set was last checked.
+    return BackupProvider(
+        clock=None if now is None else (lambda: now),
+        commands=ctx.host.commands,
+        state=ctx.state,
+    )
 
 
 def _live_class() -> type[Any]:
@@ -41,4 +46,5 @@ KIND = Kind(
     op_lines=render.OP_LINES,
     against=against.changes,
     scheduled=True,
+    needs_root=False,  # tarsnap/restic with what the host configuration allows
 )

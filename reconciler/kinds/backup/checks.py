@@ -8,31 +8,52 @@ from typing import Any
 
 from reconciler.errors import Problem
 from reconciler.hostconfig import HostConfig, show
-from reconciler.kinds.backup.duration import DURATION, parse_duration
+from reconciler.kinds.backup.duration import (
+    DURATION,
+    KEEP_DURATION,
+    KeepDuration,
+    parse_duration,
+)
 from reconciler.yamlsrc import YamlDoc, YPath
 
 _KEEP_COUNTS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+_KEEP_DURATIONS = (
+    "within",
+    "within_hourly",
+    "within_daily",
+    "within_weekly",
+    "within_monthly",
+    "within_yearly",
+)
+#: Keys that only a restic set may have, at the top of a set and inside it.
+_RESTIC_ONLY = (("repository",), ("password_file",), ("prune",), ("keep", "tags"),
+                ("check", "read_data_subset"))  # fmt: skip
 
 
 def check(doc: YamlDoc, name: str, spec: dict[str, Any]) -> list[Problem]:
-    """Durations longer than zero, a keep policy that keeps something, no restic-only
-    keys on a tarsnap set."""
+    """Durations longer than zero, keep durations restic can read, a keep policy that keeps
+    something, a check subset within (0, 100] %, no restic-only keys on a tarsnap set."""
     base: YPath = ("backups", name)
     out: list[Problem] = []
-    for key in ("every",):
-        val = spec.get(key)
+    for path in (("every",), ("check", "every")):
+        val = _get(spec, path)
         if isinstance(val, str) and DURATION.match(val) and parse_duration(val) <= timedelta(0):
-            out.append(doc.problem((*base, key), f"must be longer than zero, got {val!r}"))
+            out.append(doc.problem((*base, *path), f"must be longer than zero, got {val!r}"))
     keep = spec.get("keep")
     if isinstance(keep, dict):
+        active = False
+        for key in _KEEP_DURATIONS:
+            val = keep.get(key)
+            if not (isinstance(val, str) and KEEP_DURATION.match(val)):
+                continue  # the schema reports it
+            try:
+                active = active or not KeepDuration.parse(val).zero
+            except ValueError as e:
+                out.append(doc.problem((*base, "keep", key), str(e)))
         counts = [keep.get(k, 0) for k in _KEEP_COUNTS]
-        within = keep.get("within")
-        keeps_within = (
-            isinstance(within, str)
-            and bool(DURATION.match(within))
-            and parse_duration(within) > timedelta(0)
-        )
-        if all(isinstance(c, int) and c == 0 for c in counts) and not keeps_within:
+        active = active or any(c == "unlimited" or (isinstance(c, int) and c) for c in counts)
+        active = active or bool(keep.get("tags"))
+        if not active and all(isinstance(c, int) or c == "unlimited" for c in counts):
             out.append(
                 doc.problem(
                     (*base, "keep"),
@@ -41,13 +62,44 @@ def check(doc: YamlDoc, name: str, spec: dict[str, Any]) -> list[Problem]:
                     key=True,
                 )
             )
+    subset = _get(spec, ("check", "read_data_subset"))
+    if isinstance(subset, str) and subset.endswith("%"):
+        try:
+            percent: float | None = float(subset[:-1])
+        except ValueError:
+            percent = None  # the schema reports it
+        if percent is not None and not 0 < percent <= 100:
+            out.append(
+                doc.problem(
+                    (*base, "check", "read_data_subset"),
+                    f"must be above 0% and at most 100% (restic check --read-data-subset), "
+                    f"got {subset!r}",
+                )
+            )
     if spec.get("backend") == "tarsnap":
-        for key in ("repository", "password_file", "prune"):
-            if key in spec:
+        for path in _RESTIC_ONLY:
+            if _get(spec, path) is not None:
+                what = ".".join(path)
+                why = {
+                    "keep.tags": ": tarsnap archives carry no tags",
+                    "check.read_data_subset": ": a tarsnap check lists the newest archive",
+                }.get(what, "")
                 out.append(
-                    doc.problem((*base, key), f"{key!r} only applies to backend restic", key=True)
+                    doc.problem(
+                        (*base, *path), f"{what!r} only applies to backend restic{why}", key=True
+                    )
                 )
     return out
+
+
+def _get(spec: dict[str, Any], path: tuple[str, ...]) -> Any:
+    """``spec[path[0]][path[1]]...``, or None where a level is missing or not a mapping."""
+    value: Any = spec
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
 
 
 # ----------------------------------------------------------------------------- host policy

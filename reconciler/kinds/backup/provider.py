@@ -16,7 +16,14 @@ restic. Safety rules (DESIGN.md section 5):
   is unsafe is an error for that set only: nothing is created or deleted for it, other sets
   still plan and apply;
 * a backend that is busy (another tarsnap holds its cache lock, a restic repository is locked)
-  fails that set only, with a message that the next run retries it.
+  fails that set only, with a message that the next run retries it;
+* a set with ``check: {every: ...}`` is checked when its last check (recorded in the state
+  dir, :mod:`.checkstate`) is at least ``every`` old, has failed, or never happened: ``restic
+  check [--read-data-subset=N%]`` (op ``check_repository``) or ``tarsnap -t -f NEWEST`` (op
+  ``check_archive``), after the create and before any deletion. A failed check is an error of
+  that set, recorded as failed (so the next run checks again), and the set's deletions are not
+  made: a check never deletes anything, and nothing is expired from a repository or an account
+  that does not read back.
 """
 
 from __future__ import annotations
@@ -28,9 +35,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from reconciler.errors import ProviderError, ReconcilerError
+from reconciler.errors import ProviderError, ReconcilerError, StateError
 from reconciler.hostconfig import Commands
-from reconciler.kinds.backup import against, retention
+from reconciler.kinds.backup import against, checkstate, restic, retention
+from reconciler.kinds.backup.checkstate import CheckRecord
 from reconciler.kinds.backup.common import BackendBusy
 from reconciler.kinds.backup.duration import parse_duration
 from reconciler.kinds.backup.restic import ResticBackend, ResticConfig
@@ -41,6 +49,7 @@ from reconciler.kinds.backup.tarsnap import (
 )
 from reconciler.model import HostDesired
 from reconciler.plan import Action, Change, Op, PlanError, PlanWarning
+from reconciler.state import StateDir
 
 KIND = "backup"
 _T = TypeVar("_T")
@@ -48,6 +57,8 @@ DEFAULT_DELETE_BATCH = 500
 """Archives per deletion call (``tarsnap -d`` / ``restic forget``)."""
 
 RETRY_NOTE = "skipped this run; it is retried on the next run"
+CHECK_OPS = ("check_repository", "check_archive")
+"""The ops that check a set's backups (restic: the repository; tarsnap: the newest archive)."""
 
 Backend = TarsnapBackend | ResticBackend
 Clock = Callable[[], datetime]
@@ -60,10 +71,15 @@ def _utc_now() -> datetime:
 @dataclass(frozen=True)
 class SetLive:
     """What was read for one backup set: every archive name the backend lists (all of them,
-    also other sets' and foreign ones: retention sorts them out) and the set's missing paths."""
+    also other sets' and foreign ones: retention sorts them out), the set's missing paths,
+    the tags of its archives (restic, read only when ``keep.tags`` asks for them) and when
+    it was last checked, and whether that check passed (None: never checked)."""
 
     archives: tuple[str, ...] = ()
     missing_paths: tuple[str, ...] = ()
+    tags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    last_check: datetime | None = None
+    last_check_ok: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,8 @@ class BackupLive:
     now: datetime
     sets: Mapping[str, SetLive] = field(default_factory=dict)
     errors: Mapping[str, str] = field(default_factory=dict)
+    checked: tuple[str, ...] = ()
+    """The sets whose desired state has ``check:`` (their check records are kept)."""
 
 
 class SetPlanError(Exception):
@@ -98,7 +116,8 @@ class BackupProvider:
     years. ``delete_batch`` bounds the archives per deletion call. ``commands`` are the
     host's tarsnap and restic programs (path or name on PATH; the host configuration's
     ``commands``): they are what runs, whatever the desired state's ``tarsnap.command`` says
-    (validation refuses one that differs).
+    (validation refuses one that differs). ``state`` is the state dir, where the last check
+    of each set is recorded (None: checks are remembered by this object only).
     """
 
     kind = KIND
@@ -109,10 +128,14 @@ class BackupProvider:
         clock: Clock | None = None,
         delete_batch: int = DEFAULT_DELETE_BATCH,
         commands: Commands | None = None,
+        state: StateDir | None = None,
     ) -> None:
         self.clock: Clock = clock or _utc_now
         self.delete_batch = delete_batch
         self.commands = commands or Commands()
+        self.state = state
+        # Checks this object ran, so the verify read sees them even without a state dir.
+        self._checks: dict[str, CheckRecord] = {}
         # Backends of the sets of the last read, for apply (a Change carries no credentials:
         # a restic repository URL may hold a password and must not appear in the plan).
         self._backends: dict[str, Backend] = {}
@@ -153,12 +176,23 @@ class BackupProvider:
         backups: Mapping[str, Any] = desired.raw.get("backups") or {}
         sets: dict[str, SetLive] = {}
         errors: dict[str, str] = {}
-        listings: dict[tuple[str, ...], tuple[str, ...] | ReconcilerError] = {}
+        listings: dict[tuple[str, ...], _Listing | ReconcilerError] = {}
         self._backends = {}
+        checked = tuple(n for n in sorted(backups) if backups[n].get("check"))
+        records: dict[str, CheckRecord] = {}
+        records_error = None
+        if checked:
+            try:
+                records = self._check_records()
+            except StateError as e:
+                records_error = f"reading the check records: {e.message}"
         for name in sorted(backups):
             spec = backups[name]
             backend = self.backend_for(name, spec, desired)
             self._backends[name] = backend
+            if name in checked and records_error is not None:
+                errors[name] = records_error
+                continue
             try:
                 if isinstance(backend, TarsnapBackend):
                     backend.check_keyfile()
@@ -167,7 +201,7 @@ class BackupProvider:
                 key = _listing_key(spec, desired)
                 if key not in listings:
                     try:
-                        listings[key] = tuple(a.name for a in backend.list_archives())
+                        listings[key] = _listing(backend)
                     except ReconcilerError as e:
                         listings[key] = e
                 listed = listings[key]
@@ -177,8 +211,41 @@ class BackupProvider:
                 errors[name] = _with_retry_note(e)
                 continue
             missing = tuple(p for p in spec["paths"] if not os.path.lexists(p))
-            sets[name] = SetLive(listed, missing)
-        return BackupLive(now, sets, errors)
+            tags: dict[str, tuple[str, ...]] = {}
+            if (spec.get("keep") or {}).get("tags"):
+                tags = {
+                    a: t for a, t in listed if t and retention.parse_archive_name(name, a)
+                }  # fmt: skip
+            rec = records.get(name)
+            sets[name] = SetLive(
+                tuple(a for a, _ in listed),
+                missing,
+                tags,
+                rec.at if rec is not None else None,
+                rec.ok if rec is not None else None,
+            )
+        return BackupLive(now, sets, errors, checked)
+
+    def _check_records(self) -> dict[str, CheckRecord]:
+        """The last check of every set: the state dir's record, updated by the checks this
+        object ran. Raises StateError when the record cannot be read."""
+        records = checkstate.load(self.state.path) if self.state is not None else {}
+        records.update(self._checks)
+        return records
+
+    def forget_vanished(self, live: BackupLive) -> None:
+        """Drop the check records of sets that no longer have ``check:`` (left git, or their
+        check was removed), so no metric reports a check that is not made any more."""
+        self._checks = {n: r for n, r in self._checks.items() if n in live.checked}
+        if self.state is None:
+            return
+        try:
+            records = checkstate.load(self.state.path)
+        except StateError:
+            return  # the read reported it, for every set with check:
+        kept = {n: r for n, r in records.items() if n in live.checked}
+        if kept != records:
+            checkstate.save(self.state.path, kept)
 
     # ------------------------------------------------------------------------------- diff
     def diff(self, desired: HostDesired, live: BackupLive) -> tuple[list[Change], list[PlanError]]:
@@ -241,12 +308,13 @@ class BackupProvider:
 
     # ------------------------------------------------------------------------------ apply
     def apply(self, change: Change) -> list[Op]:
-        """Execute ``change``: the ``create_archive`` op first, then ``delete_archive`` ops in
-        batches of ``delete_batch``, then ``prune_repository`` (restic). Returns the ops
-        executed.
+        """Execute ``change``: the ``create_archive`` op first, then the check
+        (``check_repository`` / ``check_archive``), then ``delete_archive`` ops in batches of
+        ``delete_batch``, then ``prune_repository`` (restic). Returns the ops executed.
 
-        Raises ProviderError (with the set's address) on the first failure; a create that
-        fails stops the deletions. A busy backend's error says the next run retries.
+        Raises ProviderError (with the set's address) on the first failure; a create or a
+        check that fails stops the deletions. A busy backend's error says the next run
+        retries.
         """
         backend = self._backends.get(change.name)
         if backend is None:
@@ -256,11 +324,15 @@ class BackupProvider:
         self._pinned_now = self._last_now  # the verify read judges the plan's moment
         done: list[Op] = []
         creates = [op for op in change.ops if op.op == "create_archive"]
+        checks = [op for op in change.ops if op.op in CHECK_OPS]
         deletes = [op for op in change.ops if op.op == "delete_archive"]
         prunes = [op for op in change.ops if op.op == "prune_repository"]
         try:
             for op in creates:
                 _with_fsck(backend, functools.partial(_create, backend, change.name, op))
+                done.append(op)
+            for op in checks:
+                self._check(backend, change, op, held=len(deletes))
                 done.append(op)
             if deletes:
                 names = [op.args["archive"] for op in deletes]
@@ -275,6 +347,73 @@ class BackupProvider:
         except ReconcilerError as e:
             raise ProviderError(_with_retry_note(e), address=change.address) from e
         return done
+
+    def _check(self, backend: Backend, change: Change, op: Op, *, held: int) -> None:
+        """Run one check op and record its outcome (a busy backend is not an outcome: the
+        check did not run, and the next run retries it). Raises ProviderError when the
+        check fails, saying which deletions wait."""
+        if op.op == "check_repository" and isinstance(backend, ResticBackend):
+            subset: str | None = op.args.get("read_data_subset")
+            what = "restic check" + (f" --read-data-subset={subset}" if subset else "")
+            run: Callable[[], str] = functools.partial(backend.check, subset)
+        elif op.op == "check_archive" and isinstance(backend, TarsnapBackend):
+            archive: str = op.args["archive"]
+            what = f"tarsnap -t -f {archive}"
+
+            def run() -> str:
+                return f"{archive}: {backend.list_contents(archive)} member(s) listed"
+        else:  # a plan from elsewhere: never guess
+            raise ProviderError(
+                f"{op.op} does not apply to this set's backend", address=change.address
+            )
+        every = str(op.args.get("every", ""))
+        try:
+            summary = run()
+        except BackendBusy:
+            raise
+        except ReconcilerError as e:
+            wait = f"; {held} expired archive(s) are kept until a check passes" if held else ""
+            message = (
+                f"check failed ({what}): {e.message}{wait}; nothing was deleted, and the next "
+                "run checks again"
+            )
+            self._record_check(change, CheckRecord(self._moment(), False, what, e.message, every))
+            raise ProviderError(message, address=change.address) from e
+        self._record_check(change, CheckRecord(self._moment(), True, what, summary, every))
+
+    def _moment(self) -> datetime:
+        """The time the plan was made (what the check record says; the verify read judges
+        the same moment)."""
+        return self._last_now if self._last_now is not None else _utc_now()
+
+    def _record_check(self, change: Change, record: CheckRecord) -> None:
+        """Remember ``record`` and write it to the state dir (ProviderError if it cannot be
+        written: the next run would not know the check ran)."""
+        self._checks[change.name] = record
+        if self.state is None:
+            return
+        try:
+            records = checkstate.load(self.state.path)
+            records[change.name] = record
+            checkstate.save(self.state.path, records)
+        except StateError as e:
+            raise ProviderError(
+                f"the check ran ({'passed' if record.ok else 'failed'}) but could not be "
+                f"recorded: {e.message}",
+                address=change.address,
+            ) from e
+
+
+_Listing = tuple[tuple[str, tuple[str, ...]], ...]
+"""What a backend lists: each archive's name and tags (tarsnap archives have none)."""
+
+
+def _listing(backend: Backend) -> _Listing:
+    """Every archive ``backend`` lists, with its tags."""
+    return tuple(
+        (a.name, a.tags if isinstance(a, restic.ArchiveInfo) else ())
+        for a in backend.list_archives()
+    )
 
 
 def _with_fsck(backend: Backend, call: Callable[[], _T]) -> _T:
@@ -337,7 +476,8 @@ def diff_set(name: str, spec: Mapping[str, Any], state: SetLive, now: datetime) 
     due = (not past or now - max(past)[0] >= every) and new_name not in times
     names = [*state.archives, new_name] if due else list(state.archives)
     try:
-        decision = retention.decide(name, names, policy, now)
+        decision = retention.decide(name, names, policy, now, tags=state.tags)
+        check = _check_op(name, spec, state, now, past, new_name if due else None)
     except ValueError as e:
         raise SetPlanError(str(e)) from None
 
@@ -353,13 +493,16 @@ def diff_set(name: str, spec: Mapping[str, Any], state: SetLive, now: datetime) 
                 },
             )
         )
+    if check is not None:
+        ops.append(check)  # after the create, before any deletion
     rows = {row.archive: row for row in decision.archives}
+    deleted = 0
     # Oldest first: if a run stops halfway, what is left is the newer history.
     for archive in reversed(decision.delete):
         if archive == new_name:  # impossible (decide keeps the newest); never delete it
             continue
         ops.append(Op("delete_archive", {"archive": archive, "reason": rows[archive].reason}))
-    deleted = len(ops) - (1 if due else 0)
+        deleted += 1
     if deleted and spec.get("prune"):
         # Frees the data of what was just forgotten (restic only; the schema checks).
         ops.append(Op("prune_repository", {"repository": spec["repository"]}))
@@ -374,6 +517,52 @@ def diff_set(name: str, spec: Mapping[str, Any], state: SetLive, now: datetime) 
         "keep": policy.describe(),
     }
     return Change(KIND, name, action, tuple(ops), before, after, warnings=tuple(decision.warnings))
+
+
+def _check_op(
+    name: str,
+    spec: Mapping[str, Any],
+    state: SetLive,
+    now: datetime,
+    past: list[tuple[datetime, str]],
+    created: str | None,
+) -> Op | None:
+    """The set's check when it is due at ``now``, else None. Pure.
+
+    Due when the set has ``check:`` and was never checked, its last check failed (checked
+    again on every run until one passes), its last check is dated after ``now`` (a clock
+    that was wrong), or the last check is at least ``check.every`` old. restic checks the
+    repository; tarsnap reads back the newest archive that is not in the future, counting
+    the one this run creates (``created``). Raises ValueError for a bad ``every``.
+    """
+    check: Mapping[str, Any] | None = spec.get("check")
+    if not check:
+        return None
+    every = parse_duration(check["every"])
+    if every <= timedelta(0):
+        raise ValueError(f"check.every must be longer than zero, got {check['every']!r}")
+    last, ok = state.last_check, state.last_check_ok
+    stamp = f"{last:%Y-%m-%d %H:%M:%S} UTC" if last is not None else ""
+    if last is None:
+        reason = "never checked"
+    elif ok is False:
+        reason = f"the last check ({stamp}) failed: checked on every run until one passes"
+    elif last > now:
+        reason = f"the last check is dated {stamp}, after now: checked again"
+    elif now - last >= every:
+        reason = f"last checked {stamp}, every {check['every']}"
+    else:
+        return None
+    if spec["backend"] == "restic":
+        args: dict[str, Any] = {"every": check["every"], "reason": reason}
+        if check.get("read_data_subset"):
+            args = {"read_data_subset": check["read_data_subset"], **args}
+        return Op("check_repository", args)
+    candidates = [*past, *([(now, created)] if created is not None else [])]
+    if not candidates:  # unreachable: with no archive in the past, a create is due
+        return None
+    newest = max(candidates)[1]
+    return Op("check_archive", {"archive": newest, "every": check["every"], "reason": reason})
 
 
 __all__ = [

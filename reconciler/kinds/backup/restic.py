@@ -95,12 +95,15 @@ class ResticConfig:
 
 @dataclass(frozen=True, order=True)
 class ArchiveInfo:
-    """One archive (a restic snapshot): its name, UTC time and restic snapshot ID."""
+    """One archive (a restic snapshot): its name, UTC time, restic snapshot ID, paths and
+    tags (``reconciler``, its name, and any added by hand, e.g. ``restic tag --add keep``:
+    what ``keep.tags`` looks at)."""
 
     name: str
     created: datetime | None
     id: str = ""
     paths: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ def parse_snapshots(data: str) -> list[ArchiveInfo]:
                 created=_parse_time(snap["time"]) if snap.get("time") else None,
                 id=sid,
                 paths=tuple(str(p) for p in snap.get("paths") or []),
+                tags=tuple(tags),
             )
         )
     return out
@@ -365,6 +369,22 @@ class ResticBackend:
             )
             raise self._fail(res, what, deleted=result.deleted)
         return result
+
+    def check(self, read_data_subset: str | None = None) -> str:
+        """``restic check [--read-data-subset=N%]``: the repository's structure (indexes,
+        packs, snapshots, trees) and, with a subset, that much of its data read back and
+        verified. Returns restic's verdict line; raises :class:`ResticError` when restic
+        finds errors (its messages in the error) and :class:`ResticBusy` when the
+        repository is locked (restic check locks it exclusively).
+        """
+        args = ["check"]
+        if read_data_subset is not None:
+            args.append(f"--read-data-subset={read_data_subset}")
+        res = self._restic(args)
+        if res.returncode != 0:
+            raise self._fail(res, f"restic {' '.join(args)}")
+        lines = [ln.strip() for ln in res.stdout.splitlines() if ln.strip()]
+        return lines[-1] if lines else "no errors were found"
 
     def prune(self) -> None:
         """``restic prune``: free the data no snapshot references any more (after a forget).

@@ -12,17 +12,24 @@ Semantics (``restic forget``, ``internal/data/snapshot_policy.go: ApplyPolicy`` 
   monthly/yearly: n`` walk the candidates newest first and keep the first (newest) archive of
   each new hour / day / ISO week / month / year bucket until n buckets have been kept; buckets
   are computed on the archive's UTC timestamp. Rules are independent and their keeps are
-  united.
+  united. A count of ``-1`` (``unlimited`` in the desired state, as on restic's command line
+  since 0.16) never runs out: every bucket is kept ("-1 means keep all" in ``ApplyPolicy``).
 * restic >= 0.16 also keeps the *oldest* candidate when a bucket rule still has counts left
   ("oldest daily snapshot"): a new set with 3 days of history under ``daily: 7`` keeps its
-  first archive. ``keep_oldest=False`` reproduces restic < 0.16 (e.g. Debian bookworm's 0.14).
+  first archive. The ``within_*`` rules do the same when the oldest candidate is inside their
+  window. ``keep_oldest=False`` reproduces restic < 0.16 (e.g. Debian bookworm's 0.14).
 * ``within: d`` keeps every archive strictly newer than ``latest - d``, where ``latest`` is the
   newest archive that is not in the future -- relative to the newest archive, *not* to ``now``
   (a host whose backups stopped a month ago keeps its last ``within`` window). If every
   archive is in the future, ``within`` keeps them all (restic's ``latest`` is then the zero
-  time). restic's ``within`` also takes months and years (calendar arithmetic); ours is a
-  :class:`~datetime.timedelta` (``parse_duration``: s/m/h/d/w), equal to restic's for hours
-  and days because all our times are UTC.
+  time). ``d`` is restic's calendar duration (:class:`~.duration.KeepDuration`: ``1y2m3d4h``,
+  ``m`` being months), subtracted as Go's ``AddDate`` does.
+* ``within_hourly/daily/weekly/monthly/yearly: d`` keep the newest archive of every hour /
+  day / ISO week / month / year bucket among the archives strictly newer than ``latest - d``,
+  with no count.
+* ``tags: [a, "b,c"]`` (restic backend only) keeps every archive whose snapshot carries all
+  the tags of one of the entries (restic's ``--keep-tag``: an entry is a comma-separated tag
+  list, the entries are alternatives). Tagged archives are not counted by the other rules.
 * Archives dated after ``now`` take part in the buckets like any other (as in restic).
 
 Extra rules (``docs/desired-state.md``), on top of restic's:
@@ -34,24 +41,24 @@ Extra rules (``docs/desired-state.md``), on top of restic's:
   (rule ``"newest"``);
 * an archive dated after ``now`` is always kept (rule ``"future"``) and produces a warning;
 * a policy that keeps nothing is refused with :class:`ValueError` (restic would keep all).
-
-Counts are whole numbers >= 0; restic's ``-1`` (unlimited) is not offered.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any, Literal, NamedTuple
 
-from reconciler.kinds.backup.duration import parse_duration
+from reconciler.kinds.backup.duration import KeepDuration
 
 __all__ = [
     "ARCHIVE_RE",
     "COUNT_RULES",
+    "UNLIMITED",
+    "WITHIN_RULES",
     "ArchiveDecision",
     "KeepPolicy",
     "RetentionDecision",
@@ -66,6 +73,19 @@ ARCHIVE_RE = re.compile(r"(?P<set>.+)-(?P<date>[0-9]{8})-(?P<time>[0-9]{6})")
 
 #: The counted rules, in restic's order (which is also the order reasons are listed in).
 COUNT_RULES: tuple[str, ...] = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+
+#: The bucket rules with a time window instead of a count, in restic's order, each with the
+#: counted rule whose buckets it uses.
+WITHIN_RULES: dict[str, str] = {
+    "within_hourly": "hourly",
+    "within_daily": "daily",
+    "within_weekly": "weekly",
+    "within_monthly": "monthly",
+    "within_yearly": "yearly",
+}
+
+#: A count that never runs out (``unlimited`` in the desired state, restic's ``-1``).
+UNLIMITED = -1
 
 _UNIT = {
     "last": "newest",
@@ -133,10 +153,12 @@ def _not_ours_reason(set_name: str, archive: str) -> str:
 class KeepPolicy:
     """A keep policy, as ``backups.<set>.keep`` in the desired state.
 
-    Counts are whole numbers >= 0 (0: rule not used); ``within`` is a positive duration or
-    ``None`` (a zero duration counts as not set, as in restic). Construction raises
-    ``ValueError`` for negative or non-integer counts and negative durations; a policy that
-    keeps nothing can be built (it is the default) but :func:`decide` refuses it.
+    Counts are whole numbers >= 0 (0: rule not used) or :data:`UNLIMITED` (-1). ``within``
+    and the ``within_*`` rules are :class:`~.duration.KeepDuration` or ``None`` (a zero
+    duration counts as not set, as in restic). ``tags`` holds restic ``--keep-tag`` tag
+    lists: an archive is kept when it carries every tag of one of them. Construction raises
+    ``ValueError`` for bad counts, durations or tags; a policy that keeps nothing can be
+    built (it is the default) but :func:`decide` refuses it.
     """
 
     last: int = 0
@@ -145,49 +167,102 @@ class KeepPolicy:
     weekly: int = 0
     monthly: int = 0
     yearly: int = 0
-    within: timedelta | None = None
+    within: KeepDuration | None = None
+    within_hourly: KeepDuration | None = None
+    within_daily: KeepDuration | None = None
+    within_weekly: KeepDuration | None = None
+    within_monthly: KeepDuration | None = None
+    within_yearly: KeepDuration | None = None
+    tags: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         for rule in COUNT_RULES:
             value: object = getattr(self, rule)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"keep.{rule} must be a whole number >= 0, got {value!r}")
-        within: object = self.within
-        if within is not None and (not isinstance(within, timedelta) or within < timedelta(0)):
-            raise ValueError(f"keep.within must be a duration >= 0, got {within!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < UNLIMITED:
+                raise ValueError(
+                    f"keep.{rule} must be a whole number >= 0 or unlimited (-1), got {value!r}"
+                )
+        for rule in ("within", *WITHIN_RULES):
+            within: object = getattr(self, rule)
+            if within is not None and not isinstance(within, KeepDuration):
+                raise ValueError(f"keep.{rule} must be a keep duration, got {within!r}")
+        tags: object = self.tags
+        if not isinstance(tags, tuple) or not all(
+            isinstance(t, tuple) and t and all(isinstance(x, str) and x for x in t) for t in tags
+        ):
+            raise ValueError(f"keep.tags must be non-empty tag lists, got {tags!r}")
 
     @classmethod
     def from_mapping(cls, keep: Mapping[str, Any]) -> KeepPolicy:
-        """Build from the desired state's ``keep`` mapping (``within`` as ``"7d"`` or timedelta).
+        """Build from the desired state's ``keep`` mapping: counts as numbers or
+        ``"unlimited"``, durations as restic's ``"1y2m3d4h"`` (or :class:`KeepDuration`),
+        ``tags`` as a list of ``"tag"`` / ``"tag1,tag2"``.
 
-        Raises ``ValueError`` for unknown keys, bad counts and unparsable durations.
+        Raises ``ValueError`` for unknown keys, bad counts, unparsable durations and tags.
         """
-        unknown = sorted(set(keep) - {*COUNT_RULES, "within"})
+        unknown = sorted(set(keep) - {*COUNT_RULES, "within", *WITHIN_RULES, "tags"})
         if unknown:
             raise ValueError(f"unknown keep key(s): {', '.join(unknown)}")
-        within = keep.get("within")
-        if isinstance(within, str):
-            within = parse_duration(within)
-        counts = {rule: keep[rule] for rule in COUNT_RULES if rule in keep}
-        return cls(**counts, within=within)
+        kwargs: dict[str, Any] = {r: _count(r, keep[r]) for r in COUNT_RULES if r in keep}
+        for rule in ("within", *WITHIN_RULES):
+            value = keep.get(rule)
+            kwargs[rule] = KeepDuration.parse(value) if isinstance(value, str) else value
+        return cls(**kwargs, tags=parse_tags(keep.get("tags") or ()))
+
+    def duration(self, rule: str) -> KeepDuration | None:
+        """The duration of ``within`` or a ``within_*`` rule when it is set and not zero."""
+        d: KeepDuration | None = getattr(self, rule)
+        return d if d is not None and not d.zero else None
 
     @property
     def within_active(self) -> bool:
-        """True when ``within`` is set to a positive duration."""
-        return self.within is not None and self.within > timedelta(0)
+        """True when ``within`` is set to a duration that is not zero."""
+        return self.duration("within") is not None
 
     @property
     def keeps_nothing(self) -> bool:
         """True when no rule is active: such a policy would delete every archive."""
-        return not self.within_active and all(getattr(self, r) == 0 for r in COUNT_RULES)
+        return (
+            all(getattr(self, r) == 0 for r in COUNT_RULES)
+            and all(self.duration(r) is None for r in ("within", *WITHIN_RULES))
+            and not self.tags
+        )
 
     def describe(self) -> str:
-        """Human summary, e.g. ``last 3, daily 7, within 2d``."""
-        parts = [f"{r} {getattr(self, r)}" for r in COUNT_RULES if getattr(self, r)]
-        if self.within_active:
-            assert self.within is not None
-            parts.append(f"within {_format_duration(self.within)}")
+        """Human summary, e.g. ``last 3, daily unlimited, within 2d, within_daily 1m, tags
+        keep|a,b``."""
+        parts = [
+            f"{r} {'unlimited' if getattr(self, r) == UNLIMITED else getattr(self, r)}"
+            for r in COUNT_RULES
+            if getattr(self, r)
+        ]
+        parts += [f"{r} {d}" for r in ("within", *WITHIN_RULES) if (d := self.duration(r))]
+        if self.tags:
+            parts.append("tags " + "|".join(",".join(t) for t in self.tags))
         return ", ".join(parts) or "nothing"
+
+
+def _count(rule: str, value: object) -> int:
+    """A count as the desired state writes it: a number, or ``unlimited`` for -1."""
+    if value == "unlimited":
+        return UNLIMITED
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"keep.{rule} must be a whole number or unlimited, got {value!r}")
+    return value
+
+
+def parse_tags(tags: Iterable[object]) -> tuple[tuple[str, ...], ...]:
+    """``keep.tags`` entries (``"keep"``, ``"weekly,keep"``) as tag lists, as restic splits
+    a ``--keep-tag`` value on commas. Raises ``ValueError`` for an empty tag."""
+    out: list[tuple[str, ...]] = []
+    for entry in tags:
+        if not isinstance(entry, str):
+            raise ValueError(f"keep.tags entries are strings, got {entry!r}")
+        parts = tuple(entry.split(","))
+        if not all(parts):
+            raise ValueError(f"keep.tags: {entry!r} holds an empty tag")
+        out.append(parts)
+    return tuple(out)
 
 
 class ArchiveDecision(NamedTuple):
@@ -321,14 +396,17 @@ def decide(
     now: datetime,
     *,
     keep_oldest: bool = True,
+    tags: Mapping[str, Collection[str]] | None = None,
 ) -> RetentionDecision:
     """Decide, for each name in ``archives``, keep, delete or not-ours (see the module doc).
 
-    Promises: every distinct input name appears exactly once in the result; only candidates
-    (``<set_name>-YYYYMMDD-HHMMSS``, valid UTC time) are ever ``delete``; the newest candidate
-    and every candidate dated after ``now`` are kept; the result depends only on the
-    arguments (names in any order give the same result). ``keep_oldest`` selects restic >= 0.16
-    (True, the default) or < 0.16 (False) behaviour for the oldest archive. O(n log n).
+    ``tags`` gives the tags of each archive (restic snapshots; tarsnap archives have none),
+    for ``policy.tags``. Promises: every distinct input name appears exactly once in the
+    result; only candidates (``<set_name>-YYYYMMDD-HHMMSS``, valid UTC time) are ever
+    ``delete``; the newest candidate and every candidate dated after ``now`` are kept; the
+    result depends only on the arguments (names in any order give the same result).
+    ``keep_oldest`` selects restic >= 0.16 (True, the default) or < 0.16 (False) behaviour
+    for the oldest archive. O(n log n).
 
     Raises ``ValueError`` for a policy that keeps nothing or a naive ``now``.
     """
@@ -371,29 +449,43 @@ def decide(
     reasons: dict[int, list[str]] = {}
     opened: dict[int, tuple[str, int, int]] = {}  # coarsest rule whose new bucket it opens
     covered: dict[int, tuple[str, int, bool]] = {}  # finest rule whose bucket has a newer one
+    window_covered: dict[int, list[tuple[str, int]]] = {}  # within_* rule, newer in bucket
 
     def keep(i: int, rule: str, reason: str) -> None:
         rules.setdefault(i, []).append(rule)
         reasons.setdefault(i, []).append(reason)
 
+    if policy.tags:
+        _apply_tags(policy.tags, names, tags or {}, keep)
+
     # restic: within is measured back from the newest archive that is not in the future.
     latest_index = next((i for i, t in enumerate(times) if t <= now), None)
-    threshold: datetime | None = None
-    within_text = ""
-    if policy.within_active:
-        assert policy.within is not None
-        within_text = f"within {_format_duration(policy.within)}"
-        if latest_index is not None:
-            threshold = times[latest_index] - policy.within
+    latest = times[latest_index] if latest_index is not None else None
+    windows: dict[str, tuple[KeepDuration, datetime | None]] = {}
+    for rule in ("within", *WITHIN_RULES):
+        d = policy.duration(rule)
+        if d is not None:
+            # None: no archive is old enough to fall outside (no latest, or before year 1).
+            windows[rule] = (d, None if latest is None else d.before(latest))
+
+    if "within" in windows:
+        d, threshold = windows["within"]
         for i, t in enumerate(times):
             if threshold is not None and t <= threshold:
                 break  # sorted newest first: all older ones are outside too
-            keep(i, "within", f"{within_text} of the newest archive")
+            keep(i, "within", f"within {d} of the newest archive")
 
     for rule in COUNT_RULES:
         count: int = getattr(policy, rule)
         if count:
             _apply_count_rule(rule, count, stamps, keep_oldest, keep, opened, covered)
+
+    for rule, base_rule in WITHIN_RULES.items():
+        if rule in windows:
+            d, threshold = windows[rule]
+            _apply_window_rule(
+                rule, base_rule, d, threshold, stamps, times, keep_oldest, keep, window_covered
+            )
 
     warnings: list[str] = []
     # docs/desired-state.md: the newest archive is never deleted. The newest not in the future is
@@ -407,9 +499,12 @@ def decide(
         keep(i, "future", "dated in the future: kept")
         warnings.append(future_warning(set_name, names[i], t, now))
 
-    within_why = ""
-    if policy.within_active and threshold is not None:
-        within_why = f"{within_text}: older than {threshold:%Y-%m-%d %H:%M:%S} UTC"
+    # Why an archive outside a window is not kept, once per window rule.
+    outside = {
+        rule: f"{rule} {d}: older than {threshold:%Y-%m-%d %H:%M:%S} UTC"
+        for rule, (d, threshold) in windows.items()
+        if threshold is not None
+    }
     rows: list[ArchiveDecision] = []
     for i in range(n):
         if i in rules:
@@ -417,12 +512,37 @@ def decide(
                 ArchiveDecision(names[i], "keep", times[i], tuple(rules[i]), "; ".join(reasons[i]))
             )
             continue
-        why = [_why_not(policy, stamps, names, i, opened.get(i), covered.get(i)), within_why]
+        why = [_why_not(policy, stamps, names, i, opened.get(i), covered.get(i))]
+        in_window = dict(window_covered.get(i, ()))
+        for rule, text in outside.items():
+            if rule in in_window:
+                base = WITHIN_RULES[rule]
+                label = f"{_UNIT[base]} {_bucket_label(base, stamps[i])}"
+                why.append(
+                    f"{rule} {windows[rule][0]}: {label} is kept as the newer archive "
+                    f"{names[in_window[rule]]}"
+                )
+            else:
+                why.append(text)
         reason = "; ".join(w for w in why if w) or "no rule keeps it"
         rows.append(ArchiveDecision(names[i], "delete", times[i], (), reason))
     for name in sorted(not_ours):
         rows.append(ArchiveDecision(name, "not-ours", None, (), not_ours[name]))
     return RetentionDecision(set_name, policy, now, tuple(rows), tuple(warnings))
+
+
+def _apply_tags(
+    taglists: tuple[tuple[str, ...], ...],
+    names: list[str],
+    tags: Mapping[str, Collection[str]],
+    keep: Callable[[int, str, str], None],
+) -> None:
+    """restic's ``--keep-tag``: an archive carrying every tag of one of ``taglists``."""
+    for i, name in enumerate(names):
+        have = set(tags.get(name, ()))
+        for taglist in taglists:
+            if have.issuperset(taglist):
+                keep(i, "tags", f"tags: carries {','.join(taglist)}")
 
 
 def _why_not(
@@ -433,7 +553,7 @@ def _why_not(
     opened: tuple[str, int, int] | None,
     covered: tuple[str, int, bool] | None,
 ) -> str:
-    """The rule that would have kept archive ``i`` otherwise, in words."""
+    """The counted rule that would have kept archive ``i`` otherwise, in words."""
     if opened is not None:
         rule, count, seen = opened
         if rule == "last":
@@ -458,10 +578,16 @@ def _apply_count_rule(
     opened: dict[int, tuple[str, int, int]],
     covered: dict[int, tuple[str, int, bool]],
 ) -> None:
-    """restic's bucket loop for one counted rule: keeps via ``keep``, records why-nots."""
+    """restic's bucket loop for one counted rule: keeps via ``keep``, records why-nots.
+
+    ``count`` is :data:`UNLIMITED` or > 0. An unlimited count is one that cannot run out:
+    more than there are archives (restic does not decrement -1).
+    """
     keys = _bucket_keys(rule, stamps)
     n = len(keys)
-    remaining = count
+    unlimited = count == UNLIMITED
+    shown = "unlimited" if unlimited else str(count)
+    remaining = n + 1 if unlimited else count
     seen = 0  # distinct buckets met so far, also past the count (for "this is the 8th day")
     previous: Any = object()
     first_of_bucket = -1
@@ -477,20 +603,45 @@ def _apply_count_rule(
             remaining -= 1
             what = f"{_ordinal(i + 1)} newest" if rule == "last" else _bucket_label(rule, stamps[i])
             if new_bucket:
-                keep(i, rule, f"{rule}: {what}, {seen} of {count}")
+                keep(i, rule, f"{rule}: {what}, {seen} of {shown}")
             else:
                 keep(i, f"oldest {rule}", f"{rule}: {what}, the oldest archive, kept while "
                      "counts remain")  # fmt: skip
         elif new_bucket:
             opened[i] = (rule, count, seen)  # later (coarser) rules overwrite: wanted
         elif i not in covered:
-            covered[i] = (rule, first_of_bucket, seen <= count)
+            covered[i] = (rule, first_of_bucket, unlimited or seen <= count)
 
 
-def _format_duration(d: timedelta) -> str:
-    """``7d``, ``36h``, ``90m`` ... (the desired state's notation, largest exact unit)."""
-    seconds = int(d.total_seconds())
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s" if d == timedelta(seconds=seconds) else str(d)
+def _apply_window_rule(
+    rule: str,
+    base_rule: str,
+    duration: KeepDuration,
+    threshold: datetime | None,
+    stamps: list[str],
+    times: list[datetime],
+    keep_oldest: bool,
+    keep: Callable[[int, str, str], None],
+    covered: dict[int, list[tuple[str, int]]],
+) -> None:
+    """restic's ``bucketsWithin`` loop for one ``within_*`` rule: among the archives strictly
+    newer than ``threshold`` (None: all of them), the newest of each bucket of ``base_rule``
+    (and, restic >= 0.16, the oldest archive of all when it is inside the window)."""
+    keys = _bucket_keys(base_rule, stamps)
+    n = len(keys)
+    previous: Any = object()
+    first_of_bucket = -1
+    for i, key in enumerate(keys):
+        if threshold is not None and times[i] <= threshold:
+            break  # sorted newest first: every older archive is outside the window too
+        new_bucket = key != previous
+        if new_bucket:
+            first_of_bucket = i
+            previous = key
+        label = _bucket_label(base_rule, stamps[i])
+        if new_bucket:
+            keep(i, rule, f"{rule} {duration}: {label}")
+        elif keep_oldest and i == n - 1:
+            keep(i, f"oldest {rule}", f"{rule} {duration}: {label}, the oldest archive")
+        else:
+            covered.setdefault(i, []).append((rule, first_of_bucket))

@@ -424,6 +424,26 @@ class TarsnapBackend:
                 raise self._fail(res, what, deleted=result.deleted)
         return result
 
+    def list_contents(self, name: str) -> int:
+        """``tarsnap -t -f NAME``: read archive ``name`` back and list its members; returns
+        how many there are.
+
+        tarsnap fetches and verifies the archive's metadata, its index and every member's
+        header (each chunk it reads is authenticated); file data is skipped, not downloaded.
+        A missing archive, one that does not verify, or an empty listing raises
+        :class:`TarsnapError`. Runs under our lock, so another reconciler run's deletions
+        cannot remove the archive while it is read.
+        """
+        res = self._tarsnap(["-t", "-f", name])
+        if res.returncode != 0:
+            raise self._fail(res, f"listing archive {name}")
+        members = [m for m in res.stdout.split(b"\n") if m]
+        if not members:
+            raise TarsnapError(
+                f"listing archive {name}: tarsnap listed no members", address=self.address
+            )
+        return len(members)
+
     def fsck(self, *, allow_fsck: bool = False) -> str:
         """Run ``tarsnap --fsck`` (rebuilds the cache from the server) only when allowed."""
         if not allow_fsck:

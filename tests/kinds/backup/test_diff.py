@@ -3,7 +3,8 @@
 Each file in tests/kinds/backup/golden/ holds the desired YAML (loaded through the real loader),
 live state as plain data and the expected changes and errors. Live state notation
 (``live:``): ``now`` (UTC, ISO 8601), ``sets`` maps a set to ``archives`` (every name the
-backend lists) and ``missing_paths``; ``errors`` maps a set to a read error. Expected changes
+backend lists), ``missing_paths``, ``tags`` (archive -> its restic tags), ``last_check`` (ISO
+8601) and ``last_check_ok``; ``errors`` maps a set to a read error. Expected changes
 compare address, action and ops exactly (``tests/golden.py``); ``warnings`` entries are
 substrings. No root, no backup service: diff is pure.
 """
@@ -35,6 +36,9 @@ def _live(data: dict[str, Any]) -> BackupLive:
         name: SetLive(
             tuple(s.get("archives") or ()),
             tuple(s.get("missing_paths") or ()),
+            {a: tuple(t) for a, t in (s.get("tags") or {}).items()},
+            datetime.fromisoformat(str(s["last_check"])) if s.get("last_check") else None,
+            s.get("last_check_ok"),
         )
         for name, s in (data.get("sets") or {}).items()
     }
@@ -164,3 +168,24 @@ def test_future_archive_is_reported_when_the_set_has_nothing_to_do(tmp_path: Pat
     assert base.notices(p, desired, due, [change]) == []
     # A plan without warnings keeps the JSON document exactly as before.
     assert "warnings" not in Plan("h1").to_dict()
+
+
+def test_check_ops_in_the_text_plan(tmp_path: Path) -> None:
+    data = yaml.safe_load((GOLDEN / "check_failed_holds_order.yaml").read_text())
+    desired = _desired(data["desired"], tmp_path)
+    changes, _ = BackupProvider().diff(desired, _live(data["live"]))
+    text = render_text.render(Plan("h1", changes=changes).to_dict())
+    lines = [ln.strip() for ln in text.splitlines()]
+    i = lines.index("+ archive etc-20261128-050000 (/etc)")
+    assert lines[i + 1] == (
+        "= check archive etc-20261128-050000 (tarsnap -t, read back): the last check "
+        "(2026-11-28 04:00:00 UTC) failed: checked on every run until one passes"
+    )
+    assert lines[i + 2].startswith("- archive etc-20261128-020000")
+    data = yaml.safe_load((GOLDEN / "check_due_restic.yaml").read_text())
+    changes, _ = BackupProvider().diff(_desired(data["desired"], tmp_path), _live(data["live"]))
+    text = render_text.render(Plan("h1", changes=changes).to_dict())
+    assert (
+        "= check repository (restic check --read-data-subset=5%): last checked "
+        "2026-10-29 05:00:00 UTC, every 30d"
+    ) in text

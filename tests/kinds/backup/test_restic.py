@@ -22,7 +22,7 @@ from reconciler import cli, engine, hostconfig
 from reconciler import desired as desired_mod
 from reconciler.engine import RunResult
 from reconciler.errors import ValidationError
-from reconciler.kinds.backup import retention
+from reconciler.kinds.backup import checkstate, retention
 from reconciler.kinds.backup.provider import BackupProvider
 from reconciler.kinds.backup.restic import (
     ResticBackend,
@@ -34,6 +34,7 @@ from reconciler.kinds.backup.restic import (
 from reconciler.model import HostDesired
 from reconciler.plan import Plan
 from reconciler.render import text as render_text
+from reconciler.state import StateDir
 from tests import hostcfg
 from tests.simclock import Clock
 
@@ -405,3 +406,165 @@ def test_prune_is_a_restic_only_key(site: Site) -> None:
         site.write({"etc": {"backend": "tarsnap", "paths": ["/etc"], "every": "1d",
                             "keep": {"last": 1}, "prune": True}})  # fmt: skip
     assert "'prune' only applies to backend restic" in str(ei.value)
+
+
+# --- checks ----------------------------------------------------------------------------
+
+
+def _corrupt_a_pack(repo: Path) -> Path:
+    """Flip one byte inside the largest pack file (its size stays the same, so only reading
+    the data back finds it)."""
+    packs = [p for p in (repo / "data").rglob("*") if p.is_file()]
+    pack = max(packs, key=lambda p: p.stat().st_size)
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pack.chmod(0o600)
+    pack.write_bytes(bytes(data))
+    return pack
+
+
+def _seed(site: Site, days: tuple[int, ...] = (1, 2, 3)) -> None:
+    backend = site.backend()
+    for day in days:
+        (site.data / "etc" / "blob").write_bytes(os.urandom(200_000))
+        name = f"etc-202001{day:02d}-000000"
+        backend.create(name, [str(site.data / "etc")], when=datetime(2020, 1, day, tzinfo=UTC))
+
+
+def test_check_of_a_corrupted_repository_fails_and_deletes_nothing(
+    site: Site, tmp_path: Path
+) -> None:
+    """A pack file with a flipped byte: ``restic check --read-data-subset=100%`` fails, the
+    set's error says so, the two expired archives stay, the failure is recorded and the next
+    run checks again (and still deletes nothing)."""
+    _seed(site)
+    _corrupt_a_pack(site.repo("repo"))
+    desired = site.write(
+        {"etc": site.restic_set(every="100d", keep={"last": 1},
+                                check={"every": "30d", "read_data_subset": "100%"})}
+    )  # fmt: skip
+    state = StateDir(tmp_path / "state")
+    clock = Clock(datetime(2020, 1, 3, 1, tzinfo=UTC))
+    provider = BackupProvider(clock=clock, state=state)
+    plan, result = run(desired, provider)
+    assert [o.op for o in plan.changes[0].ops] == [
+        "check_repository",
+        "delete_archive",
+        "delete_archive",
+    ]
+    text = render_text.render(plan.to_dict())
+    assert "= check repository (restic check --read-data-subset=100%): never checked" in text
+    assert not result.ok and [e.address for e in result.errors] == ["backup/etc"]
+    message = result.errors[0].message
+    assert "check failed (restic check --read-data-subset=100%)" in message
+    assert "Pack ID does not match" in message or "repository contains errors" in message
+    assert "2 expired archive(s) are kept until a check passes" in message
+    assert site.names() == {f"etc-202001{d:02d}-000000" for d in (1, 2, 3)}
+    records = checkstate.load(state.path)
+    assert records["etc"].ok is False and records["etc"].at == clock.now
+    assert records["etc"].what == "restic check --read-data-subset=100%"
+    # The next run checks again (a failed check is due on every run): still nothing deleted.
+    clock.now += timedelta(minutes=15)
+    plan, result = run(desired, BackupProvider(clock=clock, state=state))
+    assert plan.changes[0].ops[0].args["reason"].startswith("the last check (2020-01-03 01:00:00")
+    assert not result.ok and "check failed" in result.errors[0].message
+    assert len(site.names()) == 3
+
+
+def test_a_passing_check_is_recorded_and_not_repeated_before_every(
+    site: Site, tmp_path: Path
+) -> None:
+    _seed(site)
+    desired = site.write(
+        {"etc": site.restic_set(every="100d", keep={"last": 1}, check={"every": "7d"})}
+    )
+    state = StateDir(tmp_path / "state")
+    clock = Clock(datetime(2020, 1, 3, 1, tzinfo=UTC))
+    plan, result = run(desired, BackupProvider(clock=clock, state=state))
+    assert result.ok, result.errors
+    assert plan.changes[0].ops[0].op == "check_repository"
+    assert site.names() == {"etc-20200103-000000"}  # the check passed: deletions made
+    record = checkstate.load(state.path)["etc"]
+    assert record.ok and record.message == "no errors were found" and record.every == "7d"
+    clock.now += timedelta(days=7) - timedelta(seconds=1)
+    plan, result = run(desired, BackupProvider(clock=clock, state=state))
+    assert result.ok and plan.empty
+    clock.now += timedelta(seconds=1)
+    plan, result = run(desired, BackupProvider(clock=clock, state=state))
+    assert result.ok and [c.ops[0].op for c in plan.changes] == ["check_repository"]
+    # Without check: the record is forgotten (no metric for a check that is not made).
+    desired = site.write({"etc": site.restic_set(every="100d", keep={"last": 1})})
+    _, result = run(desired, BackupProvider(clock=clock, state=state))
+    assert result.ok and checkstate.load(state.path) == {}
+
+
+def test_a_locked_repository_is_not_a_failed_check(site: Site, tmp_path: Path) -> None:
+    """restic check locks exclusively: another restic's lock makes the set busy (retried on
+    the next run) and records nothing."""
+    _seed(site, (1,))
+    desired = site.write(
+        {"etc": site.restic_set(every="100d", keep={"last": 1}, check={"every": "7d"})}
+    )
+    state = StateDir(tmp_path / "state")
+    provider = BackupProvider(clock=Clock(datetime(2020, 1, 3, 1, tzinfo=UTC)), state=state)
+    holder = subprocess.Popen(
+        ["restic", "backup", "--stdin", "--stdin-filename", "x", "--host", "other"],
+        env=site.backend()._env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        locks = site.repo("repo") / "locks"
+        deadline = time.monotonic() + 10
+        while not any(locks.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _, result = run(desired, provider)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert [e.address for e in result.errors] == ["backup/etc"]
+    assert "locked" in result.errors[0].message and "retried" in result.errors[0].message
+    assert checkstate.load(state.path) == {}
+
+
+def test_keep_tags_keeps_a_snapshot_tagged_by_hand(site: Site) -> None:
+    """``restic tag --add keep`` on an old snapshot: ``keep.tags: [keep]`` keeps it while
+    ``last: 1`` expires the others."""
+    _seed(site)
+    old = next(a for a in site.backend().list_archives() if a.name == "etc-20200101-000000")
+    subprocess.run(
+        ["restic", "tag", "--add", "keep", old.id],
+        env=site.backend()._env(),
+        check=True,
+        capture_output=True,
+    )
+    desired = site.write(
+        {"etc": site.restic_set(every="100d", keep={"last": 1, "tags": ["keep"]})}
+    )
+    plan, result = run(desired, BackupProvider(clock=Clock(datetime(2020, 1, 3, 1, tzinfo=UTC))))
+    assert result.ok, result.errors
+    assert [o.args["archive"] for o in plan.changes[0].ops] == ["etc-20200102-000000"]
+    assert site.names() == {"etc-20200101-000000", "etc-20200103-000000"}
+
+
+def test_cli_dry_run_plans_the_check_and_records_nothing(site: Site, tmp_path: Path) -> None:
+    """Through the command line: the dry-run shows the check and writes no check record;
+    the real run checks and records it in the state dir."""
+    _seed(site, (1,))
+    site.write({"etc": site.restic_set(every="100000d", keep={"last": 1},
+                                       check={"every": "7d"})})  # fmt: skip
+    state = tmp_path / "state"
+    argv = [
+        "--repo", str(site.desired_dir), "--host", HOST, "--only", "backup",
+        "--lock-file", str(tmp_path / "lock"), "--state-dir", str(state),
+        "--log-format", "json", "--config", str(site.config),
+    ]  # fmt: skip
+    code = cli.main(["--dry-run", "--detailed-exitcode", "--output", "json", *argv])
+    assert code == cli.EXIT_CHANGES
+    assert not (state / checkstate.FILE_NAME).exists()
+    assert cli.main(argv) == cli.EXIT_OK
+    record = checkstate.load(state)["etc"]
+    assert record.ok and record.what == "restic check"
+    assert cli.main(["--dry-run", "--detailed-exitcode", *argv]) == cli.EXIT_OK

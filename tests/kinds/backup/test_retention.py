@@ -31,7 +31,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from reconciler.kinds.backup.duration import KeepDuration
 from reconciler.kinds.backup.retention import (
+    COUNT_RULES,
+    UNLIMITED,
+    WITHIN_RULES,
     KeepPolicy,
     RetentionDecision,
     archive_name,
@@ -214,7 +218,7 @@ def test_within_is_relative_to_the_newest_archive_not_now() -> None:
                  "2024-01-01 00:00:00")  # fmt: skip
     # Five months after the last backup everything would be outside "now - 1d"; restic
     # measures from the newest snapshot instead, and keeps the last day of history.
-    d = decide("etc", arch, KeepPolicy(within=timedelta(days=1)), NOW)
+    d = decide("etc", arch, KeepPolicy(within=KeepDuration(days=1)), NOW)
     assert kept(d) == names("2024-01-10 12:00:00", "2024-01-09 12:00:01")  # strictly newer
     reason = next(a.reason for a in d.archives if a.archive == "etc-20240109-120000")
     assert reason == "within 1d: older than 2024-01-09 12:00:00 UTC"
@@ -223,12 +227,12 @@ def test_within_is_relative_to_the_newest_archive_not_now() -> None:
 def test_within_ignores_future_archives_when_finding_the_newest() -> None:
     arch = names("2024-06-20 00:00:00", "2024-06-15 11:00:00", "2024-06-14 12:00:00",
                  "2024-06-14 10:00:00")  # fmt: skip
-    d = decide("etc", arch, KeepPolicy(within=timedelta(days=1)), NOW)
+    d = decide("etc", arch, KeepPolicy(within=KeepDuration(days=1)), NOW)
     assert kept(d) == names("2024-06-20 00:00:00", "2024-06-15 11:00:00", "2024-06-14 12:00:00")
     assert rules_of(d, "etc-20240620-000000") == ("within", "newest", "future")
     # Only future archives: restic's "latest" is the zero time, so within keeps them all.
     d = decide("etc", names("2030-01-01 00:00:00", "2029-01-01 00:00:00"),
-               KeepPolicy(within=timedelta(hours=1)), NOW)  # fmt: skip
+               KeepPolicy(within=KeepDuration(hours=1)), NOW)  # fmt: skip
     assert d.delete == ()
 
 
@@ -248,13 +252,13 @@ def test_newest_is_always_kept() -> None:
     arch = names("2024-06-01 00:00:00", "2024-05-01 00:00:00")
     d = decide("etc", arch, KeepPolicy(yearly=1), NOW)
     assert d.keep[0] == "etc-20240601-000000"
-    d = decide("etc", names("2024-06-01 00:00:00"), KeepPolicy(within=timedelta(seconds=1)), NOW)
+    d = decide("etc", names("2024-06-01 00:00:00"), KeepPolicy(within=KeepDuration(hours=1)), NOW)
     assert d.keep == ("etc-20240601-000000",)
 
 
 def test_plain_data_round_trip() -> None:
     d = decide("etc", [*names("2024-06-01 00:00:00", "2024-05-01 00:00:00"), "x"],
-               KeepPolicy(last=1, within=timedelta(hours=36)), NOW)  # fmt: skip
+               KeepPolicy(last=1, within=KeepDuration(hours=36)), NOW)  # fmt: skip
     data = d.to_dict()
     assert json.loads(json.dumps(data)) == data
     assert data["policy"] == "last 1, within 36h"
@@ -269,6 +273,82 @@ def test_plain_data_round_trip() -> None:
     }
 
 
+def test_keep_duration_syntax_is_restics() -> None:
+    assert KeepDuration.parse("1y2m3d4h") == KeepDuration(1, 2, 3, 4)
+    assert KeepDuration.parse("4h1y") == KeepDuration(years=1, hours=4)  # any order
+    assert KeepDuration.parse("2w1d") == KeepDuration(days=15)  # w: our addition, 7 days
+    assert str(KeepDuration.parse("36h")) == "36h" and str(KeepDuration(1, 0, 9, 0)) == "1y9d"
+    for bad in ("1d2d", "30s", "1.5d", "-1d", "d", "", "1 d", "9999999y"):
+        with pytest.raises(ValueError, match="not a keep duration"):
+            KeepDuration.parse(bad)
+
+
+def test_keep_duration_subtracts_like_go_add_date() -> None:
+    # Go normalises "31 February" by carrying the overflow: 2024-02-31 is 2024-03-02.
+    assert KeepDuration(months=1).before(at("2024-03-31 10:00:00")) == at("2024-03-02 10:00:00")
+    assert KeepDuration(months=1).before(at("2023-03-31 10:00:00")) == at("2023-03-03 10:00:00")
+    assert KeepDuration(years=1).before(at("2024-02-29 12:00:00")) == at("2023-03-01 12:00:00")
+    assert KeepDuration(months=13).before(at("2024-01-15 00:00:00")) == at("2022-12-15 00:00:00")
+    assert KeepDuration(days=1, hours=1).before(at("2024-03-01 00:30:00")) == at(
+        "2024-02-28 23:30:00"
+    )
+    assert KeepDuration(years=5000).before(at("2024-01-01 00:00:00")) is None  # before year 1
+
+
+def test_within_months_is_calendar_arithmetic() -> None:
+    arch = names("2024-03-31 10:00:00", "2024-03-02 10:00:01", "2024-03-02 10:00:00",
+                 "2024-02-29 10:00:00")  # fmt: skip
+    d = decide("etc", arch, KeepPolicy.from_mapping({"within": "1m"}), NOW)
+    # One month before 31 March is "31 February", 2 March: strictly newer ones are kept.
+    assert kept(d) == names("2024-03-31 10:00:00", "2024-03-02 10:00:01")
+    reason = next(a.reason for a in d.archives if a.archive == "etc-20240302-100000")
+    assert reason == "within 1m: older than 2024-03-02 10:00:00 UTC"
+
+
+def test_within_buckets_keep_one_per_bucket_inside_the_window() -> None:
+    arch = names("2024-01-10 18:00:00", "2024-01-10 06:00:00", "2024-01-09 18:00:00",
+                 "2024-01-09 06:00:00", "2024-01-08 18:00:00", "2024-01-01 12:00:00")  # fmt: skip
+    policy = KeepPolicy.from_mapping({"within_daily": "2d"})
+    d = decide("etc", arch, policy, NOW, keep_oldest=False)
+    # The window is (2024-01-08 18:00, 2024-01-10 18:00]: 10th and 9th, newest of each day.
+    assert kept(d) == names("2024-01-10 18:00:00", "2024-01-09 18:00:00")
+    reasons = {a.archive: a.reason for a in d.archives}
+    assert reasons["etc-20240110-180000"].startswith("within_daily 2d: 2024-01-10")
+    assert reasons["etc-20240110-060000"] == (
+        "within_daily 2d: day 2024-01-10 is kept as the newer archive etc-20240110-180000"
+    )
+    assert reasons["etc-20240108-180000"] == "within_daily 2d: older than 2024-01-08 18:00:00 UTC"
+    # restic >= 0.16 also keeps the oldest archive when it is inside the window.
+    wide = decide("etc", arch, KeepPolicy.from_mapping({"within_daily": "1y"}), NOW)
+    assert rules_of(wide, "etc-20240101-120000") == ("within_daily",)
+    both = arch[:2]
+    d = decide("etc", both, KeepPolicy.from_mapping({"within_daily": "1y"}), NOW)
+    assert rules_of(d, both[1]) == ("oldest within_daily",)
+
+
+def test_unlimited_counts_keep_every_bucket() -> None:
+    arch = names(*(f"2024-01-{day:02d} {h:02d}:00:00" for day in range(1, 21) for h in (1, 13)))
+    d = decide("etc", arch, KeepPolicy.from_mapping({"daily": "unlimited"}), NOW)
+    assert len(d.keep) == 20 + 1  # one per day, and the oldest archive (restic 0.16+)
+    assert "daily: 2024-01-20, 1 of unlimited" in next(a.reason for a in d.archives)
+    assert KeepPolicy.from_mapping({"last": -1}).describe() == "last unlimited"
+    assert decide("etc", arch, KeepPolicy(last=UNLIMITED), NOW).delete == ()
+
+
+def test_tags_keep_archives_carrying_every_tag_of_one_list() -> None:
+    arch = names("2024-01-04 00:00:00", "2024-01-03 00:00:00", "2024-01-02 00:00:00",
+                 "2024-01-01 00:00:00")  # fmt: skip
+    tags = {arch[1]: {"reconciler", "keep"}, arch[2]: {"gold"}, arch[3]: {"gold", "x"}}
+    policy = KeepPolicy.from_mapping({"last": 1, "tags": ["keep", "gold,x"]})
+    d = decide("etc", arch, policy, NOW, tags=tags)
+    assert kept(d) == [arch[0], arch[1], arch[3]]
+    assert rules_of(d, arch[3]) == ("tags",)
+    assert "tags: carries gold,x" in next(a.reason for a in d.archives if a.archive == arch[3])
+    # Without the tags (tarsnap has none) the tag lists keep nothing.
+    assert kept(decide("etc", arch, policy, NOW)) == [arch[0]]
+    assert policy.describe() == "last 1, tags keep|gold,x"
+
+
 # --------------------------------------------------------------------------------------------
 # bad input
 # --------------------------------------------------------------------------------------------
@@ -278,12 +358,13 @@ def test_policy_that_keeps_nothing_is_refused() -> None:
     with pytest.raises(ValueError, match="keeps nothing"):
         decide("etc", names("2024-01-01 00:00:00"), KeepPolicy(), NOW)
     with pytest.raises(ValueError, match="keeps nothing"):
-        decide("etc", [], KeepPolicy(within=timedelta(0)), NOW)
+        decide("etc", [], KeepPolicy(within=KeepDuration()), NOW)
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"daily": -1}, {"last": 1.5}, {"weekly": True}, {"within": timedelta(seconds=-1)}],
+    [{"daily": -2}, {"last": 1.5}, {"weekly": True}, {"within": timedelta(hours=1)},
+     {"tags": (("",),)}, {"tags": ("keep",)}],
 )
 def test_bad_counts_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
@@ -292,11 +373,11 @@ def test_bad_counts_are_refused(kwargs: dict[str, Any]) -> None:
 
 def test_from_mapping() -> None:
     assert KeepPolicy.from_mapping({"daily": 7, "within": "1d12h"}) == KeepPolicy(
-        daily=7, within=timedelta(hours=36)
+        daily=7, within=KeepDuration(days=1, hours=12)
     )
     with pytest.raises(ValueError, match="unknown keep key"):
         KeepPolicy.from_mapping({"dayly": 7})
-    with pytest.raises(ValueError, match="not a duration"):
+    with pytest.raises(ValueError, match="not a keep duration"):
         KeepPolicy.from_mapping({"within": "7 days"})
 
 
@@ -430,24 +511,39 @@ class ResticRepo:
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 
-    def set_snapshots(self, times: list[datetime]) -> None:
-        """Replace every snapshot by one per time (as ``restic backup --time`` would write)."""
+    def set_snapshots(
+        self, times: list[datetime], tags: dict[datetime, tuple[str, ...]] | None = None
+    ) -> None:
+        """Replace every snapshot by one per time (as ``restic backup --time`` would write),
+        each tagged ``etc`` plus its ``tags``."""
         snapdir = self.path / "snapshots"
         for old in snapdir.iterdir():
             old.unlink()
         for t in times:
-            doc = dict(self.template, time=t.strftime("%Y-%m-%dT%H:%M:%SZ"))
+            extra = (tags or {}).get(t, ())
+            doc = dict(self.template, time=t.strftime("%Y-%m-%dT%H:%M:%SZ"), tags=["etc", *extra])
             data = _restic_seal(self.master, json.dumps(doc).encode(), os.urandom(16))
             (snapdir / hashlib.sha256(data).hexdigest()).write_bytes(data)
 
-    def forget(self, policy: KeepPolicy) -> list[tuple[datetime, tuple[str, ...]]]:
-        """restic's own decision: the kept snapshots' times with their reasons."""
+    def forget(self, policy: KeepPolicy, n: int) -> list[tuple[datetime, tuple[str, ...]]]:
+        """restic's own decision for ``n`` snapshots: the kept snapshots' times with their
+        reasons. An unlimited count is passed as ``unlimited`` where restic knows it (0.16+,
+        -1 inside ``ApplyPolicy``), else as ``n``: restic never runs out of either
+        (``ApplyPolicy`` does not decrement -1, and n snapshots cannot use up n counts before
+        the oldest, so the oldest rule fires too)."""
         args = ["forget", "--dry-run", "--json", "--tag", "etc", "--group-by", "host"]
-        for rule in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
-            if getattr(policy, rule):
-                args += [f"--keep-{rule}", str(getattr(policy, rule))]
-        if policy.within:
-            args += ["--keep-within", f"{int(policy.within.total_seconds()) // 3600}h"]
+        for rule in COUNT_RULES:
+            count = getattr(policy, rule)
+            if count == UNLIMITED:
+                count = "unlimited" if self.version >= (0, 16) else n
+            if count:
+                args += [f"--keep-{rule}", str(count)]
+        for rule in ("within", *WITHIN_RULES):
+            d = policy.duration(rule)
+            if d is not None:
+                args += [f"--keep-{rule.replace('_', '-')}", str(d)]
+        for taglist in policy.tags:
+            args += ["--keep-tag", ",".join(taglist)]
         groups = json.loads(self.run(*args))
         out = []
         for group in groups:
@@ -459,10 +555,17 @@ class ResticRepo:
 
 
 def _restic_rule(match: str) -> str:
-    """restic's reason text -> our rule name (``daily snapshot`` -> ``daily`` ...)."""
+    """restic's reason text -> our rule name (``daily snapshot`` -> ``daily``, ``oldest
+    hourly within 1d`` -> ``oldest within_hourly``, ``has tags [keep]`` -> ``tags`` ...)."""
+    if match.startswith("has tags"):
+        return "tags"
     if match.startswith("within "):
         return "within"
-    return match.removesuffix(" snapshot").replace("latest", "last")
+    oldest = match.startswith("oldest ")
+    match = match.removeprefix("oldest ")
+    m = re.fullmatch(r"(hourly|daily|weekly|monthly|yearly) within \S+", match)
+    rule = f"within_{m[1]}" if m else match.removesuffix(" snapshot").replace("latest", "last")
+    return f"oldest {rule}" if oldest else rule
 
 
 @pytest.fixture(scope="module")
@@ -503,55 +606,115 @@ def test_forged_snapshots_are_read_by_restic(restic_repo: ResticRepo) -> None:
     restic_repo.run("check")
 
 
+def test_restic_agrees_on_month_ends_and_window_edges(restic_repo: ResticRepo) -> None:
+    """The calendar cases of test_within_months_is_calendar_arithmetic, asked of restic."""
+    times = [at("2024-03-31 10:00:00"), at("2024-03-02 10:00:01"), at("2024-03-02 10:00:00"),
+             at("2024-02-29 10:00:00")]  # fmt: skip
+    restic_repo.set_snapshots(times)
+    policy = KeepPolicy.from_mapping({"within": "1m", "within_daily": "1m"})
+    want = restic_repo.forget(policy, len(times))
+    assert [t for t, _ in want] == times[:2]
+    d = decide("etc", [archive_name("etc", t) for t in times], policy, datetime.now(UTC),
+               keep_oldest=restic_repo.version >= (0, 16))  # fmt: skip
+    assert [a.time for a in d.archives if a.action == "keep"] == times[:2]
+
+
 _BASES = [at(t) for t in ("2020-12-27 00:00:00", "2024-12-28 00:00:00", "2021-02-27 22:00:00",
                           "2019-06-01 00:00:00")]  # fmt: skip
+#: Newest archives where calendar arithmetic bites: month ends (Go's AddDate turns
+#: "31 February" into 3 March), leap days, the turn of a year.
+_ANCHORS = [at(t) for t in ("2024-03-31 10:00:00", "2023-05-31 00:00:00", "2024-02-29 12:30:00",
+                            "2021-01-01 00:00:00", "2023-12-31 23:59:59")]  # fmt: skip
 _OFFSETS = st.one_of(
     st.integers(0, 6 * 3600),  # several per hour
     st.integers(0, 20 * 86400),  # several per day and week, ISO week 53 / week 1
     st.integers(0, 3 * 366 * 86400),  # months and years
+    st.integers(0, 24 * 800).map(lambda h: h * 3600),  # whole hours: on a window's edge
 )
+_TAGS = ("keep", "gold", "x")
+
+
+@dataclass(frozen=True)
+class History:
+    """Snapshot times, newest first, and the extra tags of some of them."""
+
+    times: list[datetime]
+    tags: dict[datetime, tuple[str, ...]]
 
 
 @st.composite
-def histories(draw: st.DrawFn) -> list[datetime]:
-    base = draw(st.sampled_from(_BASES))
+def histories(draw: st.DrawFn) -> History:
     offsets = draw(st.sets(_OFFSETS, min_size=1, max_size=50))
-    return sorted((base + timedelta(seconds=o) for o in offsets), reverse=True)
+    if draw(st.booleans()):
+        base = draw(st.sampled_from(_BASES))
+        times = sorted((base + timedelta(seconds=o) for o in offsets), reverse=True)
+    else:  # the newest archive on an anchor, the others before it
+        anchor = draw(st.sampled_from(_ANCHORS))
+        times = sorted({anchor - timedelta(seconds=o) for o in offsets} | {anchor}, reverse=True)
+    tags = {
+        t: tuple(sorted(chosen))
+        for t in times
+        if (chosen := draw(st.sets(st.sampled_from(_TAGS), max_size=2)))
+    }
+    return History(times, tags)
+
+
+_DURATIONS = st.builds(
+    KeepDuration,
+    years=st.sampled_from([0, 0, 0, 1]),
+    months=st.sampled_from([0, 0, 1, 2, 13]),
+    days=st.sampled_from([0, 0, 1, 3, 10, 45]),
+    hours=st.sampled_from([0, 0, 1, 5, 36]),
+)
+_COUNTS = st.one_of(st.integers(0, 6), st.just(UNLIMITED))
 
 
 @st.composite
 def policies(draw: st.DrawFn) -> KeepPolicy:
-    counts = {r: draw(st.integers(0, 6)) for r in ("hourly", "daily", "weekly", "monthly")}
-    counts["last"] = draw(st.sampled_from([0, 0, 1, 3]))
-    counts["yearly"] = draw(st.sampled_from([0, 0, 1, 2]))
-    hours = draw(st.sampled_from([0, 0, 0, 1, 5, 24, 36, 24 * 8, 24 * 40]))
-    policy = KeepPolicy(**counts, within=timedelta(hours=hours) if hours else None)
+    counts = {r: draw(_COUNTS) for r in ("hourly", "daily", "weekly", "monthly")}
+    counts["last"] = draw(st.sampled_from([0, 0, 1, 3, UNLIMITED]))
+    counts["yearly"] = draw(st.sampled_from([0, 0, 1, 2, UNLIMITED]))
+    # Each duration rule is used in about one example out of three.
+    durations = {
+        rule: draw(st.one_of(st.none(), st.none(), _DURATIONS))
+        for rule in ("within", *WITHIN_RULES)
+    }
+    tags = draw(st.sampled_from([(), (), (("keep",),), (("gold", "x"),), (("keep",), ("x",))]))
+    kwargs: dict[str, Any] = {**counts, **durations}
+    policy = KeepPolicy(**kwargs, tags=tags)
     assume(not policy.keeps_nothing)
     return policy
 
 
 @settings(
-    max_examples=40,
+    max_examples=80,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(times=histories(), policy=policies())
+@given(history=histories(), policy=policies())
 def test_decide_matches_restic_forget(
-    restic_repo: ResticRepo, times: list[datetime], policy: KeepPolicy
+    restic_repo: ResticRepo, history: History, policy: KeepPolicy
 ) -> None:
     """On histories entirely in the past (our future-archive rule (docs/desired-state.md) is
-    not restic's), ``decide`` keeps exactly the snapshots restic keeps, for the same rules;
-    the installed restic's version picks the oldest-archive behaviour (``keep_oldest`` for
-    0.16+)."""
+    not restic's), ``decide`` keeps exactly the snapshots restic keeps, for the same rules:
+    counts (unlimited included), ``within`` and the ``within_*`` rules with restic's calendar
+    durations, and ``tags``; the installed restic's version picks the oldest-archive
+    behaviour (``keep_oldest`` for 0.16+)."""
     now = datetime.now(UTC)
-    restic_repo.set_snapshots(times)
-    want = restic_repo.forget(policy)
-    d = decide("etc", [archive_name("etc", t) for t in times], policy, now,
-               keep_oldest=restic_repo.version >= (0, 16))  # fmt: skip
+    times = history.times
+    restic_repo.set_snapshots(times, history.tags)
+    want = restic_repo.forget(policy, len(times))
+    tags = {archive_name("etc", t): {"etc", *history.tags.get(t, ())} for t in times}
+    d = decide("etc", list(tags), policy, now, keep_oldest=restic_repo.version >= (0, 16),
+               tags=tags)  # fmt: skip
+    # Our own rules (the newest archive is always kept) are not restic's: compare what the
+    # shared rules keep. (Only a tags-only policy can leave restic keeping nothing at all.)
     got = [
-        (a.time, tuple(r for r in a.rules if r not in ("newest", "future")))
+        (a.time, rules)
         for a in d.archives
         if a.action == "keep"
+        and (rules := tuple(r for r in a.rules if r not in ("newest", "future")))
     ]
+    assert d.keep[0] == archive_name("etc", times[0])
     assert [t for t, _ in got] == [t for t, _ in want]
     assert [set(r) for _, r in got] == [set(r) for _, r in want]

@@ -324,3 +324,121 @@ def test_cli_shows_a_future_archive_even_when_nothing_is_due(acct: Account) -> N
     assert f"backup/etc: backup set 'etc': archive {future}" in real.stdout
     assert acct.writes() == []
     assert acct.names() == {recent, future}
+
+
+# --- checks ----------------------------------------------------------------------------
+
+
+def _corrupt(acct: Account, name: str) -> None:
+    doc = json.loads((acct.state / "state.json").read_text())
+    doc["archives"][name]["corrupt"] = True
+    (acct.state / "state.json").write_text(json.dumps(doc))
+
+
+def test_check_reads_back_the_new_archive_through_tarsnap_t(
+    acct: Account, tmp_path: Path
+) -> None:
+    """``check: {every: 7d}``: the run creates, then lists the archive it made with
+    ``tarsnap -t -f``, records the check, and expires; a week later it checks again."""
+    from reconciler.kinds.backup import checkstate
+    from reconciler.state import StateDir
+
+    desired = acct.write(
+        {"etc": acct.tarsnap_set(every="1d", keep={"last": 1}, check={"every": "7d"})}
+    )
+    state = StateDir(tmp_path / "state")
+    clock = Clock(datetime(2024, 3, 1, 3, tzinfo=UTC))
+    plan, result = run(desired, acct.provider(clock=clock, state=state))
+    assert result.ok, result.errors
+    assert [o.op for o in plan.changes[0].ops] == ["create_archive", "check_archive"]
+    listing = [c for c in acct.calls() if "-t" in c]
+    assert [c[c.index("-t") :] for c in listing] == [["-t", "-f", "etc-20240301-030000"]]
+    record = checkstate.load(state.path)["etc"]
+    assert record.ok and record.what == "tarsnap -t -f etc-20240301-030000"
+    assert record.message == "etc-20240301-030000: 2 member(s) listed"  # the dir and its file
+    clock.now += timedelta(days=1)
+    plan, result = run(desired, acct.provider(clock=clock, state=state))
+    assert result.ok and [o.op for o in plan.changes[0].ops] == ["create_archive",
+                                                                  "delete_archive"]  # fmt: skip
+    clock.now += timedelta(days=6)
+    plan, result = run(desired, acct.provider(clock=clock, state=state))
+    assert result.ok and "check_archive" in [o.op for o in plan.changes[0].ops]
+
+
+def test_an_archive_that_does_not_read_back_fails_the_check_and_deletes_nothing(
+    acct: Account, tmp_path: Path
+) -> None:
+    from reconciler.kinds.backup import checkstate
+    from reconciler.state import StateDir
+
+    desired = acct.write(
+        {"etc": acct.tarsnap_set(every="1d", keep={"last": 1}, check={"every": "30d"})}
+    )
+    acct.seed(["etc-20240101-000000", "etc-20240102-000000", "etc-20240103-000000"])
+    doc = json.loads((acct.state / "state.json").read_text())
+    for meta in doc["archives"].values():
+        meta["files"] = ["srv", "srv/a", "srv/b", "srv/c"]
+    (acct.state / "state.json").write_text(json.dumps(doc))
+    _corrupt(acct, "etc-20240103-000000")
+    state = StateDir(tmp_path / "state")
+    clock = Clock(datetime(2024, 1, 3, 5, tzinfo=UTC))
+    plan, result = run(desired, acct.provider(clock=clock, state=state))
+    assert [o.op for o in plan.changes[0].ops] == [
+        "check_archive",
+        "delete_archive",
+        "delete_archive",
+    ]
+    assert plan.changes[0].ops[0].args["archive"] == "etc-20240103-000000"
+    assert not result.ok and [e.address for e in result.errors] == ["backup/etc"]
+    message = result.errors[0].message
+    assert "check failed (tarsnap -t -f etc-20240103-000000)" in message
+    assert "is corrupt" in message and "2 expired archive(s) are kept" in message
+    assert acct.names() == {"etc-20240101-000000", "etc-20240102-000000", "etc-20240103-000000"}
+    assert not [c for c in acct.calls() if "-d" in c]
+    assert checkstate.load(state.path)["etc"].ok is False
+    # Repaired (here: the record fixed), the next run checks again, passes and expires.
+    doc = json.loads((acct.state / "state.json").read_text())
+    doc["archives"]["etc-20240103-000000"]["corrupt"] = False
+    (acct.state / "state.json").write_text(json.dumps(doc))
+    clock.now += timedelta(minutes=15)
+    _, result = run(desired, acct.provider(clock=clock, state=state))
+    assert result.ok, result.errors
+    assert acct.names() == {"etc-20240103-000000"}
+    assert checkstate.load(state.path)["etc"].ok is True
+
+
+def test_a_missing_archive_fails_the_check(acct: Account) -> None:
+    """What tarsnap says for an archive that is gone reaches the error (emulated from
+    multitape_metadata_get_byname(): "Archive does not exist")."""
+    from reconciler.kinds.backup.tarsnap import TarsnapBackend, TarsnapConfig, TarsnapError
+
+    acct.seed([])
+    backend = TarsnapBackend(
+        TarsnapConfig(command=str(FAKE), keyfile=acct.keyfile, cachedir=acct.cachedir),
+        address="backup/etc",
+    )
+    with pytest.raises(TarsnapError, match="Archive does not exist: etc-20240101-000000"):
+        backend.list_contents("etc-20240101-000000")
+
+
+def test_unreadable_check_records_fail_only_the_sets_with_check(
+    acct: Account, tmp_path: Path
+) -> None:
+    """A corrupt backup-checks.json is an error for the sets that have check: (with the
+    fix), never a guess; the set without check: still plans."""
+    from reconciler.kinds.backup import checkstate
+    from reconciler.state import StateDir
+
+    desired = acct.write(
+        {
+            "etc": acct.tarsnap_set(every="1d", keep={"last": 1}, check={"every": "7d"}),
+            "home": acct.tarsnap_set("home", every="1d", keep={"last": 1}),
+        }
+    )
+    acct.seed([])
+    state = StateDir(tmp_path / "state")
+    checkstate.path_in(state.path).write_text("{broken")
+    provider = acct.provider(clock=Clock(datetime(2024, 3, 1, tzinfo=UTC)), state=state)
+    plan, _ = engine.make_plan(desired, [provider])
+    assert [(e.address, "Remove it" in e.message) for e in plan.errors] == [("backup/etc", True)]
+    assert [c.address for c in plan.changes] == ["backup/home"]

@@ -177,6 +177,52 @@ def test_emulator_messages_and_exit_codes(tenv: Env) -> None:
     assert r.returncode == 1 and r.stderr.startswith(b"Usage:\n")
 
 
+def test_emulator_lists_an_archives_members(tenv: Env) -> None:
+    """``-t -f NAME`` (tar/read.c): one member per line, or NUL-terminated; a missing
+    archive and a corrupt one fail with tarsnap's messages, exit 1."""
+    k = ["--keyfile", str(tenv.keyfile), "--cachedir", str(tenv.cachedir)]
+    tenv.seed({})
+    assert tenv.run("-c", *k, "-f", "a", str(tenv.data)).returncode == 0
+    data = str(tenv.data).lstrip("/")
+    members = [data, f"{data}/sub", f"{data}/a.conf", f"{data}/sub/b.conf"]
+    r = tenv.run("-t", *k, "-f", "a")
+    assert r.returncode == 0 and r.stdout.decode().splitlines() == members
+    r = tenv.run("-t", "--null-output", *k, "-f", "a")
+    assert r.stdout.decode().split("\0") == [*members, ""]
+    r = tenv.run("-t", *k, "-f", "gone")
+    assert r.returncode == 1 and r.stdout == b""
+    assert r.stderr.decode().splitlines() == [
+        "tarsnap: Archive does not exist: gone",
+        "tarsnap: Error opening archive",
+        "tarsnap: Error exit delayed from previous errors.",
+    ]
+    doc = json.loads((tenv.state / "state.json").read_text())
+    doc["archives"]["a"]["corrupt"] = True
+    (tenv.state / "state.json").write_text(json.dumps(doc))
+    r = tenv.run("-t", *k, "-f", "a")
+    assert r.returncode == 1 and r.stdout.decode().splitlines() == members[:2]
+    err = r.stderr.decode().splitlines()
+    assert err[0].startswith("tarsnap: Chunk ") and err[0].endswith(" is corrupt")
+    assert err[1:] == ["tarsnap: Error reading archive", "tarsnap: Error exit delayed from "
+                       "previous errors."]  # fmt: skip
+    assert tenv.run("-t", *k).stderr == b"tarsnap: Archive name must be specified\n"
+    r = tenv.run("-t", *k, "-f", "a", "-f", "b")
+    assert r.stderr == b"tarsnap: Option -f may only be specified once in mode -t\n"
+
+
+def test_list_contents_counts_members_and_fails_on_damage(tenv: Env) -> None:
+    tenv.seed({})
+    backend = tenv.backend()
+    backend.create("etc-20240101-000000", [str(tenv.data)])
+    assert backend.list_contents("etc-20240101-000000") == 4
+    doc = json.loads((tenv.state / "state.json").read_text())
+    doc["archives"]["etc-20240101-000000"]["corrupt"] = True
+    (tenv.state / "state.json").write_text(json.dumps(doc))
+    with pytest.raises(TarsnapError, match=r"listing archive etc-20240101-000000: tarsnap "
+                       r"exited 1: .*is corrupt"):  # fmt: skip
+        backend.list_contents("etc-20240101-000000")
+
+
 def test_emulator_sequence_mismatch_and_fsck(tenv: Env) -> None:
     tenv.seed({"a": 1}, seq_mismatch=True)
     k = ["--keyfile", str(tenv.keyfile), "--cachedir", str(tenv.cachedir)]
