@@ -227,3 +227,8 @@ class Kind:
     cluster: bool = False
     #: other heads of error addresses that are this kind's (``node/kvm1`` is vm's).
     error_heads: tuple[str, ...] = ()
+    #: its provider reads or changes what only root may (the kernel's network state), so
+    #: a run of it by another user stops at once with "needs root". False: it works for
+    #: any user with access to what the desired state names (a backup repository, a
+    #: libvirt socket).
+    needs_root: bool = True

@@ -37,4 +37,5 @@ KIND = Kind(
     cluster_against=against.vm_changes,
     cluster=True,
     error_heads=("node",),
+    needs_root=False,  # libvirt's own access rules decide (qemu+ssh://, the libvirt group)
 )
