@@ -296,6 +296,8 @@ def _engine_rows(
         f"ipsets:\n  {SET}:\n    type: hash:net\n    maxelem: {MAXELEM}\n    members:\n"
         + "".join(f"      - {m}\n" for m in sorted(desired))
     )
+    (repo / "hosts").mkdir()
+    (repo / "hosts" / "bench.yaml").write_text("{}\n")  # every host has its file
     argv = [sys.executable, "-m", "reconciler", "--dry-run", "--detailed-exitcode",
             "--repo", str(repo), "--host", "bench", "--state-dir", str(tmp / "cli-state"),
             "--lock-file", str(tmp / "cli-lock"), "--log-format", "json"]  # fmt: skip

@@ -6,7 +6,13 @@ leaves a half-written file):
 ``ours.json``
     ``{"ipset": {"mgmt": {"created": "...", "rules": [[binary, chain, arg, ...], ...]}}}``:
     resources this tool created (and rules it inserted). Only these may be pruned when they
-    leave git; anything else on the host is never touched.
+    leave git; anything else on the host is never touched. A record is written *before* the
+    write that creates what it records, with an ``"intent"`` saying what is being done
+    ("creating set mgmt"), and the intent is dropped once that write is done
+    (:meth:`StateDir.intend`, :meth:`StateDir.confirm`): a run killed in between leaves a
+    record of something that may not exist (the next run forgets it when it does not),
+    never something of ours without a record. A temporary set (a rebuild's) is recorded
+    with ``"temporary_for": "<set>"``.
 ``source.json``
     ``{"commit": "<hash>", "source": "<path or URL>", "applied": "<time>"}``: the commit the
     last applied run used; the base of the rewind check and of commit verification.
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,9 @@ from reconciler import atomicfile
 from reconciler.errors import StateError
 from reconciler.journal import JOURNAL_NAME, Journal, JournalContents
 from reconciler.safefs import check_private_dir, read_state_file
+
+INTENT = "intent"
+"""The key of an ownership record that says what is being created, until it is done."""
 
 
 class StateDir:
@@ -87,6 +97,35 @@ class StateDir:
         data = self._load()
         data[kind] = records
         self._write(self.ours_file, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    def intend(
+        self, kind: str, name: str, intent: str | None, record: Mapping[str, Any]
+    ) -> None:
+        """Record ``record`` as the ownership record of ``name`` (replacing any), with
+        ``intent`` (what is about to be done: "creating set mgmt"; None: no intent), written
+        and fsynced before this returns: call it before the write that creates what it
+        records. StateError if it cannot be written (then do not make that write)."""
+        records = self.ours(kind)
+        new = {k: v for k, v in record.items() if k != INTENT}
+        if intent is not None:
+            new[INTENT] = intent
+        records[name] = new
+        self.set_ours(kind, records)
+
+    def confirm(self, kind: str, name: str) -> None:
+        """The write announced by :meth:`intend` for ``name`` is done: drop the intent."""
+        records = self.ours(kind)
+        record = records.get(name)
+        if record is not None and INTENT in record:
+            del record[INTENT]
+            self.set_ours(kind, records)
+
+    def forget(self, kind: str, name: str) -> None:
+        """Drop the ownership record of ``name`` (it was destroyed, or the write announced
+        for it was refused); nothing when there is none."""
+        records = self.ours(kind)
+        if records.pop(name, None) is not None:
+            self.set_ours(kind, records)
 
     @property
     def source_file(self) -> Path:

@@ -45,6 +45,21 @@ def check(doc: YamlDoc, name: str, spec: dict[str, Any]) -> list[Problem]:
     iface = fw.get("in_interface") if isinstance(fw, dict) else None
     if isinstance(iface, str) and len(iface.lstrip("!").encode()) > IFNAMSIZ - 1:
         out.append(doc.problem((*base, "firewall", "in_interface"), ifname_too_long(iface)))
+    elif iface == "!":
+        out.append(
+            doc.problem(
+                (*base, "firewall", "in_interface"),
+                f"{iface!r} names no interface: '!eth0' is every interface but eth0",
+            )
+        )
+    elif isinstance(iface, str) and "!" in iface[1:]:
+        out.append(
+            doc.problem(
+                (*base, "firewall", "in_interface"),
+                f"{iface!r}: '!' only as the first character, to negate (every interface "
+                "but the one named)",
+            )
+        )
     family = spec.get("family", "inet")
     want_version = 4 if family == "inet" else 6
     members = spec.get("members")

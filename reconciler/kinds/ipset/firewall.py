@@ -57,6 +57,11 @@ class Rule:
         """A one-line description a sysadmin can paste: ``iptables -t filter -A INPUT ...``."""
         return f"{self.binary} -t {self.table} -A {self.chain} {self.spec}"
 
+    def words(self) -> list[str]:
+        """The rule's arguments after the chain, as iptables-save printed them, unquoted: the
+        argument list to compare with a recorded one or to pass to ``iptables -D``."""
+        return shlex.split(self.spec)
+
 
 Chains = Mapping[str, tuple[str, ...]]
 """A filter table's jumps: chain -> the targets its rules jump or go to that matter for
@@ -69,12 +74,31 @@ def binary_for(family: Family) -> str:
 
 
 def rule_spec(set_name: str, fw: FirewallRule) -> list[str]:
-    """The rule arguments after the chain, as a list: ``[-i IF] -m set --match-set S src -j T``."""
+    """The rule arguments after the chain, as a list: ``[[!] -i IF] -m set --match-set S src
+    -j T``, in the order and form ``iptables-save`` prints them, so a rule read back compares
+    equal (:func:`same_rule`).
+
+    ``in_interface`` ``!eth0`` is every interface but eth0, written ``! -i eth0`` as
+    iptables(8) documents it (``-i !eth0`` would name an interface called "!eth0");
+    ``eth+`` is every interface whose name starts with eth, as iptables takes it.
+    """
     args: list[str] = []
     if fw.in_interface:
-        args += ["-i", fw.in_interface]
+        iface = fw.in_interface
+        if iface.startswith("!"):
+            args += ["!", "-i", iface[1:]]
+        else:
+            args += ["-i", iface]
     args += ["-m", "set", "--match-set", set_name, "src", "-j", fw.target]
     return args
+
+
+def same_rule(live: list[str], recorded: list[str]) -> bool:
+    """True when a live rule's arguments (:meth:`Rule.words`) are the ``recorded`` ones we
+    inserted: compared as argument lists, so quoting in iptables-save's text (``'!eth0'``)
+    never hides our own rule. A rule recorded by an earlier version as ``-i !eth0`` is the
+    literal rule iptables made of it, which iptables-save prints the same way."""
+    return live == recorded
 
 
 def _iptables(argv: list[str], address: str | None) -> subprocess.CompletedProcess[str]:

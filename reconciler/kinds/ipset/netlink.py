@@ -111,6 +111,7 @@ IPSET_ATTR_INDEX = 11
 # CADT / create-data attributes (inside IPSET_ATTR_DATA)
 IPSET_ATTR_IP = 1
 IPSET_ATTR_CIDR = 3
+IPSET_ATTR_TIMEOUT = 6
 IPSET_ATTR_CADT_FLAGS = 8
 IPSET_ATTR_CADT_LINENO = IPSET_ATTR_LINENO
 IPSET_ATTR_HASHSIZE = 18
@@ -119,11 +120,32 @@ IPSET_ATTR_NETMASK = 20
 IPSET_ATTR_ELEMENTS = 24
 IPSET_ATTR_REFERENCES = 25
 
+# entry extensions (inside an entry's IPSET_ATTR_DATA; the numbers overlap the header's)
+IPSET_ATTR_BYTES = 24
+IPSET_ATTR_PACKETS = 25
+IPSET_ATTR_COMMENT = 26
+IPSET_ATTR_SKBMARK = 27
+IPSET_ATTR_SKBPRIO = 28
+IPSET_ATTR_SKBQUEUE = 29
+
 # inside IPSET_ATTR_IP
 IPSET_ATTR_IPADDR_IPV4 = 1
 IPSET_ATTR_IPADDR_IPV6 = 2
 
-IPSET_FLAG_NOMATCH = 1 << 2  # CADT flag (enum ipset_cadt_flags): a hash:net "nomatch" entry
+# CADT flags (enum ipset_cadt_flags): NOMATCH marks a hash:net exception entry; the WITH_*
+# flags are the options a set was created with, as ipset(8) names them.
+IPSET_FLAG_NOMATCH = 1 << 2
+IPSET_FLAG_WITH_COUNTERS = 1 << 3
+IPSET_FLAG_WITH_COMMENT = 1 << 4
+IPSET_FLAG_WITH_FORCEADD = 1 << 5
+IPSET_FLAG_WITH_SKBINFO = 1 << 6
+SET_OPTIONS: dict[str, int] = {
+    "counters": IPSET_FLAG_WITH_COUNTERS,
+    "comment": IPSET_FLAG_WITH_COMMENT,
+    "forceadd": IPSET_FLAG_WITH_FORCEADD,
+    "skbinfo": IPSET_FLAG_WITH_SKBINFO,
+}
+"""The create options a set may carry besides its sizes and timeout, by ipset(8)'s names."""
 
 # error codes (enum ipset_errno; hash-specific ones from ip_set_hash.h)
 IPSET_ERR_PRIVATE = 4096
@@ -262,7 +284,11 @@ class SetHeader:
 
     ``family`` is ``"inet"`` or ``"inet6"`` (``"unspec"`` for list:set). ``references`` counts
     the kernel users of the set (iptables rules, list:set members ...). ``hashsize`` and
-    ``maxelem`` are ``None`` for types that do not have them.
+    ``maxelem`` are ``None`` for types that do not have them. ``timeout`` is the set's default
+    entry timeout in seconds (``0``: entries are permanent unless added with a timeout of
+    their own), ``None`` for a set created without timeout support. ``options`` are the other
+    create options it carries, by ipset(8)'s names (``counters``, ``comment``, ``forceadd``,
+    ``skbinfo``), sorted.
     """
 
     name: str
@@ -273,6 +299,8 @@ class SetHeader:
     maxelem: int | None
     references: int
     elements: int
+    timeout: int | None = None
+    options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -281,12 +309,17 @@ class LiveSet:
 
     ``members`` are canonical ``str(ipaddress.ip_network(...))`` strings (``"10.0.0.0/8"``,
     ``"192.0.2.1/32"``, ``"2001:db8::/32"``); hash:ip members are host networks (/32, /128).
-    ``members`` is ``None`` when this module cannot decode the set's entries: types other than
-    hash:net and hash:ip, or a hash:net holding ``nomatch`` entries.
+    ``members`` is ``None`` when this module cannot decode the set's entries (types other than
+    hash:net and hash:ip). ``nomatch`` holds the exception entries of a hash:net (added with
+    ``nomatch``: a packet they match does *not* match the set), which are not members.
+    ``expiring`` holds the members whose entry carries a timeout of its own (not ``0``): the
+    kernel removes them when it runs out.
     """
 
     header: SetHeader
     members: frozenset[str] | None
+    nomatch: frozenset[str] = frozenset()
+    expiring: frozenset[str] = frozenset()
 
 
 def _nla(nla_type: int, payload: bytes) -> bytes:
@@ -354,14 +387,18 @@ class _Acc:
     __slots__ = (
         "decodable",
         "elements",
+        "expiring",
         "family",
+        "flags",
         "hashsize",
         "maxelem",
         "members",
         "name",
         "netmask",
+        "nomatch",
         "references",
         "revision",
+        "timeout",
         "type",
     )
 
@@ -376,10 +413,15 @@ class _Acc:
         self.elements: int | None = None
         self.netmask: int | None = None
         self.members: list[str] = []
+        self.nomatch: list[str] = []
+        self.expiring: list[str] = []
+        self.timeout: int | None = None
+        self.flags = 0
         self.decodable = True
 
     def finish(self) -> LiveSet:
         members = frozenset(self.members) if self.decodable else None
+        options = tuple(sorted(n for n, bit in SET_OPTIONS.items() if self.flags & bit))
         elements = self.elements
         if elements is None:
             elements = len(members) if members is not None else 0
@@ -392,8 +434,17 @@ class _Acc:
             maxelem=self.maxelem,
             references=self.references,
             elements=elements,
+            timeout=self.timeout,
+            options=options,
         )
-        return LiveSet(header=header, members=members)
+        if members is None:
+            return LiveSet(header=header, members=None)
+        return LiveSet(
+            header=header,
+            members=members,
+            nomatch=frozenset(self.nomatch),
+            expiring=frozenset(self.expiring),
+        )
 
 
 def _ntop6(addr: bytes) -> str:
@@ -420,13 +471,16 @@ def _decode_adt(acc: _Acc, buf: memoryview, start: int, end: int) -> None:
     if (is_net or acc.netmask is None) and _decode_adt_fast(acc, buf, start, end, v4, is_net):
         return
     # Generic walk: tolerates extensions (timeout, counters, comment ...) and unusual layouts.
+    # A nomatch entry is an exception, not a member; an entry with a timeout of its own
+    # (not 0, which is "permanent") is a member that expires.
     host = 32 if v4 else 128
-    out = acc.members
     for etype, estart, eend in _iter_attrs(buf, start, end):
         if etype != IPSET_ATTR_DATA:
             continue
         addr: bytes | None = None
         cidr = host if is_net or acc.netmask is None else acc.netmask
+        nomatch = False
+        timeout = 0
         for atype, astart, aend in _iter_attrs(buf, estart, eend):
             if atype == IPSET_ATTR_IP:
                 for itype, istart, iend in _iter_attrs(buf, astart, aend):
@@ -434,20 +488,20 @@ def _decode_adt(acc: _Acc, buf: memoryview, start: int, end: int) -> None:
                         addr = bytes(buf[istart:iend])
             elif atype == IPSET_ATTR_CIDR and aend > astart:
                 cidr = buf[astart]
-            elif (
-                atype == IPSET_ATTR_CADT_FLAGS
-                and aend - astart >= 4
-                and _NET32.unpack_from(buf, astart)[0] & IPSET_FLAG_NOMATCH
-            ):
-                acc.decodable = False  # an exception entry is not a member: say "unknown"
-                return
+            elif atype == IPSET_ATTR_CADT_FLAGS and aend - astart >= 4:
+                nomatch = bool(_NET32.unpack_from(buf, astart)[0] & IPSET_FLAG_NOMATCH)
+            elif atype == IPSET_ATTR_TIMEOUT and aend - astart >= 4:
+                timeout = _NET32.unpack_from(buf, astart)[0]
         if addr is None or len(addr) != (4 if v4 else 16):
             acc.decodable = False
             return
-        if v4:
-            out.append(f"{socket.inet_ntoa(addr)}/{cidr}")
-        else:
-            out.append(f"{_ntop6(addr)}/{cidr}")
+        text = f"{socket.inet_ntoa(addr)}/{cidr}" if v4 else f"{_ntop6(addr)}/{cidr}"
+        if nomatch:
+            acc.nomatch.append(text)
+            continue
+        acc.members.append(text)
+        if timeout:
+            acc.expiring.append(text)
 
 
 def _same_headers(chunk: memoryview, size: int, offsets: tuple[int, ...]) -> bool:
@@ -529,6 +583,10 @@ def _decode_header(acc: _Acc, buf: memoryview, start: int, end: int) -> None:
             acc.elements = value
         elif atype == IPSET_ATTR_NETMASK:
             acc.netmask = value
+        elif atype == IPSET_ATTR_TIMEOUT:
+            acc.timeout = value
+        elif atype == IPSET_ATTR_CADT_FLAGS:
+            acc.flags = value
 
 
 def _split_messages(buf: memoryview, seq: int) -> Iterator[tuple[int, int, int, int]]:
@@ -632,19 +690,22 @@ def _decode_list_message(sets: dict[str, _Acc], view: memoryview, start: int, en
 
 
 def _encode_members(
-    family: str, members: Iterable[str], address: str
+    family: str, members: Iterable[str], address: str, timeout: int | None = None
 ) -> tuple[list[bytes], list[str]]:
     """Per-member entry bytes (with LINENO = 1-based position) and the member strings.
 
-    Raises :class:`ProviderError` naming the first malformed member before anything is sent.
-    The kernel masks the address with the prefix, so ``10.1.2.3/8`` is stored as ``10.0.0.0/8``.
+    With ``timeout`` each entry carries it (``IPSET_ATTR_TIMEOUT``; ``0`` is a permanent entry
+    in a set with a default timeout). Raises :class:`ProviderError` naming the first malformed
+    member before anything is sent. The kernel masks the address with the prefix, so
+    ``10.1.2.3/8`` is stored as ``10.0.0.0/8``.
     """
+    extra = b"" if timeout is None else _nla_net32(IPSET_ATTR_TIMEOUT, timeout)
     if family == "inet":
         af, host, pack = socket.AF_INET, 32, _ENTRY4.pack
-        head = (32, _DATA_T, 12, _IP_T, 8, _V4_T)
+        head = (32 + len(extra), _DATA_T, 12, _IP_T, 8, _V4_T)
     elif family == "inet6":
         af, host, pack = socket.AF_INET6, 128, _ENTRY6.pack
-        head = (44, _DATA_T, 24, _IP_T, 20, _V6_T)
+        head = (44 + len(extra), _DATA_T, 24, _IP_T, 20, _V6_T)
     else:
         raise ProviderError(f"unknown family {family!r} (inet | inet6)", address=address)
     h0, h1, h2, h3, h4, h5 = head
@@ -670,7 +731,7 @@ def _encode_members(
                 address=address,
             ) from None
         append(pack(h0, h1, h2, h3, h4, h5, packed, 5, IPSET_ATTR_CIDR, cidr, 8,
-                    IPSET_ATTR_CADT_LINENO, lineno))  # fmt: skip
+                    IPSET_ATTR_CADT_LINENO, lineno) + extra)  # fmt: skip
     return out, names
 
 
@@ -861,23 +922,39 @@ class IpsetClient:
         family: str = "inet",
         maxelem: int | None = None,
         hashsize: int | None = None,
+        timeout: int | None = None,
+        options: Iterable[str] = (),
     ) -> None:
         """Create an empty set (exclusive: NetlinkError EEXIST if ``name`` exists).
 
         Uses the newest revision of ``type`` the kernel supports; ``maxelem``/``hashsize``
         default to the kernel's (65536 / 1024). ``family`` is ``"inet"`` or ``"inet6"``.
+        ``timeout`` (seconds) gives the set timeout support with that default; ``options``
+        are further create options by ipset(8)'s names (:data:`SET_OPTIONS`): used to rebuild
+        a set that has them.
         """
         address = f"ipset/{name}"
         _check_name(name)
         nfproto = _FAMILIES.get(family)
         if nfproto is None:
             raise ProviderError(f"unknown family {family!r} (inet | inet6)", address=address)
+        flags = 0
+        for option in options:
+            if option not in SET_OPTIONS:
+                raise ProviderError(
+                    f"unknown set option {option!r} ({', '.join(SET_OPTIONS)})", address=address
+                )
+            flags |= SET_OPTIONS[option]
         revision = self._revision(type, nfproto, address)
         data = b""
         if hashsize is not None:
             data += _nla_net32(IPSET_ATTR_HASHSIZE, hashsize)
         if maxelem is not None:
             data += _nla_net32(IPSET_ATTR_MAXELEM, maxelem)
+        if timeout is not None:
+            data += _nla_net32(IPSET_ATTR_TIMEOUT, timeout)
+        if flags:
+            data += _nla_net32(IPSET_ATTR_CADT_FLAGS, flags)
         attrs = (
             _nla_str(IPSET_ATTR_TYPENAME, type)
             + _nla_u8(IPSET_ATTR_REVISION, revision)
@@ -906,15 +983,19 @@ class IpsetClient:
 
     # --- bulk add / delete ---------------------------------------------------------------------
 
-    def add_members(self, name: str, family: str, members: Iterable[str]) -> None:
+    def add_members(
+        self, name: str, family: str, members: Iterable[str], *, timeout: int | None = None
+    ) -> None:
         """Add ``members`` (CIDR or address strings of ``family``) to set ``name``.
 
-        Idempotent: members already present are not an error. Sent in batches of many entries
-        per netlink message, each acknowledged. On failure raises NetlinkError naming the
-        offending member; members before it were applied, it and those after it were not.
-        A malformed member raises ProviderError before anything is sent.
+        Idempotent: members already present are not an error (the kernel then rewrites the
+        entry's extensions: with ``timeout`` its timeout, so ``timeout=0`` makes an expiring
+        entry permanent). ``timeout`` needs a set with timeout support. Sent in batches of
+        many entries per netlink message, each acknowledged. On failure raises NetlinkError
+        naming the offending member; members before it were applied, it and those after it
+        were not. A malformed member raises ProviderError before anything is sent.
         """
-        self._adt(IPSET_CMD_ADD, name, family, members)
+        self._adt(IPSET_CMD_ADD, name, family, members, timeout)
 
     def delete_members(self, name: str, family: str, members: Iterable[str]) -> None:
         """Delete ``members`` from set ``name``; idempotent (absent members are not an error).
@@ -923,10 +1004,17 @@ class IpsetClient:
         """
         self._adt(IPSET_CMD_DEL, name, family, members)
 
-    def _adt(self, cmd: int, name: str, family: str, members: Iterable[str]) -> None:
+    def _adt(
+        self,
+        cmd: int,
+        name: str,
+        family: str,
+        members: Iterable[str],
+        timeout: int | None = None,
+    ) -> None:
         address = f"ipset/{name}"
         _check_name(name)
-        entries, names = _encode_members(family, members, address)
+        entries, names = _encode_members(family, members, address, timeout)
         if not entries:
             return
         nfproto = _FAMILIES[family]

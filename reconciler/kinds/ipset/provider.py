@@ -6,6 +6,18 @@ Safety rules (the ipset kind in ``docs/kinds.md``), each enforced here and teste
   is never absent and a set that stays non-empty never becomes empty, even for a moment;
 * a maxelem/hashsize change fills a temporary set and swaps it in atomically (``ipset swap``):
   rules reference sets by index, so they keep matching across the swap;
+* a change whose adds would pass the live set's maxelem is planned to fit: the deletions no
+  added member replaces (and that do not hold the SSH client) go first when that makes room
+  without emptying the set, else the set is rebuilt through a temporary set and swapped;
+* a temporary set is ours by construction: its name (``<name>~rnew``, a ``~`` git cannot
+  use) is free when planned, it is recorded in the state dir before it is created, and a
+  leftover of an interrupted run is destroyed by the next one;
+* ownership is recorded before the write that creates it ("creating set X", "inserting
+  rule R") and confirmed after, so a run killed at any point leaves the next run knowing
+  what is ours;
+* members we add to a set with a default timeout are permanent (``timeout 0``), and the plan
+  says the set has a timeout; sets with ``nomatch`` entries or ``skbinfo`` are refused with
+  the reason (git cannot express them); ``counters``, ``comment`` and ``forceadd`` are kept;
 * the kernel only swaps sets of the same type and family, so a type or family change of a set
   a rule uses is a plan error (never a destroy); one no rule uses is rebuilt and renamed;
 * without ``force``, a change that empties a set is refused (shown in the plan, never applied);
@@ -30,7 +42,7 @@ import errno
 import ipaddress
 import os
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -42,16 +54,34 @@ from reconciler.kinds.ipset.against import spec_summary
 from reconciler.kinds.ipset.checks import is_tombstone
 from reconciler.kinds.ipset.netlink import IpsetClient, LiveSet
 from reconciler.model import HostDesired, IpsetSpec
-from reconciler.plan import Change, Op, PlanError
-from reconciler.state import StateDir
+from reconciler.plan import Change, Op, PlanError, PlanWarning
+from reconciler.state import INTENT, StateDir
 
 KIND = "ipset"
-TEMP_SUFFIX = "-rnew"  # temporary sets are <name[:26]>-rnew (the kernel allows 31 chars)
+TEMP_SUFFIX = "~rnew"
+"""Temporary sets are ``<name>~rnew`` (``~rnew2``, ``~rnew3`` ... when taken), cut to the
+kernel's 31 characters. ``~`` is outside the names git may give a set (the schema's
+``[A-Za-z0-9_.-]``), so a temporary set can never be a set of the desired state."""
+MAX_NAME = 31
+"""The longest set name the kernel takes (IPSET_MAXNAMELEN - 1)."""
 
 
-def temp_name(name: str) -> str:
-    """The temporary set used to rebuild ``name`` (fits the kernel's 31-character limit)."""
-    return f"{name[: 31 - len(TEMP_SUFFIX)]}{TEMP_SUFFIX}"
+def temp_name(name: str, taken: Collection[str] = ()) -> str:
+    """A temporary set name to rebuild ``name`` with that is none of ``taken`` (the sets on
+    the host, the ones recorded as ours and the ones git names): ``<name>~rnew``, else
+    ``~rnew2``, ``~rnew3`` ..., ``name`` cut so the whole fits 31 characters."""
+    n = 1
+    while True:
+        suffix = TEMP_SUFFIX if n == 1 else f"{TEMP_SUFFIX}{n}"
+        candidate = f"{name[: MAX_NAME - len(suffix)]}{suffix}"
+        if candidate not in taken:
+            return candidate
+        n += 1
+
+
+def is_temporary(record: Mapping[str, Any]) -> bool:
+    """True for the ownership record of a temporary set (``temporary_for``: its set)."""
+    return isinstance(record.get("temporary_for"), str)
 
 
 @dataclass(frozen=True)
@@ -194,20 +224,24 @@ class IpsetProvider:
 
     # ----------------------------------------------------------------------------- diff
     def diff(self, desired: HostDesired, live: IpsetLive) -> tuple[list[Change], list[PlanError]]:
-        """Compute changes for every desired set, every tombstone and every owned set that
-        left git, then judge the plan as a whole (prune-all, lockout). Pure."""
+        """Compute changes for every desired set, every tombstone, every owned set that
+        left git and every temporary set an interrupted run left, then judge the plan as a
+        whole (prune-all, lockout). Pure."""
         changes: list[Change] = []
         errors: list[PlanError] = []
         other_backend = _other_backend_users(live)
         present = {n: s for n, s in desired.ipsets.items() if not is_tombstone(s)}
         tombstones = {n for n, s in desired.ipsets.items() if is_tombstone(s)}
+        # Names a temporary set must not take: every set on the host, every one recorded as
+        # ours (a pending create included) and every one git names.
+        taken = set(live.sets) | set(live.ours) | set(desired.ipsets)
         for name in sorted(present):
             address = f"{KIND}/{name}"
             if name in live.errors:
                 errors.append(PlanError(address, live.errors[name]))
                 continue
             try:
-                ch = self._diff_one(present[name], live)
+                ch = self._diff_one(present[name], live, taken)
             except _PlanRefusal as e:
                 errors.append(PlanError(address, str(e)))
                 continue
@@ -216,6 +250,7 @@ class IpsetProvider:
                 continue
             if ch is not None:
                 changes.append(ch)
+                taken |= {o.args["set"] for o in ch.ops if o.op == "create_set"}
         for name in sorted(tombstones | (set(live.ours) - set(desired.ipsets))):
             address = f"{KIND}/{name}"
             if name in live.sets and name in other_backend:
@@ -228,35 +263,31 @@ class IpsetProvider:
                 continue
             if ch is not None:
                 changes.append(ch)
-        changes = self._refuse_prune_all(desired, changes)
+        changes = self._refuse_prune_all(desired, live, changes)
         changes = self._guard_plan(desired, live, changes, tombstones)
         return changes, errors
 
-    def _diff_one(self, spec: IpsetSpec, live: IpsetLive) -> Change | None:
+    def notices(self, desired: HostDesired, live: IpsetLive) -> list[PlanWarning]:
+        """What the plan says about desired sets even when they have no change: a set with a
+        default timeout (git cannot give one; the members we add are permanent). Pure."""
+        out: list[PlanWarning] = []
+        for name, spec in sorted(desired.ipsets.items()):
+            cur = live.sets.get(name)
+            if is_tombstone(spec) or cur is None or cur.header.timeout is None:
+                continue
+            out.append(PlanWarning(f"{KIND}/{name}", _timeout_note(name, cur.header.timeout)))
+        return out
+
+    def _diff_one(self, spec: IpsetSpec, live: IpsetLive, taken: Collection[str]) -> Change | None:
+        """The change of one desired set (None when it matches); _PlanRefusal when it cannot
+        be planned safely (see :func:`_unmanageable`)."""
         name = spec.name
         cur = live.sets.get(name)
         rule_ops = [_rule_op("insert_rule", spec)] if spec.firewall else []
         if cur is None:
-            ops = [
-                Op(
-                    "create_set",
-                    {
-                        "set": name,
-                        "type": spec.type,
-                        "family": spec.family,
-                        "maxelem": spec.maxelem,
-                        "hashsize": spec.hashsize,
-                    },
-                )
-            ]
-            ops += [Op("add_member", {"member": m}) for m in sorted(spec.members, key=sort_key)]
-            return Change(KIND, name, "create", tuple(ops + rule_ops), None, spec_summary(spec))
+            return self._diff_create(spec, rule_ops)
 
         h = cur.header
-        live_members = cur.members if cur.members is not None else frozenset()
-        add = sorted(spec.members - live_members, key=sort_key)
-        delete = sorted(live_members - spec.members, key=sort_key)
-        need_rule = bool(spec.firewall) and not live.rule_present.get(name, False)
         structural = [
             f
             for f, want, have in (
@@ -265,6 +296,18 @@ class IpsetProvider:
             )
             if want != have
         ]
+        if cur.members is None and not structural:
+            raise _PlanRefusal(f"cannot read the members of {h.type} set {name}")
+        refusal_why = _unmanageable(name, cur)
+        if refusal_why is not None:
+            raise _PlanRefusal(refusal_why)
+        live_members = cur.members if cur.members is not None else frozenset()
+        new = sorted(spec.members - live_members, key=sort_key)
+        # Members git lists that the set holds with a timeout of their own would expire:
+        # they are added again, permanent.
+        renew = sorted(spec.members & cur.expiring, key=sort_key)
+        delete = sorted(live_members - spec.members, key=sort_key)
+        need_rule = bool(spec.firewall) and not live.rule_present.get(name, False)
         sizing = []
         if spec.maxelem is not None and spec.maxelem != h.maxelem:
             sizing.append("maxelem")
@@ -272,29 +315,102 @@ class IpsetProvider:
         # it as the set fills, so only a live hash smaller than asked for is a difference.
         if spec.hashsize is not None and (h.hashsize or 0) < spec.hashsize:
             sizing.append("hashsize")
-        if cur.members is None and not structural:
-            raise _PlanRefusal(f"cannot read the members of {h.type} set {name}")
-        if not (add or delete or structural or sizing or need_rule):
+        if not (new or renew or delete or structural or sizing or need_rule):
             return None
 
         refusal = self._guard(spec, cur)
         before = _header_dict(cur)
         after = spec_summary(spec)
+        warnings: list[str] = []
+        if h.timeout is not None:
+            warnings.append(_timeout_note(name, h.timeout))
+        if renew:
+            warnings.append(
+                f"{len(renew)} member(s) git lists are in set {name} with a timeout of their "
+                f"own and would expire ({_some(renew)}): added again, permanent (timeout 0)"
+            )
         if structural or sizing:
             return self._rebuild(
-                spec, cur, live, structural, sizing, add, delete, before, after, refusal, need_rule
+                spec, cur, live, taken, structural=structural, sizing=sizing, add=new,
+                delete=delete, before=before, after=after, refusal=refusal,
+                need_rule=need_rule, warnings=warnings,
+            )  # fmt: skip
+        early: list[str] = []
+        maxelem = h.maxelem
+        count = len(live_members)
+        if maxelem is not None and count + len(new) > maxelem:
+            overflow = count + len(new) - maxelem
+            early, why_not = _deletes_first(new, delete, overflow, count, live.ssh_client)
+            if why_not is not None:
+                needed = max(maxelem, len(spec.members))
+                if needed > maxelem:
+                    needed = 1 << (needed - 1).bit_length()
+                warnings.append(
+                    f"adding {len(new)} member(s) to the {count} in set {name} before deleting "
+                    f"would pass its maxelem {maxelem}, and deleting first {why_not}: the set "
+                    f"is rebuilt in a temporary set (maxelem {needed}) that is swapped in"
+                )
+                return self._rebuild(
+                    spec, cur, live, taken, structural=[], sizing=["fit"], add=new,
+                    delete=delete, before=before, after=after, refusal=refusal,
+                    need_rule=need_rule, warnings=warnings, maxelem=needed,
+                )  # fmt: skip
+            warnings.append(
+                f"adding {len(new)} member(s) to the {count} in set {name} before deleting "
+                f"would pass its maxelem {maxelem}: {len(early)} deletion(s) that no added "
+                "member replaces go first, then the adds, then the other deletions"
             )
-        ops = [Op("add_member", {"member": m}) for m in add]
-        ops += [Op("delete_member", {"member": m}) for m in delete]
+        timeout = {"timeout": 0} if h.timeout is not None else {}
+        first = set(early)
+        ops = [Op("delete_member", {"member": m}) for m in early]
+        adds = sorted(set(new) | set(renew), key=sort_key)
+        ops += [Op("add_member", {"member": m, **timeout}) for m in adds]
+        ops += [Op("delete_member", {"member": m}) for m in delete if m not in first]
         if need_rule:
             ops += rule_ops
-        return Change(KIND, name, "update", tuple(ops), before, after, refused=refusal)
+        return Change(
+            KIND, name, "update", tuple(ops), before, after, refused=refusal,
+            warnings=tuple(warnings),
+        )  # fmt: skip
+
+    def _diff_create(self, spec: IpsetSpec, rule_ops: list[Op]) -> Change:
+        """The ``create`` change of a desired set the host does not have. When git leaves
+        ``maxelem`` unset and its members pass the kernel's default, the set is made big
+        enough (the next power of two), and the plan says so."""
+        maxelem = spec.maxelem
+        warnings: tuple[str, ...] = ()
+        if maxelem is None and len(spec.members) > KERNEL_MAXELEM:
+            maxelem = 1 << (len(spec.members) - 1).bit_length()
+            warnings = (
+                f"{len(spec.members)} members pass the kernel's default maxelem "
+                f"{KERNEL_MAXELEM}, and git sets none: the set is created with maxelem "
+                f"{maxelem}",
+            )
+        ops = [
+            Op(
+                "create_set",
+                {
+                    "set": spec.name,
+                    "type": spec.type,
+                    "family": spec.family,
+                    "maxelem": maxelem,
+                    "hashsize": spec.hashsize,
+                },
+            )
+        ]
+        ops += [Op("add_member", {"member": m}) for m in sorted(spec.members, key=sort_key)]
+        return Change(
+            KIND, spec.name, "create", tuple(ops + rule_ops), None, spec_summary(spec),
+            warnings=warnings,
+        )  # fmt: skip
 
     def _rebuild(
         self,
         spec: IpsetSpec,
         cur: LiveSet,
         live: IpsetLive,
+        taken: Collection[str],
+        *,
         structural: list[str],
         sizing: list[str],
         add: list[str],
@@ -303,44 +419,59 @@ class IpsetProvider:
         after: dict[str, Any],
         refusal: str | None,
         need_rule: bool,
+        warnings: list[str],
+        maxelem: int | None = None,
     ) -> Change:
-        """The ``replace`` change for a set whose type/family (``structural``) or maxelem/
-        hashsize (``sizing``) differ: a temporary set is filled with every desired member, then
-        swapped in (sizing: rules keep matching) or, for a structural change, renamed over the
-        destroyed old set. _PlanRefusal when rules use a set whose type/family changes, or a
-        leftover temporary set is in use; the guard's ``refusal`` is kept on the change.
+        """The ``replace`` change for a set whose type/family (``structural``), maxelem/
+        hashsize (``sizing``) differ, or whose delta does not fit its maxelem (``sizing`` is
+        ``["fit"]``, ``maxelem`` the size to rebuild with): a temporary set of a name no set
+        has (:func:`temp_name`) is filled with every desired member, then swapped in (rules
+        keep matching) or, for a structural change, renamed over the destroyed old set.
+
+        What git leaves unset keeps its live value in the temporary set: sizes, the default
+        timeout (members are then added permanent), counters, comment and forceadd.
+        _PlanRefusal when rules use a set whose type/family changes; the guard's
+        ``refusal`` is kept on the change.
         """
         name = spec.name
-        tmp = temp_name(name)
-        refs = cur.header.references
+        h = cur.header
+        tmp = temp_name(name, taken)
+        refs = h.references
         if structural and refs:
             users = [r.describe() for r in live.rules if r.set_name == name]
             raise _PlanRefusal(
                 f"cannot change {' and '.join(structural)} of set {name} "
-                f"({cur.header.type} {cur.header.family} -> {spec.type} {spec.family}) while "
+                f"({h.type} {h.family} -> {spec.type} {spec.family}) while "
                 f"{refs} rule(s) use it: the kernel swaps only sets of the same type and "
                 "family. Create a set under a new name, point the rules at it, then remove "
                 "this one. Rules using it: " + ("; ".join(users) or "(not found in iptables)")
             )
-        ops: list[Op] = []
-        if tmp in live.sets:
-            if live.sets[tmp].header.references:
-                raise _PlanRefusal(f"temporary set {tmp} exists and is in use; remove it first")
-            ops.append(Op("destroy_set", {"set": tmp, "reason": "left over from an earlier run"}))
-        ops.append(
-            Op(
-                "create_set",
-                {
-                    "set": tmp,
-                    "type": spec.type,
-                    "family": spec.family,
-                    # What git leaves unset keeps its live value: a rebuild for another
-                    # reason must not shrink a set somebody sized by hand.
-                    "maxelem": spec.maxelem if spec.maxelem is not None else cur.header.maxelem,
-                    "hashsize": spec.hashsize if spec.hashsize is not None else cur.header.hashsize,
-                },
-            )
-        )
+        if maxelem is None:
+            # What git leaves unset keeps its live value: a rebuild for another reason must
+            # not shrink a set somebody sized by hand.
+            maxelem = spec.maxelem if spec.maxelem is not None else h.maxelem
+        create: dict[str, Any] = {
+            "set": tmp,
+            "type": spec.type,
+            "family": spec.family,
+            "maxelem": maxelem,
+            "hashsize": spec.hashsize if spec.hashsize is not None else h.hashsize,
+            "temporary_for": name,
+        }
+        timeout: dict[str, int] = {}
+        if h.timeout is not None:
+            create["timeout"] = h.timeout
+            timeout = {"timeout": 0}
+        if h.options:
+            create["options"] = list(h.options)
+            lost = [o for o in ("counters", "comment") if o in h.options]
+            if lost:
+                warnings.append(
+                    f"set {name} keeps {' and '.join(lost)} per entry; the rebuilt set has "
+                    f"the option{'s' if len(lost) > 1 else ''} but its entries start without "
+                    f"{'them' if len(lost) > 1 else 'it'}"
+                )
+        ops: list[Op] = [Op("create_set", create)]
         ops.append(
             Op(
                 "fill_set",
@@ -348,6 +479,7 @@ class IpsetProvider:
                     "set": tmp,
                     "count": len(spec.members),
                     "members": sorted(spec.members, key=sort_key),
+                    **timeout,
                 },
             )
         )
@@ -361,7 +493,12 @@ class IpsetProvider:
         if need_rule:
             ops.append(_rule_op("insert_rule", spec))
         after = dict(after, added=add, removed=delete, rebuilt_for=structural + sizing)
-        return Change(KIND, name, "replace", tuple(ops), before, after, refused=refusal)
+        if maxelem != spec.maxelem and "fit" in sizing:
+            after["maxelem"] = maxelem
+        return Change(
+            KIND, name, "replace", tuple(ops), before, after, refused=refusal,
+            warnings=tuple(warnings),
+        )  # fmt: skip
 
     def _guard(self, spec: IpsetSpec, cur: LiveSet) -> str | None:
         """The reason to refuse this set's change on its own without ``force``, or None.
@@ -378,7 +515,8 @@ class IpsetProvider:
 
     def _diff_delete(self, name: str, live: IpsetLive, *, tombstone: bool) -> Change | None:
         """Delete set ``name`` with the rules we inserted for it: a tombstone (``absent:
-        true``), or a set of ours that left git. None when it does not exist.
+        true``), a set of ours that left git, or a temporary set an interrupted run left.
+        None when it does not exist.
 
         _PlanRefusal when a rule we did not insert (or another reference) still uses it.
         A set that merely left git while an ACCEPT rule we manage uses it is refused: that
@@ -387,21 +525,20 @@ class IpsetProvider:
         cur = live.sets.get(name)
         if cur is None:
             return None  # already gone (ownership is tidied after apply); a tombstone: no-op
-        ours_rules = [list(r) for r in live.ours.get(name, {}).get("rules", [])]
+        record = live.ours.get(name, {})
+        ours_rules = [list(r) for r in record.get("rules", [])]
         live_users = [r for r in live.rules if r.set_name == name]
         ops: list[Op] = []
         mine: list[firewall.Rule] = []
         foreign: list[str] = []
         for r in live_users:
-            spec_words = r.spec.split()
-            if any(
-                r.binary == o[0] and r.chain == o[1] and r.table == "filter" and spec_words == o[2:]
+            words = r.words()
+            if r.table == "filter" and any(
+                r.binary == o[0] and r.chain == o[1] and firewall.same_rule(words, o[2:])
                 for o in ours_rules
             ):
                 mine.append(r)
-                ops.append(
-                    Op("delete_rule", {"binary": r.binary, "chain": r.chain, "rule": spec_words})
-                )
+                ops.append(Op("delete_rule", {"binary": r.binary, "chain": r.chain, "rule": words}))
             else:
                 foreign.append(r.describe())
         unaccounted = cur.header.references - len(live_users)
@@ -413,11 +550,12 @@ class IpsetProvider:
                     f"{cur.header.references} reference(s) not from iptables (another set or tool)"
                 )
             )
-            why = (
-                "is marked absent in git"
-                if tombstone
-                else "was created by reconciler and has left git"
-            )
+            if tombstone:
+                why = "is marked absent in git"
+            elif is_temporary(record):
+                why = f"is a temporary set reconciler made to rebuild {record['temporary_for']}"
+            else:
+                why = "was created by reconciler and has left git"
             raise _PlanRefusal(
                 f"set {name} {why}, but is still in use, so it is kept: {what}. Remove those "
                 "rules, and the next run deletes it"
@@ -429,16 +567,28 @@ class IpsetProvider:
                 f"{KIND}/{name} left git but an ACCEPT rule we manage uses it; mark it "
                 f"`absent: true` to delete it (the rule: {accepting[0].describe()})"
             )
-        ops.append(Op("destroy_set", {"set": name}))
+        destroy: dict[str, Any] = {"set": name}
+        if is_temporary(record) and not tombstone:
+            destroy["reason"] = (
+                f"temporary set of {record['temporary_for']} left over from an interrupted run"
+            )
+        ops.append(Op("destroy_set", destroy))
         return Change(KIND, name, "delete", tuple(ops), _header_dict(cur), None, refused=refusal)
 
-    def _refuse_prune_all(self, desired: HostDesired, changes: list[Change]) -> list[Change]:
+    def _refuse_prune_all(
+        self, desired: HostDesired, live: IpsetLive, changes: list[Change]
+    ) -> list[Change]:
         """Without ``allow_empty``, refuse the deletions of a plan made while git declares no
         ipsets at all: that is what a ``--repo`` pointing at the wrong directory looks like,
-        and it would delete every set we own with its rules (Argo CD's ``allowEmpty``)."""
+        and it would delete every set we own with its rules (Argo CD's ``allowEmpty``).
+        The cleanup of a temporary set an interrupted run left is no such deletion."""
         if self.allow_empty or desired.ipsets:
             return changes
-        deletes = [c.name for c in changes if c.action == "delete"]
+
+        def pruned(c: Change) -> bool:
+            return c.action == "delete" and not is_temporary(live.ours.get(c.name, {}))
+
+        deletes = [c.name for c in changes if pruned(c)]
         if not deletes:
             return changes
         why = (
@@ -447,10 +597,7 @@ class IpsetProvider:
             "--allow-empty (check --repo: a wrong directory looks like this). Run with "
             "--allow-empty if no ipsets at all is really intended"
         )
-        return [
-            replace(c, refused=_joined(why, c.refused)) if c.action == "delete" else c
-            for c in changes
-        ]
+        return [replace(c, refused=_joined(why, c.refused)) if pruned(c) else c for c in changes]
 
     def _guard_plan(
         self,
@@ -554,8 +701,10 @@ class IpsetProvider:
     def apply(self, change: Change) -> list[Op]:
         """Execute ``change``'s ops in order (consecutive member ops in one batch each).
 
-        Returns the ops executed. Raises ProviderError on the first failure; ownership of
-        what was created or deleted so far is recorded either way.
+        Returns the ops executed. Raises ProviderError on the first failure. Ownership is
+        recorded in the state dir around each write that creates or removes something of
+        ours (:meth:`_apply_one`), so whatever point the run stops at, even SIGKILL, the
+        next run knows what is ours.
         """
         address = change.address
         done: list[Op] = []
@@ -567,12 +716,17 @@ class IpsetProvider:
                 while i < len(ops):
                     op = ops[i]
                     if op.op in ("add_member", "delete_member"):
+                        timeout = op.args.get("timeout")
                         j = i
-                        while j < len(ops) and ops[j].op == op.op:
+                        while (
+                            j < len(ops)
+                            and ops[j].op == op.op
+                            and ops[j].args.get("timeout") == timeout
+                        ):
                             j += 1
                         members = [o.args["member"] for o in ops[i:j]]
                         if op.op == "add_member":
-                            client.add_members(change.name, family, members)
+                            client.add_members(change.name, family, members, timeout=timeout)
                         else:
                             client.delete_members(change.name, family, members)
                         done.extend(ops[i:j])
@@ -585,14 +739,28 @@ class IpsetProvider:
             if e.address is None:
                 e.address = address
             raise
-        finally:
-            self._record_ownership(change, done)
         self._applied.add(address)
         return done
 
     def _apply_one(self, client: IpsetClient, change: Change, op: Op, family: str) -> None:
+        """Execute one op that is not a member batch, with its ownership bookkeeping:
+
+        * ``create_set``: the set is recorded as ours, with the intent "creating set X"
+          ("creating temporary set T" for a rebuild's, marked ``temporary_for``), before the
+          kernel creates it; the intent is confirmed after, and the record dropped if the
+          kernel refused (it is then not ours);
+        * ``insert_rule`` on a set of ours: the rule is recorded ("inserting rule R") before
+          iptables inserts it, confirmed after, dropped from the record if iptables refused;
+        * ``destroy_set``, ``rename_set``: the record of a name that no longer exists is
+          dropped after the kernel's answer (a destroyed set that was ours, a temporary set
+          destroyed or renamed into its set).
+
+        A run killed between a record and its write leaves a record of something absent,
+        which :meth:`forget_vanished` drops; never a created object without its record.
+        """
         a = op.args
         address = change.address
+        state = self.state
         if op.op == "require_applied":
             if a["needs"] not in self._applied:
                 raise ProviderError(
@@ -601,56 +769,97 @@ class IpsetProvider:
                     address=address,
                 )
         elif op.op == "create_set":
-            client.create(
-                a["set"],
-                type=a["type"],
-                family=a["family"],
-                maxelem=a["maxelem"],
-                hashsize=a["hashsize"],
-            )
+            set_name = a["set"]
+            if state is not None:
+                record: dict[str, Any] = {"created": _now(), "rules": []}
+                intent = f"creating set {set_name}"
+                if a.get("temporary_for"):
+                    record["temporary_for"] = a["temporary_for"]
+                    intent = f"creating temporary set {set_name} to rebuild {a['temporary_for']}"
+                state.intend(KIND, set_name, intent, record)
+            try:
+                client.create(
+                    set_name,
+                    type=a["type"],
+                    family=a["family"],
+                    maxelem=a["maxelem"],
+                    hashsize=a["hashsize"],
+                    timeout=a.get("timeout"),
+                    options=a.get("options", ()),
+                )
+            except ProviderError:
+                if state is not None:
+                    state.forget(KIND, set_name)  # the kernel made nothing: nothing is ours
+                raise
+            if state is not None:
+                state.confirm(KIND, set_name)
         elif op.op == "fill_set":
-            client.add_members(a["set"], family, a["members"])
+            client.add_members(a["set"], family, a["members"], timeout=a.get("timeout"))
         elif op.op == "swap_sets":
             client.swap(a["set"], a["with"])
         elif op.op == "rename_set":
             client.rename(a["set"], a["to"])
+            if state is not None:
+                state.forget(KIND, a["set"])
         elif op.op == "destroy_set":
             client.destroy(a["set"])
+            # A rebuild destroys the set itself only to rename its temporary set over it:
+            # whose it is does not change.
+            if state is not None and (a["set"] != change.name or change.action == "delete"):
+                state.forget(KIND, a["set"])
         elif op.op == "insert_rule":
-            if not firewall.rule_exists(a["binary"], a["chain"], a["rule"], address):
-                firewall.insert_rule(a["binary"], a["chain"], a["rule"], address)
+            self._insert_rule(change, a)
         elif op.op == "delete_rule":
             firewall.delete_rule(a["binary"], a["chain"], a["rule"], address)
         else:  # a plan from a newer version, or a bug: never guess
             raise ProviderError(f"unknown op {op.op!r}", address=address)
 
-    def _record_ownership(self, change: Change, done: Sequence[Op]) -> None:
-        if self.state is None or not done:
-            return
-        ours = self.state.ours(KIND)
-        name = change.name
-        now = datetime.now(UTC).isoformat(timespec="seconds")
-        for op in done:
-            a = op.args
-            if op.op == "create_set" and a["set"] == name:
-                ours[name] = {"created": now, "rules": []}
-            elif op.op == "destroy_set" and a["set"] == name and change.action == "delete":
-                ours.pop(name, None)
-            elif op.op == "insert_rule" and name in ours:
-                rule = [a["binary"], a["chain"], *a["rule"]]
-                rules = ours[name].setdefault("rules", [])
-                if rule not in rules:
-                    rules.append(rule)
-        self.state.set_ours(KIND, ours)
+    def _insert_rule(self, change: Change, a: Mapping[str, Any]) -> None:
+        """``insert_rule``: when the set is ours, record the rule first (see _apply_one)."""
+        address = change.address
+        state = self.state
+        rule = [a["binary"], a["chain"], *a["rule"]]
+        record = state.ours(KIND).get(change.name) if state is not None else None
+        added = False
+        if state is not None and record is not None:
+            rules = [list(r) for r in record.get("rules", [])]
+            if rule not in rules:
+                added = True
+                state.intend(
+                    KIND,
+                    change.name,
+                    f"inserting rule {a['binary']} -I {a['chain']} {shlex.join(a['rule'])}",
+                    {**record, "rules": [*rules, rule]},
+                )
+        try:
+            if not firewall.rule_exists(a["binary"], a["chain"], a["rule"], address):
+                firewall.insert_rule(a["binary"], a["chain"], a["rule"], address)
+        except ProviderError:
+            if state is not None and record is not None and added:
+                state.intend(KIND, change.name, None, record)  # back to what it was
+            raise
+        if state is not None and record is not None:
+            state.confirm(KIND, change.name)
 
     def forget_vanished(self, live: IpsetLive) -> None:
-        """Drop ownership records of sets that no longer exist (removed by hand)."""
+        """After the apply (``live`` is the re-read): drop the ownership records of sets that
+        no longer exist (removed by hand, or a create a killed run announced and never made),
+        and confirm the intents of those that do (a killed run's create that happened)."""
         if self.state is None:
             return
         ours = self.state.ours(KIND)
-        kept = {n: r for n, r in ours.items() if n in live.sets}
+        kept = {
+            n: {k: v for k, v in r.items() if k != INTENT}
+            for n, r in ours.items()
+            if n in live.sets
+        }
         if kept != ours:
             self.state.set_ours(KIND, kept)
+
+
+def _now() -> str:
+    """The time recorded with a created set (UTC, seconds)."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _checked_ours(state: StateDir) -> dict[str, dict[str, Any]]:
@@ -670,6 +879,101 @@ def _checked_ours(state: StateDir) -> dict[str, dict[str, Any]]:
                 address=f"{KIND}/{name}",
             )
     return ours
+
+
+KERNEL_MAXELEM = 65536
+"""The kernel's maxelem for a hash set created without one."""
+
+
+def _unmanageable(name: str, cur: LiveSet) -> str | None:
+    """Why the set ``name`` on the host cannot be managed from git, or None.
+
+    * ``nomatch`` entries are exceptions (a packet they match does not match the set): git
+      has no way to say them, and deleting them as members git does not list would let
+      those networks match, so the set is refused;
+    * ``skbinfo`` sets carry per entry a mark, priority and queue the SET target's
+      ``--map-set`` gives packets: git cannot say them, and members reconciler adds would
+      carry none.
+
+    ``timeout``, ``counters``, ``comment`` and ``forceadd`` are managed (see the module
+    docstring)."""
+    if cur.nomatch:
+        entries = _some(sorted(cur.nomatch, key=sort_key))
+        return (
+            f"set {name} holds {len(cur.nomatch)} nomatch entr"
+            f"{'y' if len(cur.nomatch) == 1 else 'ies'} ({entries}):"
+            " exceptions that keep those networks from matching the set. Git cannot express "
+            "nomatch, and deleting them as members git does not list would let those networks "
+            "match, so the set is not changed. Delete them by hand (`ipset del "
+            f"{name} NETWORK nomatch`) or take the set out of git"
+        )
+    if "skbinfo" in cur.header.options:
+        return (
+            f"set {name} was created with the skbinfo option: its entries carry the skbmark, "
+            "skbprio and skbqueue the SET target's --map-set gives packets. Git cannot express "
+            "them and the members reconciler adds would carry none, so the set is not changed. "
+            "Recreate it without skbinfo, or take it out of git"
+        )
+    return None
+
+
+def _timeout_note(name: str, timeout: int) -> str:
+    """The plan's note about a set created with timeout support (git cannot give one)."""
+    default = (
+        f"a default timeout of {timeout} s: entries added without a timeout of their own expire"
+        if timeout
+        else "timeout support (default 0: entries expire only when added with a timeout)"
+    )
+    return (
+        f"set {name} has {default}. Git cannot set a timeout: the members reconciler adds are "
+        "permanent (timeout 0), and members git does not list are deleted as usual"
+    )
+
+
+def _some(items: Sequence[str], n: int = 5) -> str:
+    """The first ``n`` of ``items``, comma-separated, with how many more there are."""
+    shown = ", ".join(items[:n])
+    return shown if len(items) <= n else f"{shown} and {len(items) - n} more"
+
+
+def _supernets(member: str) -> list[str]:
+    """``member`` (canonical) and every network that contains it, as canonical strings."""
+    net = ipaddress.ip_network(member)
+    return [str(net.supernet(new_prefix=p)) for p in range(net.prefixlen + 1)]
+
+
+def _deletes_first(
+    new: Sequence[str],
+    delete: Sequence[str],
+    overflow: int,
+    count: int,
+    ssh_client: str | None,
+) -> tuple[list[str], str | None]:
+    """The ``overflow`` deletions that may go before the adds of a change that would
+    otherwise pass the set's maxelem, or ([], why not).
+
+    A deletion may go first only when nothing that stays accessible loses access for a
+    moment: its network overlaps no added member (it is no replacement's predecessor), it
+    does not hold the current SSH client, and the set is not emptied in between."""
+    if overflow > len(delete):
+        return [], "cannot make room (git lists more members than that)"
+    if count - overflow <= 0:
+        return [], "would leave it empty for a moment"
+    added = set(new)
+    above = {s for m in new for s in _supernets(m)}  # every network containing an added one
+    client = normalise_client(ssh_client)
+    cover = _covering(ipaddress.ip_address(client)) if client else frozenset()
+    early: list[str] = []
+    for d in delete:
+        if d in above or d in cover or not added.isdisjoint(_supernets(d)):
+            continue
+        early.append(d)
+        if len(early) == overflow:
+            return early, None
+    return [], (
+        f"would drop, for a moment, networks that added members replace or that hold the SSH "
+        f"client (only {len(early)} of the {overflow} deletions needed are neither)"
+    )
 
 
 RuleKey = tuple[str, str, str, str]

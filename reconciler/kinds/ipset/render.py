@@ -12,9 +12,19 @@ from reconciler.plan import Op
 
 def _create_set(a: dict[str, Any]) -> str:
     extra = "".join(
-        f" {k} {a[k]}" for k in ("family", "maxelem", "hashsize") if a.get(k) is not None
+        f" {k} {a[k]}"
+        for k in ("family", "maxelem", "hashsize", "timeout")
+        if a.get(k) is not None
     )
+    extra += "".join(f" {o}" for o in a.get("options") or ())
+    if a.get("temporary_for"):
+        extra += f" (temporary, to rebuild {a['temporary_for']})"
     return f"+ create set {a['set']} {a['type']}{extra}"
+
+
+def _permanent(a: dict[str, Any]) -> str:
+    """`` (permanent)`` for a member added with timeout 0 to a set with a default timeout."""
+    return " (permanent: timeout 0)" if a.get("timeout") == 0 else ""
 
 
 def _destroy_set(a: dict[str, Any]) -> str:
@@ -23,10 +33,10 @@ def _destroy_set(a: dict[str, Any]) -> str:
 
 
 OP_LINES: dict[str, OpLine] = {
-    "add_member": lambda a: f"+ member {a['member']}",
+    "add_member": lambda a: f"+ member {a['member']}{_permanent(a)}",
     "delete_member": lambda a: f"- member {a['member']}",
     "create_set": _create_set,
-    "fill_set": lambda a: f"+ fill set {a['set']} with {a['count']} members",
+    "fill_set": lambda a: f"+ fill set {a['set']} with {a['count']} members{_permanent(a)}",
     "swap_sets": lambda a: f"~ swap set {a['set']} with {a['with']} (atomic; rules keep matching)",
     "rename_set": lambda a: f"~ rename set {a['set']} to {a['to']}",
     "destroy_set": _destroy_set,
@@ -41,22 +51,31 @@ MEMBERS_PER_EVENT = 1000
 def log_events(ops: Sequence[Op]) -> Iterator[dict[str, Any]]:
     """The log events for executed ops: one per op, except runs of single-member ops.
 
-    A run of ``add_member``/``delete_member`` ops is logged as events of up to
-    MEMBERS_PER_EVENT members, each member listed: a 65,536-member load then costs 66 events
-    instead of 65,536 (one event per member cost six times the kernel work), and the log
-    still names every member touched. A bulk op's own member list (``fill_set``, the
-    complete desired set) is summarised by its count; the delta is in the plan.
+    A run of ``add_member``/``delete_member`` ops (with the same ``timeout``, if any) is
+    logged as events of up to MEMBERS_PER_EVENT members, each member listed: a 65,536-member
+    load then costs 66 events instead of 65,536 (one event per member cost six times the
+    kernel work), and the log still names every member touched. A bulk op's own member list
+    (``fill_set``, the complete desired set) is summarised by its count; the delta is in the
+    plan.
     """
+
+    def key(op: Op) -> tuple[str, Any] | None:
+        if "member" not in op.args or not set(op.args) <= {"member", "timeout"}:
+            return None
+        return (op.op, op.args.get("timeout"))
+
     i = 0
     while i < len(ops):
         op = ops[i]
-        if set(op.args) == {"member"}:
+        group = key(op)
+        if group is not None:
             j = i
-            while j < len(ops) and ops[j].op == op.op and set(ops[j].args) == {"member"}:
+            while j < len(ops) and key(ops[j]) == group:
                 j += 1
+            extra = {} if group[1] is None else {"timeout": group[1]}
             for k in range(i, j, MEMBERS_PER_EVENT):
                 chunk = [o.args["member"] for o in ops[k : min(j, k + MEMBERS_PER_EVENT)]]
-                yield {"op": op.op, "count": len(chunk), "members": chunk}
+                yield {"op": op.op, "count": len(chunk), "members": chunk, **extra}
             i = j
             continue
         event = op.to_dict()

@@ -4,10 +4,12 @@ Each file in tests/kinds/ipset/golden/ holds the desired YAML (loaded through th
 canonicalisation is covered end to end), a description of live state, and the expected
 changes and errors. No root needed: diff is pure.
 
-Live state keys: ``sets`` (name -> header fields and ``members``), ``rules`` (rules that use
-sets; ``binary: iptables-legacy`` for the other backend's), ``rule_present``, ``ours``,
-``ssh_client`` and ``chains`` (binary -> chain -> the targets its rules jump to). A case may
-set ``force`` and ``allow_empty`` (the provider's options).
+Live state keys: ``sets`` (name -> header fields, among them ``timeout`` and ``options``,
+and ``members``, ``nomatch``, ``expiring``), ``rules`` (rules that use sets; ``binary:
+iptables-legacy`` for the other backend's), ``rule_present``, ``ours``, ``ssh_client`` and
+``chains`` (binary -> chain -> the targets its rules jump to). A case may set ``force`` and
+``allow_empty`` (the provider's options). A change may list ``warnings``: substrings, one per
+warning it must carry, in order.
 """
 
 from __future__ import annotations
@@ -40,9 +42,16 @@ def _live(data: dict[str, Any]) -> IpsetLive:
             hashsize=s.get("hashsize", 1024),
             maxelem=s.get("maxelem", 65536),
             references=s.get("references", 0),
-            elements=len(members or []),
+            elements=len(members or []) + len(s.get("nomatch", [])),
+            timeout=s.get("timeout"),
+            options=tuple(sorted(s.get("options", ()))),
         )
-        sets[name] = LiveSet(header, None if members is None else frozenset(members))
+        sets[name] = LiveSet(
+            header,
+            None if members is None else frozenset(members),
+            nomatch=frozenset(s.get("nomatch", ())),
+            expiring=frozenset(s.get("expiring", ())),
+        )
     rules = tuple(
         Rule(r["binary"], r["table"], r["chain"], r["spec"], r["set"], r["direction"], r["target"])
         for r in data.get("rules") or []
@@ -70,7 +79,12 @@ def test_golden(case: Path, tmp_path: Path) -> None:
     )
     changes, errors = provider.diff(desired, _live(data["live"]))
 
-    golden.check(data["expected"], changes, errors)
+    for want, have in golden.check(data["expected"], changes, errors):
+        if "warnings" in want:
+            got = have.get("warnings", [])
+            assert len(got) == len(want["warnings"]), got
+            for w, h in zip(want["warnings"], got, strict=True):
+                assert w in h, (w, h)
 
 
 def test_diff_is_pure(tmp_path: Path) -> None:

@@ -223,7 +223,7 @@ def test_maxelem_change_swaps_while_rule_keeps_matching(host: Host) -> None:
         proc = host.apply()
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "maxelem 131072" in ns.ipset_save()
-        assert "mgmt-rnew" not in ns.ipset_save()
+        assert "mgmt~rnew" not in ns.ipset_save()  # the temporary set is gone
         client.run(["ping", "-c", "2", "-W", "2", "192.0.2.1"])
         assert _ping_counter(ns) >= before + 2  # the same rule, now matching the new set
         assert host.plan()[0] == 0

@@ -266,17 +266,44 @@ def test_undecodable_type_lists_members_none(netns: Netns) -> None:
     assert sets["ipp"].members is None
     assert sets["ipp"].header.type == "hash:ip,port"
     assert sets["ipp"].header.elements == 1
-    assert sets["nm"].members is None  # a nomatch entry is an exception, not a member
+    # A nomatch entry is an exception, not a member: read apart from the members.
+    assert sets["nm"].members == frozenset()
+    assert sets["nm"].nomatch == frozenset({"192.0.2.0/24"})
 
 
 def test_extensions_use_the_generic_decoder(netns: Netns) -> None:
     netns.run(["ipset", "create", "t", "hash:net", "timeout", "600", "counters", "comment"])
     netns.run(["ipset", "add", "t", "192.0.2.0/24", "comment", "office"])
-    netns.run(["ipset", "add", "t", "198.51.100.1"])
+    netns.run(["ipset", "add", "t", "198.51.100.1", "timeout", "0"])
+    netns.run(["ipset", "add", "t", "10.1.0.0/16", "nomatch"])
     with netns.entered(), IpsetClient() as c:
         live = c.get("t")
     assert live is not None
     assert live.members == frozenset({"192.0.2.0/24", "198.51.100.1/32"})
+    assert live.nomatch == frozenset({"10.1.0.0/16"})
+    assert live.expiring == frozenset({"192.0.2.0/24"})  # the set's 600 s; 198.51.100.1: 0
+    assert (live.header.timeout, live.header.options) == (600, ("comment", "counters"))
+
+
+def test_options_and_permanent_members_round_trip(netns: Netns) -> None:
+    """create() with a timeout and options makes the set ipset(8) shows; timeout=0 adds
+    permanent members, and re-adding an expiring one with timeout=0 makes it permanent."""
+    netns.run(["ipset", "create", "t", "hash:net", "timeout", "600", "skbinfo", "forceadd"])
+    netns.run(["ipset", "add", "t", "192.0.2.0/24"])
+    with netns.entered(), IpsetClient() as c:
+        c.create("u", maxelem=8, timeout=300, options=["counters", "comment"])
+        c.add_members("u", "inet", ["198.51.100.0/24"], timeout=0)
+        c.add_members("t", "inet", ["192.0.2.0/24", "203.0.113.0/24"], timeout=0)
+        sets = c.list_sets()
+        with pytest.raises(ProviderError, match="unknown set option 'bogus'"):
+            c.create("v", options=["bogus"])
+    assert "maxelem 8 timeout 300 counters comment" in _header(netns, "u")
+    assert sets["u"].header.timeout == 300
+    assert sets["u"].header.options == ("comment", "counters")
+    assert sets["t"].header.options == ("forceadd", "skbinfo")
+    assert sets["u"].expiring == frozenset() and sets["t"].expiring == frozenset()
+    saved = netns.run(["ipset", "save", "t"]).stdout
+    assert "add t 192.0.2.0/24 timeout 0" in saved and "add t 203.0.113.0/24 timeout 0" in saved
 
 
 def test_client_is_bound_to_its_namespace(netns: Netns) -> None:

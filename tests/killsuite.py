@@ -1,0 +1,255 @@
+"""The kill suite's harness: run the real command line, SIGKILL it at an op boundary, judge.
+
+No product hooks: the command line runs through :data:`WRAPPER` (``python -c``), which patches
+the I/O boundary methods of the kinds named in ``$KILL_TARGETS`` (:data:`BOUNDARIES`) to count
+their calls and, at call ``$KILL_AT``, send the process SIGKILL *before* the call
+(``$KILL_WHEN=before``) or right *after* it returned (``after``), then runs
+:func:`reconciler.cli.main`. With ``$KILL_LOG`` every boundary call reached is appended to
+that file as one line (``kind:method detail``).
+
+:func:`exercise` drives one scenario: one uninterrupted run counts the boundaries (and must
+converge), then for each chosen kill point a fresh copy of the scenario's starting state is
+run to that point and killed, the state the kill left is checked, the next (plain) run must
+converge, and what was ours must still be ours. Every problem is collected with the point it
+was seen at, so a failure names them all.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+WORKERS = max(2, min(4, os.cpu_count() or 1))
+"""Kill points run at a time."""
+
+#: kind -> (module, class or None for module functions, the methods that write to the host)
+BOUNDARIES: dict[str, tuple[tuple[str, str | None, tuple[str, ...]], ...]] = {
+    "ipset": (
+        ("reconciler.kinds.ipset.netlink", "IpsetClient",
+         ("create", "destroy", "swap", "rename", "add_members", "delete_members")),
+        ("reconciler.kinds.ipset.firewall", None, ("insert_rule", "delete_rule")),
+    ),
+    "nic": (("reconciler.kinds.nic.ethtool", "EthtoolIO", ("set_rings", "set_features")),),
+    "backup": (
+        ("reconciler.kinds.backup.tarsnap", "TarsnapBackend", ("create", "delete")),
+        ("reconciler.kinds.backup.restic", "ResticBackend", ("create", "delete")),
+    ),
+    "vm": (
+        ("reconciler.kinds.vm.libvirtio", "NodeIO",
+         ("define", "undefine", "start", "migrate_live")),
+    ),
+}  # fmt: skip
+
+WRAPPER = textwrap.dedent(
+    """
+    import importlib, json, os, re, signal, sys
+
+    BOUNDARIES = json.loads(os.environ["KILL_BOUNDARIES"])
+    KILL_AT = int(os.environ.get("KILL_AT", "0"))
+    WHEN = os.environ.get("KILL_WHEN", "before")
+    LOG = os.environ.get("KILL_LOG")
+    calls = [0]
+
+    def detail(owner, args):
+        words = []
+        if owner is not None and args and hasattr(args[0], "name"):
+            words.append(str(args[0].name))  # a NodeIO's node
+        for a in args[1 if owner is not None else 0:]:
+            if isinstance(a, str) and a.lstrip().startswith("<"):  # libvirt XML: its name
+                found = re.search(r"<name>([^<]*)</name>", a)
+                words.append(f"<{found.group(1) if found else 'xml'}>")
+            elif isinstance(a, str):
+                a = " ".join(a.split())
+                words.append(a if len(a) < 40 else a[:37] + "...")
+            elif isinstance(a, (list, tuple)) and a and all(isinstance(x, str) for x in a):
+                words.append(f"[{len(a)}]")
+        return " ".join(words[:4])
+
+    def wrap(kind, module, owner, name):
+        target = owner if owner is not None else module
+        original = getattr(target, name)
+
+        def boundary(*args, **kwargs):
+            calls[0] += 1
+            n = calls[0]
+            if LOG:
+                with open(LOG, "a") as f:
+                    f.write(f"{kind}:{name} {detail(owner, args)}".rstrip() + "\\n")
+            if n == KILL_AT and WHEN == "before":
+                os.kill(os.getpid(), signal.SIGKILL)
+            result = original(*args, **kwargs)
+            if n == KILL_AT and WHEN == "after":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+
+        setattr(target, name, boundary)
+
+    for kind, entries in BOUNDARIES.items():
+        for module_name, class_name, methods in entries:
+            module = importlib.import_module(module_name)
+            owner = getattr(module, class_name) if class_name else None
+            for method in methods:
+                wrap(kind, module, owner, method)
+
+    from reconciler.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def wrapper_env(
+    kinds: Sequence[str], *, kill_at: int = 0, when: str = "before", log: Path | None = None
+) -> dict[str, str]:
+    """The environment that makes :data:`WRAPPER` patch ``kinds`` and kill at ``kill_at``
+    (0: never) ``when`` (before or after the call), logging calls to ``log``."""
+    import json
+
+    env = {
+        "KILL_BOUNDARIES": json.dumps({k: BOUNDARIES[k] for k in kinds}),
+        "KILL_AT": str(kill_at),
+        "KILL_WHEN": when,
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+    if log is not None:
+        env["KILL_LOG"] = str(log)
+    return env
+
+
+def killed(proc: subprocess.CompletedProcess[str]) -> bool:
+    """True when the process died of SIGKILL (directly, or as a shell reports it)."""
+    return proc.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL)
+
+
+def output(proc: subprocess.CompletedProcess[str]) -> str:
+    """A process's exit code and output, for assertion messages (the tail of each)."""
+    return (
+        f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-3000:]}\n"
+        f"--- stderr ---\n{proc.stderr[-3000:]}"
+    )
+
+
+@dataclass(frozen=True)
+class Point:
+    """A kill point: before or after the ``index``-th boundary call (1-based)."""
+
+    index: int
+    when: str
+    label: str
+
+    def __str__(self) -> str:
+        return f"#{self.index} {self.when} {self.label}"
+
+
+def choose_points(labels: Sequence[str], after: Callable[[str], bool]) -> list[Point]:
+    """Every boundary killed *before* its call, and *after* it too where ``after(label)``
+    (where bookkeeping follows the call: ownership confirmed, a definition verified) and
+    after the last call (everything applied; the verification and the journal not done)."""
+    points: list[Point] = []
+    for i, label in enumerate(labels, 1):
+        points.append(Point(i, "before", label))
+        if after(label) or i == len(labels):
+            points.append(Point(i, "after", label))
+    return points
+
+
+class Scenario(Protocol):
+    """One kill-suite scenario: a starting state, a change to make, and its checks.
+
+    ``run`` runs the command line (through the wrapper when ``env`` asks) and returns the
+    process; each check returns the problems it found (empty when all is well).
+    """
+
+    kind: str
+
+    def run(self, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]: ...
+
+    def check_killed(self) -> list[str]: ...
+
+    def check_converged(self) -> list[str]: ...
+
+    def check_ours_kept(self) -> list[str]: ...
+
+
+@dataclass
+class Outcome:
+    """What :func:`exercise` found: the boundaries counted, the points killed, problems."""
+
+    labels: list[str] = field(default_factory=list)
+    points: list[Point] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def exercise(
+    fresh: Callable[[Path], AbstractContextManager[Scenario]],
+    root: Path,
+    *,
+    after: Callable[[str], bool] = lambda label: False,
+    workers: int = WORKERS,
+) -> Outcome:
+    """Count the boundaries of one uninterrupted run, then kill a run at every point
+    (:func:`choose_points`) of a fresh copy of the scenario each, and check each outcome.
+
+    ``fresh(directory)`` is a context manager that yields the scenario in its starting state,
+    with its files under ``directory``, and removes what it made on exit. ``workers`` points
+    run at a time (each in its own copy: its own namespace, state dir, repository).
+    """
+    out = Outcome()
+    log = root / "count.log"
+    with fresh(root / "count") as s:
+        proc = s.run(wrapper_env([s.kind], log=log))
+        if proc.returncode != 0:
+            out.problems.append(f"uninterrupted run failed: {output(proc)}")
+            return out
+        out.labels = log.read_text().splitlines() if log.exists() else []
+        out.problems += [f"uninterrupted: {p}" for p in s.check_converged()]
+        out.problems += [f"uninterrupted: {p}" for p in s.check_ours_kept()]
+    out.points = choose_points(out.labels, after)
+
+    def one(n: int, point: Point) -> list[str]:
+        with fresh(root / f"p{n}") as s:
+            proc = s.run(wrapper_env([s.kind], kill_at=point.index, when=point.when))
+            if not killed(proc):
+                return [f"{point}: the run was not killed there: {output(proc)}"]
+            problems = [f"{point}: after the kill: {p}" for p in s.check_killed()]
+            again = s.run()
+            if again.returncode != 0:
+                return [*problems, f"{point}: the next run failed: {output(again)}"]
+            problems += [f"{point}: after the next run: {p}" for p in s.check_converged()]
+            problems += [f"{point}: {p}" for p in s.check_ours_kept()]
+            return problems
+
+    # Points are independent (each has its own copy of the starting state), so they run
+    # side by side: the runs wait on the kernel, on restic or on libvirt as much as on CPU.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for problems in pool.map(one, range(len(out.points)), out.points):
+            out.problems += problems
+    return out
+
+
+def python_argv(env: Mapping[str, str] | None) -> list[str]:
+    """``python -c WRAPPER`` when ``env`` asks for the wrapper, else ``python -m reconciler``."""
+    if env is not None and "KILL_BOUNDARIES" in env:
+        return [sys.executable, "-c", WRAPPER]
+    return [sys.executable, "-m", "reconciler"]
+
+
+def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without an SSH client and metrics, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SSH_CONNECTION", "KILL_AT")}
+    env["RECONCILER_METRICS_FILE"] = ""
+    return {**env, **(extra or {})}
+
+
+def lines_of(text: str) -> Iterator[str]:
+    """Non-empty lines."""
+    return (ln for ln in text.splitlines() if ln.strip())
