@@ -3,7 +3,9 @@
 ``./scripts/lab`` (``python -m lab``) runs the real ``reconcile`` command line for
 every host file in the desired state through the whole story: dry-run → apply → converged
 dry-run → out-of-band drift (``ipset add``/``del`` and ``ethtool -K``/``-G`` by hand) → the
-dry-run shows it → apply fixes it, checking every exit code.
+dry-run shows it → apply fixes it, checking every exit code. For one of them a reviewed
+plan is saved (``--dry-run --out``) and applied exactly (``--plan``), and a plan the host
+moved under after its review is refused as stale.
 
 The stages:
 
@@ -183,11 +185,14 @@ class Lab:
     def _prefix(self, host: str) -> list[str]:
         return [] if self.in_vm else ["ip", "netns", "exec", ns_name(host)]
 
-    def reconcile(self, host: str, *args: str, expect: int) -> str:
-        """Run the real CLI for ``host`` and check its exit code."""
+    def reconcile(self, host: str, *args: str, expect: int, messages: bool = False) -> str:
+        """Run the real CLI for ``host`` and check its exit code; with ``messages``, show
+        its ``reconcile: ...`` lines from stderr too."""
         state = self.workdir / host
+        # A saved plan brings its own kinds (--only with --plan is a usage error).
+        only = [] if "--plan" in args else ["--only", "ipset,nic"]
         cli_args = [
-            "--repo", str(self.repo), "--host", host, "--only", "ipset,nic",
+            "--repo", str(self.repo), "--host", host, *only,
             "--state-dir", str(state / "state"), "--lock-file", str(state / "lock"),
             "--log-format", "json",
             # The lab is where you try edits to desired-state/ before committing them.
@@ -207,6 +212,8 @@ class Lab:
             proc = subprocess.run(argv, text=True, capture_output=True, env=self.env, check=False)
             code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
         self.say(stdout.rstrip())
+        if messages:
+            self.say("\n".join(ln for ln in stderr.splitlines() if ln.startswith("reconcile:")))
         if code != expect:
             self.say(stderr.rstrip())
             raise LabError(f"[{host}] {shown}: exit {code}, expected {expect}")
@@ -261,6 +268,35 @@ class Lab:
             self.show(host, "ethtool", "-g", nic)
 
 
+    def saved_plan_story(self, host: str, desired: HostDesired) -> None:
+        """A reviewed plan (``--dry-run --out``) applied exactly (``--plan``); then one the
+        live state moved under after the review, refused as stale with nothing applied."""
+        name = sorted(desired.ipsets)[0]
+        plan = str(self.workdir / host / "plan.json")
+        self.say(f"\n=== host {host}: a saved plan applied, a stale one refused ===")
+        self.by_hand(host, "ipset", "add", name, "198.18.0.1")
+        self.reconcile(host, "--dry-run", "--out", plan, expect=0)
+        self.reconcile(host, "--plan", plan, expect=0)
+        if "198.18.0.1" in _members(self._prefix(host), name):
+            raise LabError(f"[{host}] the saved plan was not applied")
+        self.by_hand(host, "ipset", "add", name, "198.18.0.2")
+        self.reconcile(host, "--dry-run", "--out", plan, expect=0)
+        self.say("# reviewed; meanwhile the host changes again:")
+        self.by_hand(host, "ipset", "add", name, "198.18.0.3")
+        self.reconcile(host, "--plan", plan, expect=1, messages=True)
+        if not {"198.18.0.2", "198.18.0.3"} <= _members(self._prefix(host), name):
+            raise LabError(f"[{host}] the stale plan changed the host")
+        self.say(f"# refused: {name} still holds both; a fresh run converges it")
+        self.reconcile(host, expect=0)
+        self.reconcile(host, "--dry-run", "--detailed-exitcode", expect=0)
+
+
+def _members(prefix: list[str], name: str) -> set[str]:
+    """The members of set ``name`` as ``ipset save`` prints them."""
+    out = _sh([*prefix, "ipset", "save", name]).stdout
+    return {ln.split()[2] for ln in out.splitlines() if ln.startswith("add ")}
+
+
 def _drift_target(desired: HostDesired) -> tuple[str, str] | None:
     """A NIC and an ethtool short name that git wants off: something to switch on by hand."""
     for nic, spec in sorted(desired.nics.items()):
@@ -308,6 +344,9 @@ def namespace_stage(repo: Path, hosts: Sequence[str], keep: bool) -> None:
                 names = [ln.split()[0].split("@")[0] for ln in links if ln.strip()]
                 lab.say(f"\n# built {ns_name(host)} with links: {', '.join(names)}")
                 lab.story(host, d)
+            first = next((h for h in hosts if load_host(repo, h).ipsets), None)
+            if first is not None:
+                lab.saved_plan_story(first, load_host(repo, first))
     finally:
         if not keep:
             teardown(hosts)

@@ -10,6 +10,10 @@ repository, then plans each host against the best basis it has:
    for, assuming the host had converged at ``REV``;
 3. else an error for that host (nothing to compare with).
 
+A host without ``hosts/<host>.yaml`` is an error for that host: its own run would refuse to
+plan from ``fleet.yaml`` alone. The VM controller ``vms.yaml`` names is the exception, as on
+the host: without a file it is planned for VM placement only.
+
 Nothing here reads from or writes to a host: no netlink, no libvirt, no backup tool.
 """
 
@@ -59,6 +63,11 @@ class CiResult:
     def changes(self) -> int:
         """Changes across all hosts."""
         return sum(len(p["changes"]) for p in self.plans)
+
+    @property
+    def errors(self) -> int:
+        """Errors across all hosts."""
+        return sum(len(p["errors"]) for p in self.plans)
 
     @property
     def failed(self) -> bool:
@@ -148,8 +157,11 @@ def plan_all(
     config: HostConfig | None = None,
 ) -> CiResult:
     """Validate ``repo`` and plan every host in ``hosts`` (see the module docstring); with
-    ``hosts=None`` every ``hosts/*.yaml`` and the VM controller named in ``vms.yaml`` (which
-    may have no host file of its own).
+    ``hosts=None`` every ``hosts/*.yaml`` and the VM controller named in ``vms.yaml`` (when
+    a cluster-wide kind is planned). A planned host without ``hosts/<host>.yaml`` gets one
+    error ``host``: its own run refuses to plan without the file, and CI says so before it
+    is merged. The controller is the exception, as in its own run: without a file it is
+    planned for the cluster-wide kinds only, with a warning naming the kinds skipped.
 
     ``base`` is the desired-state directory at ``base_rev`` (exported by the caller).
     ``config`` is the host configuration what the repository asks of hosts is checked
@@ -171,12 +183,13 @@ def plan_all(
     except ValidationError as e:
         problems.update(e.problems)
     host_files = desired_mod.list_hosts(repo)
+    cluster = sorted(k for k in wanted if registry.get(k).cluster)
+    if not cluster:
+        vms = None
     if hosts is None:
         hosts = list(host_files)
         if vms is not None and vms["controller"] not in hosts:
-            hosts.append(vms["controller"])
-    if not any(registry.get(k).cluster for k in wanted):
-        vms = None
+            hosts.append(vms["controller"])  # planned for its cluster-wide kinds
     vms_before: dict[str, Any] | None = None
     base_vms_problem = None
     if base is not None and vms is not None:
@@ -189,6 +202,17 @@ def plan_all(
     planned = set(hosts)
     # Every host file is validated, also those not planned: CI checks the whole commit.
     for host in sorted(planned | set(host_files)):
+        kinds_here, note = wanted, None
+        if host not in host_files and desired_mod.valid_host_name(host):
+            if not _controls(vms, host):
+                # Its own run refuses to plan without its file (an empty {} is enough),
+                # so its CI plan says so instead of planning from fleet.yaml alone.
+                plans[host] = _missing_host_file(host, commit)
+                continue
+            # The VM controller without a file: its cluster-wide kinds only, as its run.
+            kinds_here = set(cluster)
+            skipped = sorted(wanted - kinds_here, key=registry.NAMES.index)
+            note = desired_mod.controller_without_file(host, skipped) if skipped else None
         try:
             desired = desired_mod.load_host(repo, host, cache, config=config)
         except ValidationError as e:
@@ -197,13 +221,26 @@ def plan_all(
         if problems or host not in planned:
             continue  # once anything is invalid nothing is planned; keep collecting problems
         plans[host] = _plan_host(
-            host, desired, wanted, vms, vms_before, base_vms_problem, repo, cache, memo,
+            host, desired, kinds_here, vms, vms_before, base_vms_problem, repo, cache, memo,
             base=base, base_rev=base_rev, snapshots=snapshots, commit=commit, now=now,
-            config=config,
+            config=config, note=note,
         )  # fmt: skip
     if problems:
         return CiResult(problems=sorted(problems))
     return CiResult(plans=[plans[h] for h in hosts])
+
+
+def _controls(vms: dict[str, Any] | None, host: str) -> bool:
+    return vms is not None and vms.get("controller") == host
+
+
+def _missing_host_file(host: str, commit: str | None) -> dict[str, Any]:
+    """The plan of a host that has no ``hosts/<host>.yaml`` (and is not the VM controller):
+    one error ``host``, as its own run refuses (:func:`reconciler.desired.check_host_file`)."""
+    errors = [PlanError("host", desired_mod.missing_host_file(host))]
+    plan = Plan(host=host, commit=commit, errors=errors).to_dict()
+    plan["basis"] = Basis("none").to_dict()
+    return plan
 
 
 def _plan_host(
@@ -223,9 +260,10 @@ def _plan_host(
     commit: str | None,
     now: datetime,
     config: HostConfig | None = None,
+    note: str | None = None,
 ) -> dict[str, Any]:
-    """One host's plan dict, with its ``basis`` (and ``warnings``: about the basis, and the
-    providers' notices when planned against a snapshot)."""
+    """One host's plan dict, with its ``basis`` (and ``warnings``: ``note`` about the host,
+    about the basis, and the providers' notices when planned against a snapshot)."""
     controller = vms is not None and vms["controller"] == host
     host_vms = vms if controller else None
     snap = snapshots / f"{host}.json" if snapshots is not None else None
@@ -256,14 +294,18 @@ def _plan_host(
         where = f"no snapshot {snap}" if snap is not None else "no snapshot"
         changes, basis = [], Basis("none")
         errors = [PlanError("host", f"{where} and no --against REV: nothing to compare with")]
+    if note is not None:
+        warnings.insert(0, PlanWarning("host", note))
     d = Plan(host=host, commit=commit, changes=changes, errors=errors, warnings=warnings)
     out = d.to_dict()
     out["basis"] = basis.to_dict()
     return out
 
 
-def render_text(result: CiResult, commit: str | None) -> str:
-    """The human output: one section per host, each rendered from its plan dict."""
+def render_text(result: CiResult, commit: str | None, *, colour: bool = False) -> str:
+    """The human output: one section per host, each rendered from its plan dict, and a
+    last line counting the hosts, the changes and the errors (with ANSI colours when
+    ``colour``)."""
     from reconciler.render import text as render_text_mod
 
     out = []
@@ -277,12 +319,18 @@ def render_text(result: CiResult, commit: str | None) -> str:
             how = f"against the desired state at {b['rev']}"
         else:
             how = "with nothing to compare against"
-        out.append(f"=== host {d['host']}: {how}")
-        out.append(render_text_mod.render(d, dry_run=True).rstrip("\n"))
+        out.append(
+            render_text_mod.paint(f"=== host {d['host']}: {how}", render_text_mod.BOLD, colour)
+        )
+        out.append(render_text_mod.render(d, dry_run=True, colour=colour).rstrip("\n"))
         out.append("")
     n_hosts = sum(1 for d in result.plans if d["changes"])
-    out.append(
-        f"{len(result.plans)} host(s) planned at {commit[:12] if commit else 'the work tree'}: "
-        f"{result.changes} change(s) on {n_hosts} host(s)"
+    e_hosts = sum(1 for d in result.plans if d["errors"])
+    line = (
+        f"{len(result.plans)} host(s) planned at "
+        f"{render_text_mod.commit_text(commit) if commit else 'the work tree'}: "
+        f"{result.changes} change(s) on {n_hosts} host(s), {result.errors} error(s)"
+        + (f" on {e_hosts} host(s)" if result.errors else "")
     )
+    out.append(render_text_mod.paint(line, render_text_mod.BOLD, colour))
     return "\n".join(out) + "\n"

@@ -26,9 +26,10 @@ import copy
 import functools
 import hashlib
 import json
+import os
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -37,7 +38,7 @@ import jsonschema
 from jsonschema import Draft202012Validator
 
 from reconciler import kinds as registry
-from reconciler.errors import Problem, ValidationError
+from reconciler.errors import Problem, RepositoryError, ValidationError
 from reconciler.hostconfig import HostConfig
 from reconciler.kinds.vm.checks import check_vms
 from reconciler.model import HostDesired
@@ -344,6 +345,94 @@ def stray_host_files(repo: Path) -> list[Problem]:
     return out
 
 
+def check_repository(repo: Path, shown: str | None = None) -> None:
+    """RepositoryError unless ``repo`` looks like a desired-state repository: it has a
+    ``fleet.yaml`` or a ``hosts/`` directory (or both). Without either, a run would plan
+    from nothing, which deletes everything reconciler owns: a wrong ``--repo`` or
+    ``--path`` must not look like an empty desired state. ``shown`` is how the user
+    named the directory (default: ``repo``)."""
+    if (repo / FLEET_FILE).is_file() or (repo / HOSTS_DIR).is_dir():
+        return
+    raise RepositoryError(
+        f"{shown or repo}: not a desired-state repository: no {FLEET_FILE} and no "
+        f"{HOSTS_DIR}/ (check --repo / --path)"
+    )
+
+
+def valid_host_name(host: str) -> bool:
+    """Whether ``host`` can name a host file (a short host name, nothing like ``../x``)."""
+    return bool(_HOST_NAME.match(host))
+
+
+def has_host_file(repo: Path, host: str) -> bool:
+    """Whether ``hosts/<host>.yaml`` exists; RepositoryError for a name that is no short
+    host name (``--host ../x``)."""
+    if not _HOST_NAME.match(host):
+        raise RepositoryError(f"{host!r} is not a valid short host name (--host)")
+    return (repo / HOSTS_DIR / f"{host}.yaml").is_file()
+
+
+def check_host_file(repo: Path, host: str) -> None:
+    """RepositoryError unless ``hosts/<host>.yaml`` exists: every host names itself in
+    the repository (an empty file ``{}`` means the fleet's defaults only), so a typo in
+    ``--host`` or a renamed file is never planned from ``fleet.yaml`` alone. (The VM
+    controller ``vms.yaml`` names is the one exception, for its cluster-wide kind only:
+    see :func:`vms_controller`; callers decide.)"""
+    if not has_host_file(repo, host):
+        raise RepositoryError(missing_host_file(host))
+
+
+def missing_host_file(host: str) -> str:
+    """The message for a host without ``hosts/<host>.yaml`` (:func:`check_host_file`)."""
+    return (
+        f"no {HOSTS_DIR}/{host}.yaml: every host needs its file; an empty file {{}} means "
+        "fleet defaults only"
+    )
+
+
+def controller_without_file(host: str, skipped: Sequence[str]) -> str:
+    """The warning of a run of the VM controller that has no host file: only the
+    cluster-wide kinds are planned, ``skipped`` are not."""
+    return (
+        f"no {HOSTS_DIR}/{host}.yaml: {host} is planned as the VM controller vms.yaml names "
+        f"only; {', '.join(skipped)} need its file (an empty file {{}} means fleet defaults "
+        "only)"
+    )
+
+
+def vms_controller(repo: Path) -> str | None:
+    """The ``controller`` ``vms.yaml`` names, read leniently (None when there is no
+    ``vms.yaml``, or it names none): which host may run without a host file, for VM
+    placement only. Validation of the file is :func:`load_vms`'s."""
+    if not (repo / VMS_FILE).is_file():
+        return None
+    doc = load_yaml(repo / VMS_FILE, VMS_FILE)
+    controller = doc.data.get("controller") if isinstance(doc.data, dict) else None
+    return controller if isinstance(controller, str) else None
+
+
+def content_digest(repo: Path) -> str:
+    """``sha256:<hex>`` of the desired state's content: every regular file below ``repo``
+    (``.git`` excluded), by relative path and bytes, in path order. What a saved plan made
+    without a commit (a plain directory, a dirty tree) records of what it was made
+    against."""
+    h = hashlib.sha256()
+    entries: list[tuple[str, bytes]] = []
+    for dirpath, dirnames, filenames in os.walk(repo):
+        dirnames[:] = [d for d in dirnames if d != ".git"]
+        for name in filenames + [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+            p = Path(dirpath) / name
+            rel = p.relative_to(repo).as_posix()
+            if p.is_symlink():
+                entries.append((rel, b"symlink:" + os.readlink(p).encode()))
+            elif p.is_file():
+                entries.append((rel, b"file:" + p.read_bytes()))
+    for rel, data in sorted(entries):
+        key = rel.encode()
+        h.update(len(key).to_bytes(8, "big") + key + len(data).to_bytes(8, "big") + data)
+    return f"sha256:{h.hexdigest()}"
+
+
 def validate_repo(
     repo: Path, cache: LoadCache | None = None, *, config: HostConfig | None = None
 ) -> list[Problem]:
@@ -375,7 +464,8 @@ def load_host(
 ) -> HostDesired:
     """Validate ``fleet.yaml`` and ``hosts/<host>.yaml`` and return the merged desired state.
 
-    A missing host file means "fleet only"; a missing ``fleet.yaml`` means "host only". Raises
+    A missing host file means "fleet only" here (the command line requires the file first:
+    :func:`check_host_file`); a missing ``fleet.yaml`` means "host only". Raises
     :class:`ValidationError` with every problem of both files if anything is invalid. The host
     file is merged over the fleet per resource (a host's ``ipsets.mgmt`` replaces the fleet's
     ``ipsets.mgmt`` as a whole); a kind's settings sections (``tarsnap``) merge key by key,
@@ -462,9 +552,17 @@ def load_vms(repo: Path, *, config: HostConfig | None = None) -> dict[str, Any] 
 
 __all__ = [
     "LoadCache",
+    "check_host_file",
+    "check_repository",
+    "content_digest",
+    "controller_without_file",
     "format_path",
+    "has_host_file",
     "list_hosts",
     "load_host",
     "load_vms",
+    "missing_host_file",
+    "valid_host_name",
     "validate_repo",
+    "vms_controller",
 ]

@@ -10,18 +10,18 @@ caught instead of being re-applied forever).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from reconciler import journal, log
 from reconciler import kinds as registry
-from reconciler.errors import ReconcilerError, StateError
+from reconciler.errors import ReconcilerError, StateError, TargetError
 from reconciler.kinds import base
 from reconciler.kinds.base import Provider
 from reconciler.model import HostDesired
-from reconciler.plan import Op, Plan, PlanError
+from reconciler.plan import Change, Op, Plan, PlanError
 from reconciler.state import StateDir
 
 
@@ -66,6 +66,81 @@ def make_plan(
         plan.errors.extend(errors)
         plan.warnings.extend(base.notices(p, desired, live, changes))
     return plan, lives
+
+
+def desired_addresses(desired: HostDesired, vms: Mapping[str, Any] | None = None) -> set[str]:
+    """The address of every resource the desired state names (tombstones included): each
+    kind's section of the host's files, and with ``vms`` (this host is the controller) the
+    VMs of ``vms.yaml``."""
+    out: set[str] = set()
+    for kind in registry.KINDS:
+        if kind.section is not None:
+            out |= {f"{kind.name}/{n}" for n in desired.resource_names(kind.section)}
+        elif kind.cluster and vms is not None:
+            out |= {f"{kind.name}/{n}" for n in vms.get("vms") or {}}
+    return out
+
+
+def select(plan: Plan, targets: Collection[str], known: Collection[str]) -> Plan:
+    """The part of ``plan`` about the resources ``targets`` names (``--target``).
+
+    Kept: the targets' changes, warnings and errors, and the errors that may hide one of
+    them (a kind that could not be read at all, a ``node/...`` head its kind claims, the
+    source). ``known`` is every address the desired state names
+    (:func:`desired_addresses`). Two things a partial plan must not do are refused, as
+    data on the change: a delete of a resource the desired state no longer names
+    (pruning: run the whole plan, or mark it absent), and a change whose op ``needs``
+    another change applied in the same run (the ipset guard's ``require_applied``) that
+    is not targeted. TargetError for a target that names nothing: neither in the desired
+    state nor in the plan."""
+    planned = {c.address for c in plan.changes} | {e.address for e in plan.errors}
+    unknown = sorted(t for t in targets if t not in known and t not in planned)
+    if unknown:
+        raise TargetError(
+            f"--target {', '.join(unknown)}: no such resource in the desired state of "
+            f"{plan.host}, and nothing planned for it"
+        )
+    wanted = set(targets)
+    kinds = {t.split("/", 1)[0] for t in wanted}
+    claimed = {h for k in kinds for h in registry.get(k).error_heads}
+
+    def kept(address: str) -> bool:
+        head, slash, _ = address.partition("/")
+        if address in wanted or address == "source":
+            return True
+        return (not slash and head in kinds) or (bool(slash) and head in claimed)
+
+    changes: list[Change] = []
+    for c in plan.changes:
+        if c.address not in wanted:
+            continue
+        why: list[str] = []
+        if c.action == "delete" and c.address not in known:
+            why.append(
+                f"--target does not prune: {c.address} is no longer in git and this plan "
+                "deletes it; run without --target to review and apply the whole plan (or "
+                "mark it absent: true in git)"
+            )
+        for op in c.ops:
+            needs = op.args.get("needs")
+            if isinstance(needs, str) and needs not in wanted:
+                reason = op.args.get("reason")
+                why.append(
+                    f"it must be applied together with {needs}"
+                    + (f" ({reason})" if reason else "")
+                    + f": add --target {needs}"
+                )
+        if why:
+            c = replace(c, refused="; ".join([*([c.refused] if c.refused else []), *why]))
+        changes.append(c)
+    return Plan(
+        host=plan.host,
+        commit=plan.commit,
+        changes=changes,
+        errors=[e for e in plan.errors if kept(e.address)],
+        warnings=[w for w in plan.warnings if w.address in wanted],
+        targets=tuple(sorted(wanted)),
+    )
 
 
 def apply_plan(
@@ -170,6 +245,7 @@ def _record_run(
         changes=changes,
         refused=[c.address for c in plan.changes if c.refused],
         errors=[e.to_dict() for e in (plan.errors + result.errors)],
+        targets=plan.targets,
     )
     try:
         state.append_run(record)

@@ -123,3 +123,19 @@ class HostConfigError(ReconcilerError):
     """The host configuration (``/etc/reconciler/config.yaml``, ``--config FILE``) is
     missing when named explicitly, unreadable, unsafe or invalid; the message names the file
     (and for invalid content the line and key)."""
+
+
+class RepositoryError(ReconcilerError):
+    """The desired state is not one a run can use as a whole: the directory has neither
+    ``fleet.yaml`` nor ``hosts/`` (a wrong ``--repo``/``--path``), or the host has no
+    ``hosts/<host>.yaml``."""
+
+
+class PlanFileError(ReconcilerError):
+    """A saved plan (``--out``/``--plan``) cannot be written, read or used: unreadable,
+    not a saved plan, made for another host, or stale (the live state or the desired
+    state moved since it was made)."""
+
+
+class TargetError(ReconcilerError):
+    """A ``--target`` names no resource: neither in the desired state nor in the plan."""

@@ -2,7 +2,9 @@
 
 ``--repo`` takes a path or a URL (gitpython does the git work):
 
-* a **plain directory** is read as it is (no commit recorded, nothing can be verified);
+* a **plain directory** (in no git repository at all) is read as it is (no commit recorded,
+  nothing can be verified); a repository git refuses (its ``safe.directory`` ownership
+  check) or fails on is an error naming the fix, never read as a plain directory;
 * a **local work tree** is read at ``HEAD`` (or ``--ref``) from git objects into a temporary
   directory (:mod:`reconciler.gittree`), leaving the user's checkout alone. Uncommitted
   changes under the desired-state path make it *dirty*: the work tree is then read as it is
@@ -140,7 +142,9 @@ def open_local(path: Path, ref: str | None, subdir: str = "") -> Iterator[Source
     temporary directory (removed on exit, :mod:`reconciler.gittree`): the user's checkout is
     never touched, and what is loaded is what verification checks. A dirty tree is read as
     it is, refusing symlinks that leave the desired-state root. Raises SourceError for a
-    missing path, a ``ref`` outside a git repository, an unknown ``ref``, or a symlink.
+    missing path, a ``ref`` outside a git repository, an unknown ``ref``, a symlink, or a
+    repository git refuses or fails on (``safe.directory``: the message names the fix);
+    only a directory that is in no git repository at all is read as a plain directory.
     """
     if not path.is_dir():
         raise SourceError(f"{path}: not a directory")
@@ -156,37 +160,54 @@ def open_local(path: Path, ref: str | None, subdir: str = "") -> Iterator[Source
         repo.git.rev_parse("--git-dir")
     except git.GitCommandError as e:
         # e.g. "detected dubious ownership" (a checkout owned by another user): git itself
-        # refuses this repository, so nothing can be recorded or verified about it.
+        # refuses this repository. Never read its files as a plain directory instead: the
+        # dirty-tree refusal, the recorded commit and drift tracking would all be lost.
+        top = repo.working_tree_dir or repo.git_dir
         repo.close()
-        if ref is not None:
-            raise SourceError(f"--ref {ref}: git refuses {path}: {_git_error(e)}") from e
-        log.get().warning(
-            "source_not_git", path=str(path), error=_git_error(e), effect="no commit recorded"
+        raise SourceError(git_refusal(path, Path(top), e)) from e
+    with contextlib.ExitStack() as stack:
+        stack.callback(repo.close)
+        try:
+            source = _open_git(repo, path, ref, subdir, stack)
+        except git.GitCommandError as e:
+            raise SourceError(git_refusal(path, Path(repo.working_tree_dir or path), e)) from e
+        yield source
+
+
+def git_refusal(path: Path, top: Path, e: Exception) -> str:
+    """What to tell the user when git fails on the local repository at ``path`` (its top
+    ``top``): git's own words, and for git's ownership check the command that trusts it."""
+    why = _git_error(e)
+    if "dubious ownership" in str(getattr(e, "stderr", "") or why) or "safe.directory" in why:
+        return (
+            f"{path}: git refuses this repository (detected dubious ownership: it is owned "
+            "by another user than the one running reconcile); nothing was read from it. If "
+            f"you trust it, run: git config --global --add safe.directory {top}"
         )
-        check_links(path / subdir)
-        yield Source(path / subdir, None)
-        return
+    return f"{path}: git cannot read this repository: {why}; nothing was read from it"
+
+
+def _open_git(
+    repo: git.Repo, path: Path, ref: str | None, subdir: str, stack: contextlib.ExitStack[Any]
+) -> Source:
+    """The source of :func:`open_local` for a repository git accepts; a committed state's
+    temporary directory lives as long as ``stack``."""
     top = Path(repo.working_tree_dir or path).resolve()
     rel = str(path.resolve().relative_to(top)) if path.resolve() != top else ""
     rel = "/".join(p for p in (rel, subdir) if p and p != ".")
-    try:
-        if ref is None and not repo.head.is_valid():
-            check_links(path / subdir)
-            yield Source(path / subdir, None, repo, subdir=rel)  # no commit yet
-            return
-        commit = resolve(repo, ref) if ref is not None else str(repo.head.commit.hexsha)
-        dirty = ref is None and repo.is_dirty(untracked_files=True, path=rel or None)
-        if dirty:
-            # Uncommitted: only the work tree has it (apply needs --allow-dirty).
-            check_links(path / subdir)
-            yield Source(path / subdir, f"{commit}+dirty", repo, dirty=True, subdir=rel)
-            return
-        # Committed: read from the commit's own objects, exactly what verification checks.
-        with tempfile.TemporaryDirectory(prefix="reconciler-tree-") as tmp:
-            gittree.materialize(top, commit, rel, Path(tmp))
-            yield Source(Path(tmp), commit, repo, subdir=rel)
-    finally:
-        repo.close()
+    if ref is None and not repo.head.is_valid():
+        check_links(path / subdir)
+        return Source(path / subdir, None, repo, subdir=rel)  # no commit yet
+    commit = resolve(repo, ref) if ref is not None else str(repo.head.commit.hexsha)
+    dirty = ref is None and repo.is_dirty(untracked_files=True, path=rel or None)
+    if dirty:
+        # Uncommitted: only the work tree has it (apply needs --allow-dirty).
+        check_links(path / subdir)
+        return Source(path / subdir, f"{commit}+dirty", repo, dirty=True, subdir=rel)
+    # Committed: read from the commit's own objects, exactly what verification checks.
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reconciler-tree-")))
+    gittree.materialize(top, commit, rel, tmp)
+    return Source(tmp, commit, repo, subdir=rel)
 
 
 def check_links(root: Path) -> None:

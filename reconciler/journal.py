@@ -12,7 +12,9 @@ Format (one line each, ``format_version`` 1)::
 
 Only applied runs are recorded: a ``--dry-run`` never writes to the host, the journal
 included. ``kinds`` are the kinds the run reconciled (``--only``); ``ok`` is the run's
-verdict (nothing failed, nothing refused, everything converged).
+verdict (nothing failed, nothing refused, everything converged). A run limited to some
+resources (``--target``) also has ``"targets": ["ipset/mgmt"]``: it converged no kind as a
+whole, so it is never a drift baseline.
 
 **Drift** is a change the desired state does not explain: someone changed the host by hand
 and the run put it back. A change is flagged ``"drift": true`` when the run's commit equals
@@ -202,7 +204,10 @@ def errors_of(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def converged_kinds(record: dict[str, Any]) -> set[str]:
-    """The kinds a run left in the desired state: covered, with no error and no refusal."""
+    """The kinds a run left in the desired state: covered, with no error and no refusal.
+    A run limited to some resources (``targets``) converged no kind as a whole."""
+    if record.get("targets"):
+        return set()
     bad = {error_kind(e) for e in errors_of(record)}
     refused = record.get("refused")
     if isinstance(refused, list):
@@ -291,9 +296,11 @@ def run_record(
     changes: list[dict[str, Any]],
     refused: list[str],
     errors: list[dict[str, Any]],
+    targets: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """One journal line (the format in the module docstring) for an applying run."""
-    return {
+    """One journal line (the format in the module docstring) for an applying run;
+    ``targets`` only for a run limited to some resources (``--target``)."""
+    record: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "host": host,
         "commit": commit,
@@ -306,6 +313,9 @@ def run_record(
         "refused": refused,
         "errors": errors,
     }
+    if targets:
+        record["targets"] = list(targets)
+    return record
 
 
 def refusal_record(

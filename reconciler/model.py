@@ -74,6 +74,14 @@ class HostDesired:
     files: tuple[str, ...] = ()
     nics: dict[str, NicSpec] = field(default_factory=dict)
 
+    def resource_names(self, section: str) -> set[str]:
+        """The names of the resources of one section (``ipsets``, ``nics``, ``backups``),
+        typed or plain."""
+        typed: set[str] = set(self.ipsets) if section == "ipsets" else set()
+        if section == "nics":
+            typed = set(self.nics)
+        return typed | set(self.raw.get(section) or {})
+
 
 RingValue = int | Literal["max"]
 

@@ -113,6 +113,8 @@ class Plan:
     changes: list[Change] = field(default_factory=list)
     errors: list[PlanError] = field(default_factory=list)
     warnings: list[PlanWarning] = field(default_factory=list)
+    #: the addresses the plan is limited to (``--target``); empty: the whole host.
+    targets: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -132,11 +134,16 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         """Serialise to the versioned JSON contract (``docs/plan.md``), plus
-        ``warnings`` (a list of ``{"address", "message"}``) when there are any."""
+        ``warnings`` (a list of ``{"address", "message"}``) when there are any and
+        ``targets`` when the plan is limited to some resources (``--target``)."""
         d: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "host": self.host,
             "commit": self.commit,
+        }
+        if self.targets:
+            d["targets"] = list(self.targets)
+        d |= {
             "changes": [c.to_dict() for c in self.changes],
             "errors": [e.to_dict() for e in self.errors],
         }

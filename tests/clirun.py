@@ -29,6 +29,8 @@ def run_backup_only(
     repo = tmp_path / "repo"
     repo.mkdir(exist_ok=True)
     (repo / "fleet.yaml").write_text("{}\n")
+    (repo / "hosts").mkdir(exist_ok=True)
+    (repo / "hosts" / "h1.yaml").write_text("{}\n")
     return reconcile(
         "--repo", str(repo), "--host", "h1", "--only", "backup",
         "--state-dir", str(tmp_path / "state"), "--lock-file", str(tmp_path / "lock"),

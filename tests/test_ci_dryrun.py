@@ -80,6 +80,7 @@ class Repo:
         (self.ds / "hosts" / "a.yaml").write_text(HOST_A.format(rx=rx))
         (self.ds / "hosts" / "b.yaml").write_text(HOST_B.format(last=last))
         (self.ds / "vms.yaml").write_text(VMS.format(node=node))
+        (self.ds / "hosts" / "ctl.yaml").write_text("{}\n")  # the controller's own file
         git(self.root, "add", "-A")
         git(self.root, "commit", "-q", "-m", "change")
         return git(self.root, "rev-parse", "HEAD")
@@ -176,7 +177,7 @@ def test_unknown_base_revision_is_a_clear_error(repo: Repo) -> None:
 def test_ci_flags_need_dry_run(repo: Repo) -> None:
     repo.write()
     r = reconcile("--all-hosts", "--repo", str(repo.ds))
-    assert r.returncode == 2  # argparse's usage error
+    assert r.returncode == 1  # a usage error (issue 13: 2 means "changes pending")
     assert "add --dry-run" in r.stderr
 
 

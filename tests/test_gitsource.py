@@ -62,6 +62,8 @@ class Remote:
         d = self.work / subdir
         d.mkdir(parents=True, exist_ok=True)
         (d / "fleet.yaml").write_text(fleet(members))
+        (d / "hosts").mkdir(exist_ok=True)
+        (d / "hosts" / "h1.yaml").write_text("{}\n")  # every host has its file
         git(self.work, "add", "-A")
         git(self.work, "commit", "-q", "-m", message)
         return git(self.work, "rev-parse", "HEAD")

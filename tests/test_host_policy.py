@@ -47,7 +47,10 @@ class Site:
         git(self.repo, "init", "-q")
 
     def write(self, files: dict[str, str]) -> None:
-        """Write ``files`` (relative to the repository) and commit everything."""
+        """Write ``files`` (relative to the repository) and commit everything (with
+        ``hosts/h1.yaml``, the host every test runs as: ``{}`` unless ``files`` has it)."""
+        if not (self.repo / "hosts" / "h1.yaml").exists():
+            files = {"hosts/h1.yaml": "{}\n", **files}
         for rel, text in files.items():
             (self.repo / rel).parent.mkdir(parents=True, exist_ok=True)
             (self.repo / rel).write_text(text)

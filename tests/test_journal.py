@@ -257,7 +257,7 @@ def test_status_lists_what_is_owned(tmp_path: Path) -> None:
 
 def test_status_rejects_a_bad_last(tmp_path: Path) -> None:
     proc = reconcile("status", "--state-dir", str(tmp_path), "--last", "0")
-    assert proc.returncode == 2 and "positive integer" in proc.stderr
+    assert proc.returncode == 1 and "positive integer" in proc.stderr  # usage (issue 13)
 
 
 def test_an_unreadable_journal_is_a_clear_error(tmp_path: Path) -> None:
@@ -276,6 +276,8 @@ def test_a_real_run_through_the_cli_is_journaled(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "fleet.yaml").write_text("{}\n")
+    (repo / "hosts").mkdir()
+    (repo / "hosts" / "h1.yaml").write_text("{}\n")
     args = ["--repo", str(repo), "--host", "h1", "--only", "backup"]
     args += ["--state-dir", str(tmp_path / "state"), "--lock-file", str(tmp_path / "lock")]
     args += ["--metrics-file", ""]

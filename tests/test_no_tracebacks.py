@@ -26,8 +26,9 @@ def _cli(ns: Netns, tmp: Path, *extra: str, prefix: tuple[str, ...] = ()) -> tup
 
 
 def _repo(tmp: Path, text: str) -> None:
-    (tmp / "repo").mkdir(exist_ok=True)
+    (tmp / "repo" / "hosts").mkdir(parents=True, exist_ok=True)
     (tmp / "repo" / "fleet.yaml").write_text(text)
+    (tmp / "repo" / "hosts" / "h1.yaml").write_text("{}\n")
 
 
 def test_a_hand_edited_ownership_record_is_a_clear_error(netns: Netns, tmp_path: Path) -> None:  # noqa: F811

@@ -44,6 +44,8 @@ class SignedRemote(Remote):
     def commit_as(self, members: list[str], message: str, key: Path | None) -> str:
         verify = "verify:\n  signers:\n    - {name: ops, ssh: keys/ops.pub}\n"
         (self.work / "fleet.yaml").write_text(fleet(members) + verify)
+        (self.work / "hosts").mkdir(exist_ok=True)
+        (self.work / "hosts" / "h1.yaml").write_text("{}\n")  # every host has its file
         git(self.work, "add", "-A")
         sign = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "commit", "-S"]
         git(self.work, *(sign if key is not None else ["commit"]), "-q", "-m", message)

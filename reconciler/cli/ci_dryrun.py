@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reconciler import desired as desired_mod
 from reconciler import gitsource
 from reconciler.cli import common
 from reconciler.cli.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace, config: HostConfig | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack:
             source = stack.enter_context(gitsource.open_local(Path(args.repo), args.ref, args.path))
+            desired_mod.check_repository(source.path, common.shown_repo(args))
             base = _export_against(args, source, stack)
             result = _plan(args, source, kinds, base, config)
     except ReconcilerError as e:
@@ -124,9 +126,13 @@ def _write(args: argparse.Namespace, result: CiResult, commit: str | None) -> No
             "commit": commit,
             "against": args.against,
             "hosts": result.plans,
-            "summary": {"hosts": len(result.plans), "changes": result.changes},
+            "summary": {
+                "hosts": len(result.plans),
+                "changes": result.changes,
+                "errors": result.errors,
+            },
         }
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
-        sys.stdout.write(ci.render_text(result, commit))
+        sys.stdout.write(ci.render_text(result, commit, colour=common.colour(sys.stdout)))
     sys.stdout.flush()

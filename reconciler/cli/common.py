@@ -12,13 +12,14 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NoReturn
 
 from reconciler import desired as desired_mod
 from reconciler import hostconfig, log
 from reconciler import kinds as registry
-from reconciler.errors import ValidationError
+from reconciler.errors import RepositoryError, ValidationError
 from reconciler.hostconfig import HostConfig
 from reconciler.kinds.base import Context, Provider
 from reconciler.model import HostDesired
@@ -27,6 +28,59 @@ KINDS = registry.NAMES
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 DEFAULT_STATE_DIR = "/var/lib/reconciler"
 DEFAULT_LOCK_FILE = "/run/reconciler.lock"
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors exit 1 (:data:`EXIT_ERROR`) with the usage
+    line and the problem on stderr: exit 2 means "changes pending" (``--detailed-exitcode``),
+    which a command line argparse rejects must never look like."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print the usage line and ``message`` on stderr, then exit 1."""
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def colour(stream: IO[str]) -> bool:
+    """Whether output to ``stream`` gets colour: only on a terminal, and never when
+    ``NO_COLOR`` is set to anything but the empty string (https://no-color.org)."""
+    if os.environ.get("NO_COLOR", ""):
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _may_write(path: Path) -> bool:
+    """Whether this user may create or change ``path`` (a file or directory): the path
+    itself when it exists, else the nearest existing directory above it."""
+    p = path
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        p = p.parent
+    mode = os.W_OK | os.X_OK if p.is_dir() else os.W_OK
+    return os.access(p, mode)
+
+
+def needs_root(
+    kinds: Sequence[str], *, writes: Sequence[Path] = (), reads: Sequence[Path] = ()
+) -> str | None:
+    """Why a run of ``kinds`` by this (non-root) user cannot work, as the one-line message
+    to print, or None (root, or nothing out of this user's reach). It needs root when a
+    kind reads or changes what only root may (the kernel's network state:
+    ``Kind.needs_root``), or a path it must write (the state dir, the lock file) or read is
+    not this user's to write or read (``/var/lib/reconciler``, ``/run``)."""
+    if os.geteuid() == 0:
+        return None
+    what: list[str] = []
+    privileged = [k for k in kinds if registry.get(k).needs_root]
+    if privileged:
+        what.append(f"this host's {', '.join(privileged)} state in the kernel")
+    what += [str(p) for p in writes if not _may_write(p)]
+    what += [str(p) for p in reads if p.exists() and not os.access(p, os.R_OK | os.X_OK)]
+    if not what:
+        return None
+    return f"needs root (it reads and changes {'; '.join(what)}); run it with sudo"
 
 
 def parse_kinds(value: str) -> list[str]:
@@ -173,14 +227,56 @@ def short_hostname() -> str:
     return socket.gethostname().split(".")[0]
 
 
+def shown_repo(args: argparse.Namespace) -> str:
+    """The desired-state directory as the user named it (``--repo``, with ``--path``)."""
+    repo: str = args.repo
+    path: str = getattr(args, "path", "") or ""
+    return f"{repo.rstrip('/')}/{path}" if path else repo
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A host's validated desired state for a run: ``desired``, ``vms.yaml`` (with the vm
+    kind), the ``kinds`` to plan (those asked for, or for the VM controller without a host
+    file only the cluster-wide ones) and ``note``, the warning that says so (else None)."""
+
+    desired: HostDesired
+    vms: dict[str, Any] | None
+    kinds: list[str]
+    note: str | None = None
+
+
 def load_desired(
-    repo: Path, host: str, kinds: Sequence[str], config: HostConfig | None = None
-) -> tuple[HostDesired, dict[str, Any] | None]:
+    repo: Path,
+    host: str,
+    kinds: Sequence[str],
+    config: HostConfig | None = None,
+    *,
+    shown: str | None = None,
+) -> Loaded:
     """The host's desired state and (with the vm kind) vms.yaml, checked against the host
-    configuration ``config`` (None: the defaults); ValidationError if bad."""
+    configuration ``config`` (None: the defaults); ValidationError if bad.
+
+    RepositoryError first when ``repo`` (named ``shown`` in the message) is not a
+    desired-state repository, or the host has no ``hosts/<host>.yaml``. The one exception
+    is the VM controller ``vms.yaml`` names: without a host file it is planned for the
+    cluster-wide kind (``vm``) only, which is what vms.yaml names it for; its other kinds
+    need the file (an empty ``{}``), and the result's ``note`` says so."""
+    desired_mod.check_repository(repo, shown)
+    kinds = list(kinds)
+    note = None
+    if not desired_mod.has_host_file(repo, host):
+        cluster = [k for k in kinds if registry.get(k).cluster]
+        if not cluster or desired_mod.vms_controller(repo) != host:
+            raise RepositoryError(desired_mod.missing_host_file(host))
+        skipped = [k for k in kinds if k not in cluster]
+        if skipped:
+            note = desired_mod.controller_without_file(host, skipped)
+            log.get().warning("kinds_skipped", host=host, kinds=skipped, reason=note)
+        kinds = cluster
     desired = desired_mod.load_host(repo, host, config=config)
     vms = desired_mod.load_vms(repo, config=config) if "vm" in kinds else None
-    return desired, vms
+    return Loaded(desired, vms, kinds, note)
 
 
 def providers(kinds: Sequence[str], ctx: Context) -> list[Provider]:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser for ``reconcile snapshot``."""
-    p = argparse.ArgumentParser(
+    p = common.Parser(
         prog="reconcile snapshot",
         description="Write this host's live state (read only, nothing changed) to a JSON file "
         "that 'reconcile --dry-run --snapshots DIR' plans against in CI.",
@@ -69,15 +69,25 @@ def run(argv: Sequence[str]) -> int:
     host = args.host or common.short_hostname()
     kinds = args.only or list(common.KINDS)
     out = Path(args.output or f"{host}.json")
+    why = common.needs_root(kinds, writes=[Path(args.lock_file)], reads=[Path(args.state_dir)])
+    if why is not None:
+        print(f"reconcile snapshot: {why}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         # Taken so the snapshot never shows a half-applied run.
         with RunLock(Path(args.lock_file), wait=args.wait), contextlib.ExitStack() as stack:
             source = stack.enter_context(gitsource.open_local(Path(args.repo), None, args.path))
             try:
-                desired, vms = common.load_desired(source.path, host, kinds, config)
+                loaded = common.load_desired(
+                    source.path, host, kinds, config, shown=common.shown_repo(args)
+                )
             except ValidationError as e:
                 return common.invalid(e)
-            snap = _read(args, stack, source, host, kinds, desired, vms, config)
+            if loaded.note is not None:
+                print(f"reconcile snapshot: warning: {loaded.note}", file=sys.stderr)
+            snap = _read(
+                args, stack, source, host, loaded.kinds, loaded.desired, loaded.vms, config
+            )
             snapshot.write_snapshot(out, snap)
     except ReconcilerError as e:
         print(f"reconcile snapshot: {e}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from reconciler.state import StateDir
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser for ``reconcile status``."""
-    p = argparse.ArgumentParser(
+    p = common.Parser(
         prog="reconcile status",
         description="Show the last runs, the applied commit and the drift seen, "
         "from the run journal in the state dir.",
@@ -43,6 +44,13 @@ def _positive_int(value: str) -> int:
     return n
 
 
+def _owner(path: Path) -> int | None:
+    try:
+        return path.stat().st_uid
+    except OSError:
+        return None
+
+
 def run(argv: Sequence[str]) -> int:
     """``reconcile status``: the last runs, the applied commit and the drift, from the journal.
 
@@ -51,8 +59,16 @@ def run(argv: Sequence[str]) -> int:
     unreadable, or ``ours.json`` is corrupt.
     """
     args = build_parser().parse_args(argv)
+    path = Path(args.state_dir)
+    if os.geteuid() != 0 and path.is_dir() and _owner(path) == 0:
+        # root's state dir (the timer's): only root may trust it, and read it.
+        print(
+            f"reconcile status: needs root (it reads {path}, which is root's); run it with sudo",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     try:
-        state = StateDir(Path(args.state_dir), create=False)
+        state = StateDir(path, create=False)
         contents = state.runs()
     except StateError as e:
         print(f"reconcile status: {e}", file=sys.stderr)

@@ -53,6 +53,8 @@ def test_reconcile_with_invalid_state_exits_1_before_touching_the_host(tmp_path:
     (tmp_path / "fleet.yaml").write_text(
         "ipsets:\n  mgmt:\n    type: hash:net\n    members: [0.0.0.0/0]\n"
     )
+    (tmp_path / "hosts").mkdir()
+    (tmp_path / "hosts" / "h1.yaml").write_text("{}\n")
     state, lock = tmp_path / "state", tmp_path / "lock"
     proc = reconcile(
         "--dry-run",
@@ -72,7 +74,7 @@ def test_reconcile_with_invalid_state_exits_1_before_touching_the_host(tmp_path:
 
 def test_unknown_kind_in_only_is_a_usage_error() -> None:
     proc = reconcile("--dry-run", "--only", "ipset,firewall")
-    assert proc.returncode == 2  # argparse's usage error
+    assert proc.returncode == 1  # a usage error (issue 13: 2 means "changes pending")
     assert "unknown kind firewall" in proc.stderr
 
 

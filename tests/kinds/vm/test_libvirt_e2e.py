@@ -246,6 +246,7 @@ def _write_desired_state(
         "vms": vms,
     }
     (repo / "vms.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    (repo / "fleet.yaml").write_text("{}\n")  # a desired-state repository says it is one
 
 
 def _reconcile_args(tmp_path: Path, *extra: str) -> list[str]:
