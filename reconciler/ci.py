@@ -287,7 +287,8 @@ def _plan_host(
         if controller and host_vms is not None:
             changes += against.cluster_changes(vms_before, host_vms, wanted)
             if base_vms_problem:
-                warnings.append(PlanWarning("vm", base_vms_problem))  # the cluster kind
+                cluster = next(k.name for k in registry.KINDS if k.cluster)
+                warnings.append(PlanWarning(cluster, base_vms_problem))
         errors = []
         basis = Basis("against", {"rev": base_rev})
     else:

@@ -275,7 +275,8 @@ def load_desired(
             log.get().warning("kinds_skipped", host=host, kinds=skipped, reason=note)
         kinds = cluster
     desired = desired_mod.load_host(repo, host, config=config)
-    vms = desired_mod.load_vms(repo, config=config) if "vm" in kinds else None
+    cluster_wide = any(registry.get(k).cluster for k in kinds)
+    vms = desired_mod.load_vms(repo, config=config) if cluster_wide else None
     return Loaded(desired, vms, kinds, note)
 
 

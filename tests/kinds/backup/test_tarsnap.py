@@ -442,3 +442,27 @@ def test_unreadable_check_records_fail_only_the_sets_with_check(
     plan, _ = engine.make_plan(desired, [provider])
     assert [(e.address, "Remove it" in e.message) for e in plan.errors] == [("backup/etc", True)]
     assert [c.address for c in plan.changes] == ["backup/home"]
+
+
+def test_a_backup_command_that_cannot_be_started_is_an_error_not_a_traceback(
+    acct: Account,
+) -> None:
+    """The host's tarsnap is a file that is not executable (issue 12: PermissionError):
+    the set is an error naming the command, exit 1, nothing written, no traceback."""
+    acct.seed(["etc-20240101-000000"])
+    acct.write({"etc": acct.tarsnap_set(keep={"last": 5})})
+    broken = acct.root / "tarsnap-not-executable"
+    broken.write_text("#!/bin/sh\nexit 0\n")
+    broken.chmod(0o644)
+    config = hostcfg.write(acct.root / "host2", tarsnap=str(broken), allowed_dirs=[acct.root])
+    base = (
+        "--repo", str(acct.desired_dir), "--host", HOST, "--only", "backup",
+        "--state-dir", str(acct.root / "state"), "--lock-file", str(acct.root / "lock"),
+    )  # fmt: skip
+    env = hostcfg.env_with(config, {**os.environ, "RECONCILER_METRICS_FILE": ""})
+    for extra in (("--dry-run",), ()):
+        r = reconcile(*base, *extra, env=env)
+        assert r.returncode == 1
+        assert "backup/etc" in r.stdout + r.stderr and str(broken) in r.stdout + r.stderr
+        assert "Traceback" not in r.stderr
+    assert acct.writes() == []
