@@ -1,8 +1,8 @@
 """Independent, throw-away ``libvirtd`` instances with the QEMU driver, for the lab and tests.
 
 Used by ``./scripts/lab``'s placement stage (:mod:`lab.stages`) and by the end-to-end
-tests (``tests/kinds/vm/test_libvirt_e2e.py``); it lives in the package because product code may not
-import from ``tests/``.
+tests (``tests/kinds/vm/test_libvirt_e2e.py``); it lives in ``lab/``, outside the product
+package, where both can import it.
 
 Each *node* is one ``libvirtd`` plus its own ``virtlogd``, started by::
 

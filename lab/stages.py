@@ -418,7 +418,7 @@ def inside_vm(repo: Path, hosts: Sequence[str]) -> int:
     """The VM stage's guest side: wire br0 over the second NIC, then run the story."""
     nics = [n for n in os.environ.get("RECONCILER_VM_NICS", "").split(",") if n]
     if len(nics) < 2:
-        print("reconcile-lab: --inside-vm needs two NICs in RECONCILER_VM_NICS", file=sys.stderr)
+        print("scripts/lab: --inside-vm needs two NICs in RECONCILER_VM_NICS", file=sys.stderr)
         return 1
     _sh(["ip", "link", "add", "br0", "type", "bridge"])
     _sh(["ip", "link", "set", nics[1], "master", "br0"])
@@ -431,7 +431,7 @@ def inside_vm(repo: Path, hosts: Sequence[str]) -> int:
             for host in hosts:
                 lab.story(host, load_host(repo, host))
         except LabError as e:
-            print(f"\nreconcile-lab (in the VM): {e}", file=sys.stderr)
+            print(f"\nscripts/lab (in the VM): {e}", file=sys.stderr)
             return 1
     return 0
 
@@ -743,7 +743,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return inside_vm(repo, args.host)
             return _stages(args, repo, config)
     except HostConfigError as e:
-        print(f"\nreconcile-lab: {e}", file=sys.stderr)
+        print(f"\nscripts/lab: {e}", file=sys.stderr)
         return 1
 
 
@@ -798,7 +798,7 @@ def _stages(args: argparse.Namespace, repo: Path, config: Path) -> int:
         print("\nLab finished: every step behaved as expected.")
         return 0
     except (LabError, ValidationError) as e:
-        print(f"\nreconcile-lab: {e}", file=sys.stderr)
+        print(f"\nscripts/lab: {e}", file=sys.stderr)
         return 1
 
 

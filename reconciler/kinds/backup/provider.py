@@ -3,7 +3,7 @@
 A run makes a new archive ``<set>-YYYYMMDD-HHMMSS`` (UTC) when the newest archive of the set
 is at least ``every`` old (or there is none), and deletes the archives the set's keep policy no
 longer keeps, as decided by :func:`.retention.decide` -- the same decision for tarsnap and
-restic. Safety rules (DESIGN.md section 5):
+restic. Safety rules (``docs/desired-state.md``):
 
 * ``read`` reads the clock once and stores ``now`` in the live state, so ``diff`` is pure and a
   dry run plans exactly what the real run does. It writes nothing of ours (restic lists with
