@@ -212,7 +212,8 @@ def _openpgp_fingerprint(text: str, home: Path) -> str:
         raise VerifyError("this is a secret OpenPGP key; commit only the public key (--export)")
     if "-----BEGIN PGP PUBLIC KEY BLOCK-----" not in text:
         raise VerifyError("not an OpenPGP public key: no armored PUBLIC KEY BLOCK")
-    proc = _gpg(
+    proc = _signature_tool(
+        "gpg",
         ["--batch", "--with-colons", "--import-options", "show-only", "--import"],
         what="read an OpenPGP key",
         commit=None,
@@ -305,30 +306,6 @@ def _read_blob(repo: git.Repo, sha: str, path: str) -> tuple[str | None, str | N
 # -- subprocesses -----------------------------------------------------------------------------
 
 
-def _gpg(
-    args: list[str],
-    *,
-    what: str,
-    commit: str | None,
-    env: dict[str, str],
-    stdin: bytes | None = None,
-) -> subprocess.CompletedProcess[bytes]:
-    """Run ``gpg args`` (``what``: why, for messages); see :func:`_signature_tool`."""
-    return _signature_tool("gpg", args, what=what, commit=commit, env=env, stdin=stdin)
-
-
-def _ssh_keygen(
-    args: list[str],
-    *,
-    what: str,
-    commit: str | None,
-    env: dict[str, str],
-    stdin: bytes | None = None,
-) -> subprocess.CompletedProcess[bytes]:
-    """Run ``ssh-keygen args`` (``what``: why, for messages); see :func:`_signature_tool`."""
-    return _signature_tool("ssh-keygen", args, what=what, commit=commit, env=env, stdin=stdin)
-
-
 def _signature_tool(
     tool: str,
     args: list[str],
@@ -336,7 +313,7 @@ def _signature_tool(
     what: str,
     commit: str | None,
     env: dict[str, str],
-    stdin: bytes | None,
+    stdin: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run gpg or ssh-keygen with at most _TIMEOUT seconds; the exit status is the caller's
     to judge. A tool that is missing (_ToolMissing, naming its package), cannot start or runs
@@ -619,7 +596,8 @@ class _Checker:
             for i, key in enumerate(k for k in self.keys if k.key_type == OPENPGP):
                 keyfile = self.tmp / f"key{i}.asc"
                 keyfile.write_text(key.text, encoding="utf-8")
-                proc = _gpg(
+                proc = _signature_tool(
+                    "gpg",
                     ["--batch", "--import", str(keyfile)],
                     what="verify OpenPGP-signed commits",
                     commit=sha,
@@ -657,7 +635,8 @@ class _Checker:
         # --no-auto-key-retrieve: an unknown key must fail here, never be fetched from a
         # keyserver (it would not be pinned anyway, but the lookup leaks and can hang).
         args = ["--batch", "--no-auto-key-retrieve", "--status-fd", "1", "--verify"]
-        proc = _gpg(
+        proc = _signature_tool(
+            "gpg",
             [*args, str(sigfile), str(datafile)],
             what=f"verify the OpenPGP signature of {what}",
             commit=sha,
@@ -770,7 +749,8 @@ class _Checker:
         sigfile = self.tmp / "commit.sshsig"
         sigfile.write_bytes(sig)
         env = _base_env()
-        found = _ssh_keygen(
+        found = _signature_tool(
+            "ssh-keygen",
             ["-Y", "find-principals", "-s", str(sigfile), "-f", str(allowed)],
             what=f"verify the SSH signature of {what}",
             commit=sha,
@@ -785,7 +765,8 @@ class _Checker:
                 sha,
             )
         principal = principals[0]
-        proc = _ssh_keygen(
+        proc = _signature_tool(
+            "ssh-keygen",
             ["-Y", "verify", "-f", str(allowed), "-I", principal, "-n", "git", "-s", str(sigfile)],
             what=f"verify the SSH signature of {what}",
             commit=sha,
