@@ -7,15 +7,17 @@ the first argument; anything else is the ``reconcile [--dry-run]`` command itsel
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Sequence
 
-from reconciler.cli import apply, snapshot, status, validate
-from reconciler.cli.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK
-
 __all__ = ["EXIT_CHANGES", "EXIT_ERROR", "EXIT_OK", "main"]
 
-_SUBCOMMANDS = {"validate": validate.run, "status": status.run, "snapshot": snapshot.run}
+from reconciler.cli.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK
+
+# Subcommand -> module under reconciler.cli with a ``run(argv) -> int``. Modules are imported
+# only when their subcommand runs: ``reconcile --version`` must not pay for providers.
+_SUBCOMMANDS = {"validate": "validate", "status": "status", "snapshot": "snapshot"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,10 +26,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     An interrupt (Ctrl-C) or a closed stdout (broken pipe) exits 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        subcommand = _SUBCOMMANDS.get(argv[0]) if argv else None
-        if subcommand is not None:
-            return subcommand(argv[1:])
-        return apply.run(argv)
+        module = _SUBCOMMANDS.get(argv[0]) if argv else None
+        if module is not None:
+            argv = argv[1:]
+        else:
+            module = "apply"
+        run = importlib.import_module(f"reconciler.cli.{module}").run
+        code: int = run(argv)
+        return code
     except KeyboardInterrupt:
         print("reconcile: interrupted", file=sys.stderr)
         return EXIT_ERROR
