@@ -31,19 +31,29 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
-
-import fastjsonschema
-import jsonschema
-from jsonschema import Draft202012Validator
+from typing import TYPE_CHECKING, Any, cast
 
 from reconciler import kinds as registry
+from reconciler.cache import FLEET_ROLE, HOST_ROLE, DesiredCache
 from reconciler.errors import Problem, RepositoryError, ValidationError
 from reconciler.hostconfig import HostConfig
 from reconciler.kinds.vm.checks import check_vms
 from reconciler.model import HostDesired
 from reconciler.schema import host_schema
-from reconciler.yamlsrc import YamlDoc, YPath, format_path, load_yaml, plain_copy
+from reconciler.yamlsrc import (
+    YamlDoc,
+    YPath,
+    format_path,
+    load_yaml,
+    parse_fast,
+    parse_yaml,
+    plain_copy,
+    read_bounded,
+)
+
+if TYPE_CHECKING:
+    import jsonschema
+    from jsonschema import Draft202012Validator
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
@@ -80,6 +90,9 @@ def _schema(name: str) -> dict[str, Any]:
 
 @functools.cache
 def _validator(name: str) -> Draft202012Validator:
+    # jsonschema (~0.1 s to import) only locates problems, after the fast check failed.
+    from jsonschema import Draft202012Validator
+
     schema = _schema(name)
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
@@ -160,7 +173,9 @@ def _translate(
     elif kind == "pattern":
         msg = f"{got} does not match the pattern {vv}"
     elif kind in ("anyOf", "oneOf") and err.context:
-        best = jsonschema.exceptions.best_match(err.context)
+        from jsonschema.exceptions import best_match
+
+        best = best_match(err.context)
         if best is not None:
             yield from _translate(best, doc, top_unknown)
             return
@@ -178,18 +193,29 @@ def _fast_check(name: str) -> Callable[[Any], Any]:
     "valid?"; jsonschema then finds every problem. Our schemas use draft-07 keywords only
     (``tests/test_schema_fast.py`` checks both validators agree). ``use_default=False``: it
     must never write defaults into the document."""
+    import fastjsonschema
+
     schema = _schema(name)
     schema.pop("$schema", None)  # compiled with draft-07 semantics, which is all we use
     return cast(Callable[[Any], Any], fastjsonschema.compile(schema, use_default=False))
 
 
+def _fast_valid(schema: str, data: Any) -> bool:
+    """Whether ``data`` is valid against ``schema``, by the compiled check alone."""
+    from fastjsonschema import JsonSchemaException
+
+    try:
+        _fast_check(schema)(data)
+    except JsonSchemaException:
+        return False
+    return True
+
+
 def _schema_problems(doc: YamlDoc, schema: str, top_unknown: str | None) -> list[Problem]:
     out: list[Problem] = []
-    try:
-        _fast_check(schema)(doc.data)
+    if _fast_valid(schema, doc.data):
         return out
-    except fastjsonschema.JsonSchemaException:
-        pass  # invalid: jsonschema reports every problem, located
+    # Invalid: jsonschema reports every problem, located.
     for err in _validator(schema).iter_errors(doc.data):
         out.extend(_translate(err, doc, top_unknown))
     return out
@@ -256,22 +282,31 @@ class LoadCache:
     ``derived`` results, which are the same for every user of that content.
     """
 
-    def __init__(self, *, max_host_files: int | None = None) -> None:
+    def __init__(
+        self, *, max_host_files: int | None = None, disk_cache: DesiredCache | None = None
+    ) -> None:
         """``fleet.yaml`` (shared by every host) is always kept; with ``max_host_files`` only
         that many host files are (the most recent): a caller that loads each host at two
         revisions in turn reuses an unchanged file and holds one host at a time, not the
-        whole fleet (1,000 hosts with 5,000-CIDR sets: gigabytes)."""
+        whole fleet (1,000 hosts with 5,000-CIDR sets: gigabytes). With ``disk_cache`` a
+        file not in memory is looked up there before it is parsed, and stored there once
+        validated (:class:`reconciler.cache.DesiredCache`)."""
         self.max_host_files = max_host_files
+        self.disk_cache = disk_cache
         self.docs: OrderedDict[tuple[str, bytes], YamlDoc] = OrderedDict()
         self._host_keys: OrderedDict[tuple[str, bytes], None] = OrderedDict()
 
     def load(self, repo: Path, rel: str) -> YamlDoc:
         """The validated document ``rel`` of ``repo``, from the cache when its content was
         loaded before."""
-        key = (rel, hashlib.sha256((repo / rel).read_bytes()).digest())
-        cached = self.docs.get(key)
+        raw = _read_file(repo / rel)
+        key = (rel, hashlib.sha256(raw if raw is not None else b"").digest())
+        cached = self.docs.get(key) if raw is not None else None
         if cached is None:
-            cached = self.docs[key] = _load_host_file(repo, rel)
+            cached = _validated_host_file(repo, rel, raw, self.disk_cache)
+            if raw is None:
+                return cached
+            self.docs[key] = cached
         if rel != FLEET_FILE and self.max_host_files is not None:
             self._host_keys[key] = None
             self._host_keys.move_to_end(key)
@@ -280,34 +315,102 @@ class LoadCache:
         return cached
 
 
-def _load_host_file(repo: Path, rel: str, cache: LoadCache | None = None) -> YamlDoc:
+def _read_file(path: Path) -> bytes | None:
+    """The bytes of a desired-state file, None when it is no regular file of bounded size
+    (then :func:`reconciler.yamlsrc.load_yaml` reports it). Raises OSError, as
+    ``load_yaml`` does."""
+    return read_bounded(path)
+
+
+def _load_host_file(
+    repo: Path,
+    rel: str,
+    cache: LoadCache | None = None,
+    disk_cache: DesiredCache | None = None,
+) -> YamlDoc:
     """Load and fully validate one fleet/host file; problems are in ``doc.problems``."""
     if cache is not None:
         return cache.load(repo, rel)
-    doc = load_yaml(repo / rel, rel)
+    return _validated_host_file(repo, rel, _read_file(repo / rel), disk_cache)
+
+
+def _validated_host_file(
+    repo: Path, rel: str, raw: bytes | None, disk_cache: DesiredCache | None
+) -> YamlDoc:
+    """The validated document ``rel`` of ``repo`` whose bytes are ``raw``.
+
+    Three ways, one answer. From ``disk_cache`` when it holds this content (only files
+    with no problem are ever stored; the key files ``verify`` names are checked again, as
+    they are not the file's content). Else through :func:`reconciler.yamlsrc.parse_fast`
+    and the checks, which, when everything passes, is the answer (and is stored). Else,
+    when anything failed or the fast parser declined, the line-aware loader and the same
+    checks again, whose problems (file, line, field) are the ones reported.
+    """
+    role = FLEET_ROLE if rel == FLEET_FILE else HOST_ROLE
+    if raw is not None:
+        if disk_cache is not None:
+            doc = disk_cache.get(role, raw, rel, repo)
+            if doc is not None:
+                doc.problems += _key_file_problems(repo, doc)
+                return doc
+        doc = _checked_fast(repo, rel, raw)
+        if doc is not None:
+            if disk_cache is not None:
+                disk_cache.put(role, raw, doc)
+            return doc
+    doc = load_yaml(repo / rel, rel) if raw is None else parse_yaml(raw, rel)
+    doc.root = repo
     if doc.data is None:
         return doc
-    schema_problems = _schema_problems(doc, HOST_SCHEMA, "kind")
-    doc.problems += schema_problems
+    doc.problems += _schema_problems(doc, HOST_SCHEMA, "kind")
+    doc.problems += _verify_problems(repo, rel, doc)
+    doc.problems += _check_host_semantics(repo / rel, doc)
+    if raw is not None and disk_cache is not None and not doc.problems:
+        disk_cache.put(role, raw, doc)  # valid, but beyond the fast parser (merge keys)
+    return doc
+
+
+def _checked_fast(repo: Path, rel: str, raw: bytes) -> YamlDoc | None:
+    """The document of ``raw`` when the fast parser reads it and every check passes, else
+    None (the caller then reports what failed, located by the line-aware loader)."""
+    doc = parse_fast(raw, rel)
+    if doc is None:
+        return None
+    doc.root = repo
+    if not _fast_valid(HOST_SCHEMA, doc.data):
+        return None
+    if _verify_problems(repo, rel, doc) or _check_host_semantics(repo / rel, doc):
+        return None
+    return doc
+
+
+def _verify_problems(repo: Path, rel: str, doc: YamlDoc) -> list[Problem]:
+    """``verify`` in a host file, or key files ``verify`` names that do not exist."""
     if rel != FLEET_FILE and isinstance(doc.data, dict) and "verify" in doc.data:
         # Commit verification is repository-wide: a host file cannot switch it off or on.
-        doc.problems.append(
+        return [
             doc.problem(
                 ("verify",), "'verify' belongs in fleet.yaml (it covers every host)", key=True
             )
-        )
-    elif isinstance(doc.data, dict) and isinstance(doc.data.get("verify"), dict):
+        ]
+    return _key_file_problems(repo, doc)
+
+
+def _key_file_problems(repo: Path, doc: YamlDoc) -> list[Problem]:
+    """Key files named by ``verify.signers`` that are not files of ``repo``: checked on
+    every load, cached or not (they are other files than this one)."""
+    out: list[Problem] = []
+    if isinstance(doc.data, dict) and isinstance(doc.data.get("verify"), dict):
         for i, signer in enumerate(doc.data["verify"].get("signers") or []):
             if not isinstance(signer, dict):
                 continue
             for field in ("openpgp", "ssh"):
                 key_file = signer.get(field)
                 if isinstance(key_file, str) and not (repo / key_file).is_file():
-                    doc.problems.append(
+                    out.append(
                         doc.problem(("verify", "signers", i, field), f"no such key file {key_file}")
                     )
-    doc.problems += _check_host_semantics(repo / rel, doc)
-    return doc
+    return out
 
 
 def _load_vms_file(repo: Path, config: HostConfig | None = None) -> YamlDoc:
@@ -434,20 +537,27 @@ def content_digest(repo: Path) -> str:
 
 
 def validate_repo(
-    repo: Path, cache: LoadCache | None = None, *, config: HostConfig | None = None
+    repo: Path,
+    cache: LoadCache | None = None,
+    *,
+    config: HostConfig | None = None,
+    disk_cache: DesiredCache | None = None,
 ) -> list[Problem]:
     """Validate the whole desired-state repository and return every problem, sorted.
 
     Checks ``fleet.yaml`` (optional), every ``hosts/*.yaml``, ``vms.yaml`` (optional) and the
     ``vms/*.xml`` definitions it references, and what they ask of the host against the host
     configuration ``config`` (None: the defaults). File names in problems are relative to
-    ``repo``. An empty list means the repository is valid.
+    ``repo``. An empty list means the repository is valid. With ``disk_cache``
+    (:class:`reconciler.cache.DesiredCache`) a fleet or host file validated before (same
+    content, schema and reconciler) is not parsed again, and a valid one is stored; the
+    answer is the same with or without it, and nothing is stored for an invalid file.
     """
     problems: list[Problem] = []
     rels = [FLEET_FILE] if (repo / FLEET_FILE).exists() else []
     rels += [f"{HOSTS_DIR}/{name}.yaml" for name in list_hosts(repo)]
     for rel in rels:
-        doc = _load_host_file(repo, rel, cache)
+        doc = _load_host_file(repo, rel, cache, disk_cache)
         problems += doc.problems + _check_host_policy(doc, config)
     problems += stray_host_files(repo)
     if (repo / VMS_FILE).exists():
@@ -461,6 +571,7 @@ def load_host(
     cache: LoadCache | None = None,
     *,
     config: HostConfig | None = None,
+    disk_cache: DesiredCache | None = None,
 ) -> HostDesired:
     """Validate ``fleet.yaml`` and ``hosts/<host>.yaml`` and return the merged desired state.
 
@@ -474,18 +585,21 @@ def load_host(
     :class:`NicSpec` (``source`` at the NIC's key, a ``ports`` block's at its ``ports`` key);
     ``nics``, ``backups`` and ``tarsnap`` are also returned validated in ``raw`` (offload
     values normalised to ``bool``, ``tarsnap.command`` defaulting to ``tarsnap``). With a
-    :class:`LoadCache`, files already loaded (same name and content) are not parsed again.
-    What the files ask of the host (programs, host files, :mod:`reconciler.hostconfig`) is
-    checked against ``config`` (None: the defaults) on every call.
+    :class:`LoadCache`, files already loaded (same name and content) are not parsed again;
+    with ``disk_cache`` (:class:`reconciler.cache.DesiredCache`; a ``LoadCache`` has its
+    own), neither are files validated by an earlier process: a hit gives the same desired
+    state, ``source`` locations included, and the same errors. What the files ask of the
+    host (programs, host files, :mod:`reconciler.hostconfig`) is checked against
+    ``config`` (None: the defaults) on every call.
     """
     if not _HOST_NAME.match(host):
         raise ValidationError([Problem(f"{HOSTS_DIR}/{host}.yaml", 0, 0, "", "invalid host name")])
     docs: list[YamlDoc] = []
     if (repo / FLEET_FILE).exists():
-        docs.append(_load_host_file(repo, FLEET_FILE, cache))
+        docs.append(_load_host_file(repo, FLEET_FILE, cache, disk_cache))
     host_rel = f"{HOSTS_DIR}/{host}.yaml"
     if (repo / host_rel).exists():
-        docs.append(_load_host_file(repo, host_rel, cache))
+        docs.append(_load_host_file(repo, host_rel, cache, disk_cache))
     problems = [p for d in docs for p in (*d.problems, *_check_host_policy(d, config))]
     if problems:
         raise ValidationError(problems)
@@ -551,6 +665,7 @@ def load_vms(repo: Path, *, config: HostConfig | None = None) -> dict[str, Any] 
 
 
 __all__ = [
+    "DesiredCache",
     "LoadCache",
     "check_host_file",
     "check_repository",

@@ -1,0 +1,456 @@
+"""The cache of validated desired state, keyed by content (``docs/cache.md``).
+
+A timer run on an unchanged commit, or a CI dry-run of a commit that changed one host file,
+would otherwise parse and validate the same files again: 65,536 members of a set cost
+seconds of YAML, schema and CIDR work. An entry holds what validating one ``fleet.yaml`` or
+``hosts/<host>.yaml`` produced: its plain data, the positions of its mapping keys and values
+(for the ``source`` of what is planned; the rest is parsed again from the unchanged file
+when a message needs it), the results later steps reuse (an ipset's canonical members) and
+the digests of the other repository files the checks read (``members_from:`` lists).
+
+Keys: SHA-256 of the file's bytes, the file's role (``fleet.yaml`` or a host file: the
+checks differ), the schema version (a hash of the composed host schema) and the reconciler
+version (``__version__`` and a hash of the package's source files, so a development change
+misses too). Only a file with no problem at all is stored, so the cache never changes what
+is valid; what depends on the host (its configuration, key files named by ``verify``) is
+checked on every load, hit or not.
+
+Safety: entries are JSON (never pickle: a CI cache may have been written by an untrusted
+branch); each holds its own key and the SHA-256 of its payload, and the payload's shape is
+checked when read. A corrupt, truncated, foreign (another key) or tampered entry, a symlink
+or a directory in place of an entry, is a miss: the file is validated afresh and the entry
+rewritten. The directory is opened without following a symlink and must be private (owned
+by us, writable by us only), as the state dir is (:mod:`reconciler.safefs`); entries are
+created ``0600`` through the directory's descriptor, never through a symlink. A cache that
+cannot be used is never an error of the run: it is not used.
+
+What the integrity check cannot do: someone who can write the directory can write a
+well-formed entry. The state dir's cache is root's; a CI cache must be one that untrusted
+branches cannot write into for trusted ones (``docs/cache.md``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import hashlib
+import json
+import os
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from reconciler import __version__
+from reconciler.errors import StateError
+from reconciler.safefs import check_private_dir
+from reconciler.yamlsrc import Pos, YamlDoc, YPath
+
+FORMAT = "reconciler-desired-cache/1"
+#: The name of the cache directory inside the state dir.
+STATE_SUBDIR = "cache"
+#: An entry larger than this is not read (a 200,000-member set is ~15 MiB).
+MAX_ENTRY_BYTES = 64 * 1024 * 1024
+#: Entries kept; past this the least recently used tenth is removed when one is written.
+MAX_ENTRIES = 10_000
+#: A hit refreshes its entry's time (what pruning goes by) when it is older than this.
+TOUCH_AFTER = 3600.0
+
+FLEET_ROLE = "fleet"
+HOST_ROLE = "host"
+
+
+def _package_files() -> Iterator[Path]:
+    root = Path(__file__).parent
+    for p in sorted(root.rglob("*")):
+        if p.suffix in (".py", ".json") and "__pycache__" not in p.parts and p.is_file():
+            yield p
+
+
+@functools.cache
+def reconciler_version() -> str:
+    """``__version__`` and the SHA-256 of the package's source and schema files: a change
+    to the code that validates or canonicalises, released or not, makes every entry miss."""
+    h = hashlib.sha256()
+    root = Path(__file__).parent
+    for p in _package_files():
+        rel = p.relative_to(root).as_posix().encode()
+        data = p.read_bytes()
+        h.update(len(rel).to_bytes(8, "big") + rel + len(data).to_bytes(8, "big") + data)
+    return f"{__version__}+{h.hexdigest()[:32]}"
+
+
+@functools.cache
+def schema_version() -> str:
+    """The SHA-256 of the composed host schema (:func:`reconciler.schema.host_schema`)."""
+    from reconciler.schema import host_schema
+
+    text = json.dumps(host_schema(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def entry_key(role: str, content: bytes) -> str:
+    """The key of the entry for a file of ``role`` (:data:`FLEET_ROLE` or
+    :data:`HOST_ROLE`) holding ``content``, under this schema and reconciler version."""
+    h = hashlib.sha256()
+    for part in (FORMAT, role, hashlib.sha256(content).hexdigest(), schema_version(),
+                 reconciler_version()):  # fmt: skip
+        b = part.encode()
+        h.update(len(b).to_bytes(8, "big") + b)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------ payload (plain JSON)
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` survives JSON unchanged (type and value): dicts with string keys,
+    lists, strings, ints, floats, booleans, None."""
+    if depth > 200:
+        return False
+    if value is None or isinstance(value, str | bool | int | float):
+        return True
+    if isinstance(value, list):
+        return all(_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _encode_derived(derived: dict[tuple[str, ...], Any]) -> list[Any] | None:
+    """The derived results that JSON can carry (a frozenset of strings, plain data), or
+    None when one cannot be carried: then the document is not stored (its later steps
+    would need what the entry lacks)."""
+    out: list[Any] = []
+    for key, value in derived.items():
+        if not all(isinstance(k, str) for k in key):
+            return None
+        if isinstance(value, frozenset) and all(isinstance(v, str) for v in value):
+            out.append([list(key), "frozenset", sorted(value)])
+        elif _plain(value):
+            out.append([list(key), "plain", value])
+        else:
+            return None
+    return out
+
+
+def _decode_derived(items: Any) -> dict[tuple[str, ...], Any]:
+    if not isinstance(items, list):
+        raise ValueError("derived")
+    out: dict[tuple[str, ...], Any] = {}
+    for item in items:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], list)):
+            raise ValueError("derived item")
+        key, how, value = item
+        if not key or not all(isinstance(k, str) for k in key):
+            raise ValueError("derived key")
+        if how == "frozenset":
+            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                raise ValueError("derived frozenset")
+            out[tuple(key)] = frozenset(value)
+        elif how == "plain":
+            out[tuple(key)] = value
+        else:
+            raise ValueError("derived kind")
+    return out
+
+
+def _encode_positions(positions: dict[YPath, Pos]) -> list[Any]:
+    return [[list(path), line, col] for path, (line, col) in positions.items()]
+
+
+def _decode_positions(items: Any) -> dict[YPath, Pos]:
+    if not isinstance(items, list):
+        raise ValueError("positions")
+    out: dict[YPath, Pos] = {}
+    for item in items:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], list)):
+            raise ValueError("position")
+        path, line, col = item
+        if not all(isinstance(p, str) or (isinstance(p, int) and not isinstance(p, bool))
+                   for p in path):  # fmt: skip
+            raise ValueError("position path")
+        if not (type(line) is int and type(col) is int):
+            raise ValueError("position value")
+        out[tuple(path)] = (line, col)
+    return out
+
+
+class DesiredCache:
+    """A directory of validated desired-state files (see the module's docstring).
+
+    Never raises for what is in the directory: :meth:`get` answers None for anything it
+    cannot trust, :meth:`put` gives up silently when it cannot write (a read-only state
+    dir). ``hits``, ``misses`` and ``written`` count what happened, for logs and tests.
+    """
+
+    def __init__(self, path: Path, *, create: bool = True) -> None:
+        """Open the cache directory ``path`` (created ``0700`` with ``create``, its parent
+        must exist then). StateError when it cannot be used: it is a symlink, not a
+        directory, not ours or writable by others, or cannot be created or opened."""
+        self.path = path
+        self.hits = 0
+        self.misses = 0
+        self.written = 0
+        if create:
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise StateError(f"cannot create cache directory {path}: {e.strerror}") from e
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise StateError(
+                    f"cache directory {path} is a symbolic link or not a directory: "
+                    "refusing to use it"
+                ) from e
+            raise StateError(f"cannot open cache directory {path}: {e.strerror}") from e
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                raise StateError(
+                    f"refusing cache directory {path}: it must be owned by uid "
+                    f"{os.geteuid()} and writable by its owner only"
+                )
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    @classmethod
+    def in_state_dir(cls, state_dir: Path) -> DesiredCache | None:
+        """The cache ``<state_dir>/cache`` when the state dir exists and may be used (it is
+        never created for this: a local desired state is validated before the state dir is
+        touched), else None."""
+        try:
+            check_private_dir(state_dir)
+            if state_dir.is_symlink():
+                return None
+            return cls(state_dir / STATE_SUBDIR)
+        except StateError:
+            return None
+
+    def close(self) -> None:
+        """Close the directory (the object is unusable afterwards)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            self.close()
+
+    # ------------------------------------------------------------------------- reading
+    def get(self, role: str, content: bytes, file: str, root: Path | None) -> YamlDoc | None:
+        """The validated document of a ``role`` file holding ``content``, named ``file`` in
+        messages, or None (a miss: nothing stored, or nothing that can be trusted). Its
+        positions are partial (:class:`~reconciler.yamlsrc.YamlDoc`): the rest is parsed
+        from ``content`` when asked for. ``root`` is the repository: the other files the
+        entry was derived from are checked there (a changed ``members_from:`` list is a
+        miss)."""
+        key = entry_key(role, content)
+        doc = self._read(key, content, file)
+        if doc is not None and root is not None and not _inputs_current(root, doc.inputs):
+            doc = None
+        if doc is None:
+            self.misses += 1
+            return None
+        doc.root = root
+        self.hits += 1
+        return doc
+
+    def _read(self, key: str, content: bytes, file: str) -> YamlDoc | None:
+        raw = self._read_entry(f"{key}.json")
+        if raw is None:
+            return None
+        try:
+            header_bytes, _, payload_bytes = raw.partition(b"\n")
+            header = json.loads(header_bytes)
+            if not (
+                isinstance(header, dict)
+                and header.get("format") == FORMAT
+                and header.get("key") == key
+                and header.get("size") == len(payload_bytes)
+                and header.get("sha256") == hashlib.sha256(payload_bytes).hexdigest()
+            ):
+                return None
+            payload = json.loads(payload_bytes)
+            if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
+                return None
+            inputs = payload.get("inputs")
+            if not isinstance(inputs, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in inputs.items()
+            ):
+                return None
+            doc = YamlDoc(
+                file,
+                payload["data"],
+                values=_decode_positions(payload.get("values")),
+                keys=_decode_positions(payload.get("keys")),
+                source=content,
+            )
+            doc.derived = _decode_derived(payload.get("derived"))
+            doc.inputs = dict(inputs)
+        except (ValueError, TypeError, RecursionError):
+            return None
+        return doc
+
+    def _read_entry(self, name: str) -> bytes | None:
+        """The bytes of entry ``name`` if it is a regular file of ours of sane size."""
+        if self._fd < 0:
+            return None
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._fd)
+        except OSError:
+            return None  # missing, a symlink (ELOOP), unreadable
+        try:
+            st = os.fstat(fd)
+            if (
+                not stat.S_ISREG(st.st_mode)
+                or st.st_nlink != 1
+                or st.st_uid != os.geteuid()
+                or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+                or st.st_size > MAX_ENTRY_BYTES
+            ):
+                return None
+            chunks = []
+            size = 0
+            while chunk := os.read(fd, 1 << 22):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_ENTRY_BYTES:
+                    return None
+            if time.time() - st.st_mtime > TOUCH_AFTER:
+                os.utime(fd)
+            return b"".join(chunks)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------------- writing
+    def put(self, role: str, content: bytes, doc: YamlDoc) -> bool:
+        """Store ``doc``, the validated document of a ``role`` file holding ``content``.
+        Only a document with no problem may be stored (ValueError otherwise); one whose
+        data or derived results JSON cannot carry unchanged (a YAML date) is not stored.
+        Returns whether an entry was written."""
+        if doc.problems:
+            raise ValueError("DesiredCache.put: a document with problems is never cached")
+        if self._fd < 0 or not isinstance(doc.data, dict) or not _plain(doc.data):
+            return False
+        derived = _encode_derived(doc.derived)
+        if derived is None:
+            return False
+        values, keys = doc.known_positions()
+        payload = json.dumps(
+            {
+                "data": doc.data,
+                "values": _encode_positions(values),
+                "keys": _encode_positions(keys),
+                "derived": derived,
+                "inputs": doc.inputs,
+            },
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ).encode()
+        key = entry_key(role, content)
+        header = json.dumps(
+            {
+                "format": FORMAT,
+                "key": key,
+                "size": len(payload),
+                "sha256": hashlib.sha256(payload).hexdigest(),
+            }
+        ).encode()
+        if self._write_entry(f"{key}.json", header + b"\n" + payload):
+            self.written += 1
+            self._prune()
+            return True
+        return False
+
+    def _write_entry(self, name: str, data: bytes) -> bool:
+        """Write ``name`` whole or not at all: a temp file created ``0600`` in the
+        directory, renamed over whatever is there (a symlink is replaced, never followed;
+        a directory is removed first). No fsync: a torn entry fails its check."""
+        if len(data) > MAX_ENTRY_BYTES:
+            return False
+        tmp = f".{name}.{os.getpid()}.tmp"
+        try:
+            self._remove_dir_entry(name)
+            fd = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=self._fd,
+            )
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            os.replace(tmp, name, src_dir_fd=self._fd, dst_dir_fd=self._fd)
+            return True
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=self._fd)
+            return False
+
+    def _remove_dir_entry(self, name: str) -> None:
+        """Remove ``name`` when it is a directory (a rename cannot replace one)."""
+        try:
+            st = os.stat(name, dir_fd=self._fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            import shutil
+
+            # rmtree works through descriptors and never follows a symlink inside.
+            shutil.rmtree(name, dir_fd=self._fd)
+
+    def _prune(self) -> None:
+        """Keep at most :data:`MAX_ENTRIES` entries: past that, remove the tenth least
+        recently used (by modification time, which a hit refreshes)."""
+        try:
+            names = [n for n in os.listdir(self._fd) if n.endswith(".json")]
+            if len(names) <= MAX_ENTRIES:
+                return
+            aged = []
+            for n in names:
+                try:
+                    aged.append((os.stat(n, dir_fd=self._fd, follow_symlinks=False).st_mtime, n))
+                except OSError:
+                    continue
+            aged.sort()
+            for _, n in aged[: len(aged) - MAX_ENTRIES + MAX_ENTRIES // 10]:
+                with contextlib.suppress(OSError):
+                    os.unlink(n, dir_fd=self._fd)
+        except OSError:
+            return
+
+
+def _inputs_current(root: Path, inputs: dict[str, str]) -> bool:
+    """Whether every other file an entry was derived from still has the digest recorded."""
+    for rel, digest in inputs.items():
+        path = root / rel
+        try:
+            if path.is_symlink() or not path.is_file():
+                return False
+            if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                return False
+        except (OSError, ValueError):
+            return False
+    return True
+
+
+__all__ = [
+    "FLEET_ROLE",
+    "HOST_ROLE",
+    "DesiredCache",
+    "entry_key",
+    "reconciler_version",
+    "schema_version",
+]
