@@ -17,7 +17,12 @@ from reconciler.cli.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK
 
 # Subcommand -> module under reconciler.cli with a ``run(argv) -> int``. Modules are imported
 # only when their subcommand runs: ``reconcile --version`` must not pay for providers.
-_SUBCOMMANDS = {"validate": "validate", "status": "status", "snapshot": "snapshot"}
+_SUBCOMMANDS = {
+    "validate": "validate",
+    "status": "status",
+    "snapshot": "snapshot",
+    "import": "importcmd",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

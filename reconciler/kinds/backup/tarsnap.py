@@ -434,7 +434,13 @@ class TarsnapBackend:
         :class:`TarsnapError`. Runs under our lock, so another reconciler run's deletions
         cannot remove the archive while it is read.
         """
-        res = self._tarsnap(["-t", "-f", name])
+        return len(self.members(name))
+
+    def members(self, name: str, *, lock: bool = True) -> list[str]:
+        """``tarsnap -t -f NAME``: the member names of archive ``name`` as tarsnap lists
+        them (no leading ``/``); errors as :meth:`list_contents`. ``lock=False`` (a read
+        that must write nothing, as ``reconcile import``) runs without our lock file."""
+        res = self._tarsnap(["-t", "-f", name], lock=lock)
         if res.returncode != 0:
             raise self._fail(res, f"listing archive {name}")
         members = [m for m in res.stdout.split(b"\n") if m]
@@ -442,7 +448,7 @@ class TarsnapBackend:
             raise TarsnapError(
                 f"listing archive {name}: tarsnap listed no members", address=self.address
             )
-        return len(members)
+        return [m.decode("utf-8", "surrogateescape") for m in members]
 
     def fsck(self, *, allow_fsck: bool = False) -> str:
         """Run ``tarsnap --fsck`` (rebuilds the cache from the server) only when allowed."""
