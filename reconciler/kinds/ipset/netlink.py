@@ -4,7 +4,7 @@ It talks to the ipset subsystem of the *current* network namespace of the callin
 namespace is fixed when the :class:`IpsetClient` opens its socket) over a plain
 ``socket(AF_NETLINK, SOCK_RAW, NETLINK_NETFILTER)``, encoding and decoding with :mod:`struct`.
 
-Why not pyroute2 (which the project depends on)?
+Why not pyroute2 (a netlink library for Python)?
 
 * ``import pyroute2`` alone costs ~0.45 s, more than a whole ``ipset restore`` of 65,536
   members; its per-attribute pure-Python NLA codec costs several microseconds per attribute,
@@ -49,23 +49,31 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from reconciler.errors import NetlinkError, ProviderError
+from reconciler.netlinksock import (
+    NETLINK_CAP_ACK,
+    NLA_F_NESTED,
+    NLA_F_NET_BYTEORDER,
+    NLA_TYPE_MASK,
+    NLM_F_ACK,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    SOL_NETLINK,
+)
+from reconciler.netlinksock import NLA as _NLA
+from reconciler.netlinksock import NLMSGHDR as _NLMSGHDR
+from reconciler.netlinksock import cstr as _cstr
+from reconciler.netlinksock import error_code as _error_code
+from reconciler.netlinksock import iter_attrs as _iter_attrs
+from reconciler.netlinksock import nla as _nla
+from reconciler.netlinksock import split_messages as _split_messages
 
 __all__ = ["IpsetClient", "LiveSet", "SetHeader", "decode_list_dump"]
 
-# --- netlink / nfnetlink (linux/netlink.h, linux/netfilter/nfnetlink.h) -------------------------
+# --- netlink / nfnetlink (linux/netlink.h in reconciler.netlinksock, linux/netfilter/nfnetlink.h)
 NETLINK_NETFILTER = 12
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
-NLM_F_MULTI = 0x2
-NLM_F_ACK = 0x4
-NLM_F_EXCL = 0x200
-NLM_F_DUMP = 0x300
-NLA_F_NESTED = 0x8000
-NLA_F_NET_BYTEORDER = 0x4000
-NLA_TYPE_MASK = ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER) & 0xFFFF
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10  # plain error acks carry only the request's header, not its payload
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
 NFNL_SUBSYS_IPSET = 6
@@ -245,9 +253,7 @@ _BATCH_BYTES = 64 * 1024
 _RECV_BYTES = 1 << 20  # dump skbs are <= 32 KiB; an error echoing a 64 KiB request fits too
 _SOCK_BUF = 4 << 20
 
-_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _NFGENMSG = struct.Struct("=BBH")  # family, version, res_id (big endian, 0 here)
-_NLA = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
 _NET32 = struct.Struct(">I")
 _HDR_LEN = _NLMSGHDR.size + _NFGENMSG.size  # 20
@@ -322,11 +328,6 @@ class LiveSet:
     expiring: frozenset[str] = frozenset()
 
 
-def _nla(nla_type: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return _NLA.pack(length, nla_type) + payload + b"\0" * (-length & 3)
-
-
 def _nla_str(nla_type: int, value: str) -> bytes:
     return _nla(nla_type, value.encode() + b"\0")
 
@@ -363,22 +364,6 @@ class _KernelError(Exception):
         super().__init__(code)
         self.code = code
         self.lineno = lineno
-
-
-def _iter_attrs(buf: memoryview | bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """Yield ``(type without flags, payload start, payload end)`` of the NLAs in [start, end)."""
-    unpack = _NLA.unpack_from
-    while start + 4 <= end:
-        length, nla_type = unpack(buf, start)
-        if length < 4:
-            return
-        yield nla_type & NLA_TYPE_MASK, start + 4, min(start + length, end)
-        start += (length + 3) & ~3
-
-
-def _cstr(buf: memoryview | bytes, start: int, end: int) -> str:
-    raw = bytes(buf[start:end])
-    return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
 class _Acc:
@@ -589,25 +574,10 @@ def _decode_header(acc: _Acc, buf: memoryview, start: int, end: int) -> None:
             acc.flags = value
 
 
-def _split_messages(buf: memoryview, seq: int) -> Iterator[tuple[int, int, int, int]]:
-    """Yield ``(type, flags, payload start, payload end)`` of the netlink messages in one
-    received datagram ``buf`` that answer request ``seq`` (offsets into ``buf``)."""
-    n = len(buf)
-    unpack = _NLMSGHDR.unpack_from
-    pos = 0
-    while pos + 16 <= n:
-        length, mtype, mflags, mseq, _pid = unpack(buf, pos)
-        if length < 16:
-            break
-        if mseq == seq:
-            yield mtype, mflags, pos + 16, min(pos + length, n)
-        pos += (length + 3) & ~3
-
-
 def _decode_error(buf: memoryview, start: int, end: int) -> _KernelError | None:
     """Decode the NLMSG_ERROR payload at [start, end) of ``buf``: None for an ack, else the
     error and the echoed LINENO."""
-    code = -struct.unpack_from("=i", buf, start)[0]
+    code = _error_code(buf, start)
     if code == 0:
         return None
     lineno: int | None = None

@@ -266,8 +266,8 @@ def _inject(
 def test_enomem_is_retried_and_converges(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
     """ENOMEM twice, then success: retried with backoff, converged.
 
-    The fault is injected at the syscall boundary (EthtoolIO._write, which calls pyroute2's
-    ethtool ioctl): the one fake these tests allow. Everything else is the real kernel.
+    The fault is injected at the syscall boundary (EthtoolIO._write, which issues the ethtool
+    ioctl): the one fake these tests allow. Everything else is the real kernel.
     """
     host.veth("v0")
     calls = _inject(monkeypatch, lambda what, nic, attempt: attempt <= 2)
