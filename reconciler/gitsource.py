@@ -32,12 +32,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import git
+from typing import TYPE_CHECKING, Any
 
 from reconciler import gittree, log
 from reconciler.errors import SourceError
+
+if TYPE_CHECKING:
+    import git
 
 SOURCE_DIR = "source"
 """Seconds ``git archive | tar -x`` may take to export a tree: a desired state of 1,000
@@ -108,6 +109,8 @@ class Source:
 
 
 def _git_error(e: Exception) -> str:
+    import git  # gitpython only for git work: not at import
+
     if isinstance(e, git.GitCommandError):
         stderr = (e.stderr or "").strip().replace("stderr: ", "").strip("'\n ")
         return stderr.splitlines()[-1] if stderr else f"git exited {e.status}"
@@ -117,6 +120,8 @@ def _git_error(e: Exception) -> str:
 def commit_hash(repo: git.Repo, rev: str) -> str | None:
     """The full hash of the commit ``rev`` names (a branch, tag or hash, peeled to its
     commit), or None when there is no such commit."""
+    import git  # gitpython only for git work: not at import
+
     if not rev or rev.startswith("-"):  # never let a revision be read as an option
         return None
     try:
@@ -146,6 +151,8 @@ def open_local(path: Path, ref: str | None, subdir: str = "") -> Iterator[Source
     repository git refuses or fails on (``safe.directory``: the message names the fix);
     only a directory that is in no git repository at all is read as a plain directory.
     """
+    import git  # gitpython only for git work: not at import
+
     if not path.is_dir():
         raise SourceError(f"{path}: not a directory")
     try:
@@ -214,9 +221,9 @@ def check_links(root: Path) -> None:
     """SourceError naming the first symlink below ``root`` (``root`` itself included) that
     resolves outside ``root``: the desired state of a work tree reads no file beyond it."""
     top = root.resolve()
-    if root.is_symlink() and not (top == root.parent.resolve() or top.is_relative_to(
-        root.parent.resolve()
-    )):
+    if root.is_symlink() and not (
+        top == root.parent.resolve() or top.is_relative_to(root.parent.resolve())
+    ):
         raise SourceError(f"{root} is a symbolic link leaving the repository: refused")
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -245,6 +252,8 @@ def _clone_dir(state_dir: Path) -> Path:
 def _open_clone(dest: Path, url: str) -> git.Repo | None:
     """The existing clone of ``url`` at ``dest``; None when there is none. A directory that
     is not a usable clone is moved aside (kept for inspection) so a fresh clone can start."""
+    import git  # gitpython only for git work: not at import
+
     if not dest.exists():
         return None
     try:
@@ -290,6 +299,8 @@ def open_remote(url: str, ref: str | None, state_dir: Path, subdir: str = "") ->
     A failed fetch with an earlier checkout yields that checkout with ``fetch_error`` set;
     without one it raises SourceError.
     """
+    import git  # gitpython only for git work: not at import
+
     check_url(url)
     dest = _clone_dir(state_dir)
     repo = _open_clone(dest, url)
@@ -343,6 +354,8 @@ ACCEPTED_MARK = "reconciler-accepted"
 def _accepted(repo: git.Repo) -> str | None:
     """The commit the work tree holds if it was checked out by :func:`checkout` (accepted),
     else None: a fresh clone's HEAD, or a tree changed since, is nothing to fall back to."""
+    import git  # gitpython only for git work: not at import
+
     mark = Path(repo.git_dir) / ACCEPTED_MARK
     try:
         commit = mark.read_text().strip()
@@ -358,6 +371,8 @@ def _accepted(repo: git.Repo) -> str | None:
 def checkout(source: Source, commit: str) -> None:
     """Move a clone's work tree to ``commit`` (detached, forced, untracked files removed):
     it then holds exactly that commit's files. Updates ``source.commit``."""
+    import git  # gitpython only for git work: not at import
+
     assert source.repo is not None and source.url is not None
     try:
         source.repo.git.checkout("--detach", "--force", commit)

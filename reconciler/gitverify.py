@@ -30,13 +30,14 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
-
-import git
+from typing import TYPE_CHECKING, cast
 
 from reconciler import runner
 from reconciler.errors import CommandError, CommandNotFound, CommandTimeout, VerifyError
 from reconciler.gitsource import commit_hash
+
+if TYPE_CHECKING:
+    import git
 
 OPENPGP = "openpgp"
 SSH = "ssh"
@@ -288,6 +289,8 @@ def _dedupe(items: list[str]) -> list[str]:
 
 def _read_blob(repo: git.Repo, sha: str, path: str) -> tuple[str | None, str | None]:
     """(text, None) for the file at ``path`` in commit ``sha``, or (None, problem)."""
+    import git  # gitpython only for git work: not at import
+
     try:
         item = repo.commit(sha).tree / path.strip("/")
     except KeyError:
@@ -374,6 +377,8 @@ def _last_line(stderr: bytes) -> str:
 
 
 def _is_ancestor(repo: git.Repo, ancestor: str, descendant: str) -> bool:
+    import git  # gitpython only for git work: not at import
+
     try:
         repo.git.merge_base("--is-ancestor", ancestor, descendant)
     except git.GitCommandError as exc:

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import git
+from typing import TYPE_CHECKING, Any
 
 from reconciler import gitverify
 from reconciler.errors import SourceError, VerifyError
 from reconciler.gitsource import commit_hash, read_file_at
 from reconciler.gitverify import Signer
 from reconciler.yamlsrc import parse_yaml
+
+if TYPE_CHECKING:
+    import git
 
 DEFAULT_PINS = "/etc/reconciler/signers.pin"
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__, engine, gitsource, journal, log, metrics, planfile, trust
-from reconciler import desired as desired_mod
 from reconciler.cli import ci_dryrun, common
 from reconciler.cli.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK
 from reconciler.errors import (
@@ -489,6 +488,8 @@ def _run(
 def _digest(source: gitsource.Source) -> str | None:
     """The content digest a saved plan records when the commit does not pin the content
     (a plain directory, a dirty work tree), else None."""
+    from reconciler import desired as desired_mod
+
     if source.commit is None or source.dirty:
         return desired_mod.content_digest(source.path)
     return None

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from reconciler import desired as desired_mod
 from reconciler import hostconfig, log
 from reconciler import kinds as registry
 from reconciler.errors import RepositoryError, ValidationError
@@ -262,6 +261,8 @@ def load_desired(
     is the VM controller ``vms.yaml`` names: without a host file it is planned for the
     cluster-wide kind (``vm``) only, which is what vms.yaml names it for; its other kinds
     need the file (an empty ``{}``), and the result's ``note`` says so."""
+    from reconciler import desired as desired_mod  # not for ``--help``: loaded by a run
+
     desired_mod.check_repository(repo, shown)
     kinds = list(kinds)
     note = None

@@ -7,7 +7,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from reconciler import desired as desired_mod
 from reconciler import gitsource
 from reconciler import kinds as registry
 from reconciler.cli import common
@@ -35,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _host_note(repo: Path, host: str) -> str | None:
     """None when ``hosts/<host>.yaml`` exists; for the VM controller without one, the
     warning its run gives (VM placement only); RepositoryError for any other host."""
+    from reconciler import desired as desired_mod
+
     if desired_mod.has_host_file(repo, host):
         return None
     if desired_mod.vms_controller(repo) == host:
@@ -52,6 +53,9 @@ def run(argv: Sequence[str]) -> int:
     the repository asks of the host is checked against the host configuration
     (``--config``); an unusable one is an error (exit 1)."""
     args = build_parser().parse_args(argv)
+    # Imported once the options are parsed: ``validate --help`` loads no schema code.
+    from reconciler import desired as desired_mod
+
     try:
         config = common.host_config(args)
     except HostConfigError as e:
