@@ -150,6 +150,11 @@ def resource_lines(r: Resource, indent: str) -> list[str]:
     return out
 
 
+def file_of(address: str) -> str:
+    """The file (:data:`HOST_FILE` or :data:`VMS_FILE`) a resource address belongs in."""
+    return VMS_FILE if address.startswith(("vm/", "node/")) else HOST_FILE
+
+
 def _skipped_lines(skipped: Sequence[Skipped], indent: str = "") -> list[str]:
     return [f"{indent}# not imported: {s.address}: {s.reason}" for s in skipped]
 
@@ -326,12 +331,14 @@ def merge_into(
     resources: Sequence[Resource],
     header: Sequence[str],
     vms_top: Mapping[str, Any],
+    skipped: Sequence[Skipped] = (),
 ) -> MergeResult:
     """Merge ``resources`` into the desired-state directory ``out_dir``: host-file ones
     into ``hosts/<host>.yaml``, vm ones into ``vms.yaml`` (made with ``vms_top`` when it
     does not exist). A resource already in the file, or in ``fleet.yaml``, is skipped and
-    reported; nothing already written changes. Files are replaced atomically, and only
-    when something is added."""
+    reported; nothing already written changes. What could not be imported (``skipped``)
+    is added as ``# not imported:`` comments at the end, each once. Files are replaced
+    atomically, and only when something is added."""
     result = MergeResult()
     fleet_text = _read(out_dir / "fleet.yaml")
     fleet = _plain(fleet_text, "fleet.yaml") if fleet_text is not None else {}
@@ -342,8 +349,7 @@ def merge_into(
     plans: list[tuple[Path, str]] = []
     for kind, path, shown, sections in targets:
         mine = [r for r in resources if r.file == kind]
-        if not mine:
-            continue
+        notes = [s for s in skipped if file_of(s.address) == kind]
         text = _read(path)
         have = _plain(text, shown) if text is not None else {}
         new = _new_resources(mine, sections, have, fleet if kind == HOST_FILE else {}, shown,
@@ -353,10 +359,12 @@ def merge_into(
         if text is None:
             fresh = [r for s in sections for r in new.get(s, [])]
             top = vms_top if kind == VMS_FILE else None
-            text = render(fresh, sections, header, top=top)
+            text = render(fresh, sections, header, notes, top=top)
         else:
             for section in sections:
                 text = merge_text(text, shown, section, new.get(section, []))
+            old = set(text.splitlines())
+            text += "".join(f"{ln}\n" for ln in _skipped_lines(notes) if ln not in old)
         check = _plain(text, shown)
         for section, rs in new.items():
             missing = [r.name for r in rs if r.name not in present_names(check, section)]

@@ -127,7 +127,7 @@ def run(argv: Sequence[str]) -> int:
     if args.out_dir:
         try:
             result = importing.merge_into(
-                Path(args.out_dir), host, found.resources, header, vms_top
+                Path(args.out_dir), host, found.resources, header, vms_top, found.skipped
             )
         except ReconcilerError as e:
             _report(found, None)
@@ -156,8 +156,8 @@ def _invalid(e: ValidationError) -> int:
 def _print(found: Found, host: str, header: list[str], vms_top: dict[str, str]) -> None:
     host_rs = [r for r in found.resources if r.file == importing.HOST_FILE]
     vm_rs = [r for r in found.resources if r.file == importing.VMS_FILE]
-    skipped_host = [s for s in found.skipped if not s.address.startswith("vm/")]
-    skipped_vm = [s for s in found.skipped if s.address.startswith("vm/")]
+    skipped_host = [s for s in found.skipped if importing.file_of(s.address) == importing.HOST_FILE]
+    skipped_vm = [s for s in found.skipped if importing.file_of(s.address) == importing.VMS_FILE]
     out = importing.render(
         host_rs, importing.HOST_SECTIONS, [f"hosts/{host}.yaml", *header], skipped_host
     )
