@@ -14,12 +14,22 @@ A host without ``hosts/<host>.yaml`` is an error for that host: its own run woul
 plan from ``fleet.yaml`` alone. The VM controller ``vms.yaml`` names is the exception, as on
 the host: without a file it is planned for VM placement only.
 
+With ``--against REV`` and a committed head, a host whose inputs are the same at ``REV``
+(:func:`reconciler.against.changed_hosts`: only host files changed, and not its own) and
+that has no snapshot is reported ``"status": "unchanged"`` without being planned: its plan
+against ``REV`` is empty by construction. Every file is still validated.
+
+``--shard K/N`` keeps the hosts whose stable hash falls in shard K of N (:func:`in_shard`),
+for a CI matrix: a shard validates the shared files and its own hosts' files, so the N
+shards together validate every file and plan every host, each exactly once.
+
 Nothing here reads from or writes to a host: no netlink, no libvirt, no backup tool.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +48,45 @@ from reconciler.plan import Change, Plan, PlanError, PlanWarning
 
 #: A snapshot older than this gets a warning on its host's plan.
 STALE_AFTER_SECONDS = 7 * 24 * 3600
+#: The ``status`` of a host's CI plan: planned, or unchanged since ``--against REV``.
+PLANNED, UNCHANGED = "planned", "unchanged"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (1-based) of a CI matrix (``--shard K/N``)."""
+
+    index: int
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def to_dict(self) -> dict[str, int]:
+        """``{"index": K, "count": N}`` for the JSON output."""
+        return {"index": self.index, "count": self.count}
+
+
+def parse_shard(text: str) -> Shard:
+    """The shard ``K/N`` names; ValueError saying what is wrong unless K and N are
+    integers with 1 <= K <= N."""
+    k, sep, n = text.partition("/")
+    if not sep or not k.strip().isdigit() or not n.strip().isdigit():
+        raise ValueError(f"--shard {text!r}: expected K/N, e.g. 1/4")
+    shard = Shard(int(k), int(n))
+    if not 1 <= shard.index <= shard.count:
+        raise ValueError(f"--shard {text}: K must be between 1 and N ({shard.count})")
+    return shard
+
+
+def in_shard(host: str, shard: Shard | None) -> bool:
+    """Whether ``host`` belongs to ``shard`` (always, without one): by the first 8 bytes of
+    the SHA-256 of its name modulo N, so that a host keeps its shard whatever other hosts
+    are added or removed, and every host is in exactly one shard."""
+    if shard is None:
+        return True
+    digest = hashlib.sha256(host.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % shard.count == shard.index - 1
 
 
 @dataclass
@@ -58,11 +107,19 @@ class CiResult:
 
     plans: list[dict[str, Any]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    shard: Shard | None = None
+    #: hosts of the repository (before sharding), for the output's "shard K/N: n of m hosts".
+    total_hosts: int = 0
 
     @property
     def changes(self) -> int:
         """Changes across all hosts."""
         return sum(len(p["changes"]) for p in self.plans)
+
+    @property
+    def unchanged(self) -> int:
+        """Hosts reported unchanged since ``--against REV`` (not planned)."""
+        return sum(1 for p in self.plans if p.get("status") == UNCHANGED)
 
     @property
     def errors(self) -> int:
@@ -155,6 +212,8 @@ def plan_all(
     snapshots: Path | None = None,
     now: datetime | None = None,
     config: HostConfig | None = None,
+    changed: Collection[str] | None = None,
+    shard: Shard | None = None,
 ) -> CiResult:
     """Validate ``repo`` and plan every host in ``hosts`` (see the module docstring); with
     ``hosts=None`` every ``hosts/*.yaml`` and the VM controller named in ``vms.yaml`` (when
@@ -164,6 +223,12 @@ def plan_all(
     planned for the cluster-wide kinds only, with a warning naming the kinds skipped.
 
     ``base`` is the desired-state directory at ``base_rev`` (exported by the caller).
+    ``changed`` (with ``base``) names the hosts whose inputs changed since ``base_rev``
+    (:func:`reconciler.against.changed_hosts`); any other host without a snapshot gets an
+    empty plan with ``"status": "unchanged"`` instead of being planned (None: every host
+    is planned). ``shard`` keeps only the hosts :func:`in_shard` puts in it, and validates
+    only their host files beside the shared ones. Every plan has ``status`` (``planned``
+    or ``unchanged``) and ``basis``.
     ``config`` is the host configuration what the repository asks of hosts is checked
     against (None: the defaults); nothing from the repository runs. Pure apart from
     reading those directories and the snapshot files.
@@ -190,6 +255,8 @@ def plan_all(
         hosts = list(host_files)
         if vms is not None and vms["controller"] not in hosts:
             hosts.append(vms["controller"])  # planned for its cluster-wide kinds
+    total = len(hosts)
+    hosts = [h for h in hosts if in_shard(h, shard)]
     vms_before: dict[str, Any] | None = None
     base_vms_problem = None
     if base is not None and vms is not None:
@@ -200,8 +267,9 @@ def plan_all(
     plans: dict[str, dict[str, Any]] = {}
     memo = Memo()
     planned = set(hosts)
-    # Every host file is validated, also those not planned: CI checks the whole commit.
-    for host in sorted(planned | set(host_files)):
+    # Every host file (of the shard) is validated, also those not planned: CI checks the
+    # whole commit.
+    for host in sorted(planned | {h for h in host_files if in_shard(h, shard)}):
         kinds_here, note = wanted, None
         if host not in host_files and desired_mod.valid_host_name(host):
             if not _controls(vms, host):
@@ -220,14 +288,44 @@ def plan_all(
             continue
         if problems or host not in planned:
             continue  # once anything is invalid nothing is planned; keep collecting problems
+        if (
+            base is not None
+            and changed is not None
+            and host not in changed
+            and _snapshot_file(snapshots, host) is None
+        ):
+            # Same inputs at base_rev: the plan against it is empty by construction.
+            plans[host] = _unchanged(host, commit, base_rev, note)
+            continue
         plans[host] = _plan_host(
             host, desired, kinds_here, vms, vms_before, base_vms_problem, repo, cache, memo,
             base=base, base_rev=base_rev, snapshots=snapshots, commit=commit, now=now,
             config=config, note=note,
         )  # fmt: skip
     if problems:
-        return CiResult(problems=sorted(problems))
-    return CiResult(plans=[plans[h] for h in hosts])
+        return CiResult(problems=sorted(problems), shard=shard, total_hosts=total)
+    return CiResult(plans=[plans[h] for h in hosts], shard=shard, total_hosts=total)
+
+
+def _snapshot_file(snapshots: Path | None, host: str) -> Path | None:
+    """``DIR/<host>.json`` when it is there (a symlink too: reading it is refused with a
+    clear error), else None."""
+    if snapshots is None:
+        return None
+    snap = snapshots / f"{host}.json"
+    return snap if snap.exists() or snap.is_symlink() else None
+
+
+def _unchanged(
+    host: str, commit: str | None, base_rev: str | None, note: str | None
+) -> dict[str, Any]:
+    """The plan of a host not planned because its inputs are the same at ``base_rev``: no
+    changes, ``"status": "unchanged"``, basis ``against`` ``base_rev``."""
+    warnings = [PlanWarning("host", note)] if note is not None else []
+    plan = Plan(host=host, commit=commit, warnings=warnings).to_dict()
+    plan["status"] = UNCHANGED
+    plan["basis"] = Basis("against", {"rev": base_rev}).to_dict()
+    return plan
 
 
 def _controls(vms: dict[str, Any] | None, host: str) -> bool:
@@ -239,6 +337,7 @@ def _missing_host_file(host: str, commit: str | None) -> dict[str, Any]:
     one error ``host``, as its own run refuses (:func:`reconciler.desired.check_host_file`)."""
     errors = [PlanError("host", desired_mod.missing_host_file(host))]
     plan = Plan(host=host, commit=commit, errors=errors).to_dict()
+    plan["status"] = PLANNED
     plan["basis"] = Basis("none").to_dict()
     return plan
 
@@ -266,9 +365,9 @@ def _plan_host(
     about the basis, and the providers' notices when planned against a snapshot)."""
     controller = vms is not None and vms["controller"] == host
     host_vms = vms if controller else None
-    snap = snapshots / f"{host}.json" if snapshots is not None else None
+    snap = _snapshot_file(snapshots, host)
     warnings: list[PlanWarning] = []
-    if snap is not None and (snap.exists() or snap.is_symlink()):
+    if snap is not None:
         kinds = {k for k in wanted if controller or not registry.get(k).cluster}
         changes, errors, warnings, basis = _snapshot_plan(snap, desired, kinds, host_vms, repo, now)
     elif base is not None:
@@ -292,26 +391,37 @@ def _plan_host(
         errors = []
         basis = Basis("against", {"rev": base_rev})
     else:
-        where = f"no snapshot {snap}" if snap is not None else "no snapshot"
+        where = "no snapshot"
+        if snapshots is not None:
+            where += f" {snapshots / f'{host}.json'}"
         changes, basis = [], Basis("none")
         errors = [PlanError("host", f"{where} and no --against REV: nothing to compare with")]
     if note is not None:
         warnings.insert(0, PlanWarning("host", note))
     d = Plan(host=host, commit=commit, changes=changes, errors=errors, warnings=warnings)
     out = d.to_dict()
+    out["status"] = PLANNED
     out["basis"] = basis.to_dict()
     return out
 
 
 def render_text(result: CiResult, commit: str | None, *, colour: bool = False) -> str:
-    """The human output: one section per host, each rendered from its plan dict, and a
-    last line counting the hosts, the changes and the errors (with ANSI colours when
-    ``colour``)."""
+    """The human output: one section per planned host, each rendered from its plan dict,
+    one line per host unchanged since ``--against REV``, and a last line counting the
+    hosts, the changes, the errors and the unchanged hosts (and naming the shard), with
+    ANSI colours when ``colour``."""
     from reconciler.render import text as render_text_mod
 
     out = []
     for d in result.plans:
         b = d["basis"]
+        if d.get("status") == UNCHANGED:
+            line = f"=== host {d['host']}: unchanged since {b['rev']} (not planned)"
+            out.append(render_text_mod.paint(line, render_text_mod.BOLD, colour))
+            if d.get("warnings"):
+                out.append(render_text_mod.render(d, dry_run=True, colour=colour).rstrip("\n"))
+                out.append("")
+            continue
         if b["kind"] == "snapshot" and "taken" in b:
             how = f"against snapshot {b['file']} taken {b['taken']} ({b['age']} ago)"
         elif b["kind"] == "snapshot":
@@ -325,13 +435,21 @@ def render_text(result: CiResult, commit: str | None, *, colour: bool = False) -
         )
         out.append(render_text_mod.render(d, dry_run=True, colour=colour).rstrip("\n"))
         out.append("")
+    if result.unchanged and out and out[-1] != "":
+        out.append("")
     n_hosts = sum(1 for d in result.plans if d["changes"])
     e_hosts = sum(1 for d in result.plans if d["errors"])
+    planned = len(result.plans) - result.unchanged
     line = (
-        f"{len(result.plans)} host(s) planned at "
+        f"{planned} host(s) planned at "
         f"{render_text_mod.commit_text(commit) if commit else 'the work tree'}: "
         f"{result.changes} change(s) on {n_hosts} host(s), {result.errors} error(s)"
         + (f" on {e_hosts} host(s)" if result.errors else "")
     )
+    if result.unchanged:
+        rev = next(p["basis"]["rev"] for p in result.plans if p.get("status") == UNCHANGED)
+        line += f"; {result.unchanged} host(s) unchanged since {rev}"
+    if result.shard is not None:
+        line += f" (shard {result.shard}: {len(result.plans)} of {result.total_hosts} hosts)"
     out.append(render_text_mod.paint(line, render_text_mod.BOLD, colour))
     return "\n".join(out) + "\n"

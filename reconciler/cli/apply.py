@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 USAGE = """reconcile [--dry-run] [--repo PATH|URL] [--host NAME] [--only KINDS] [options]
        reconcile --dry-run [--target ADDRESS ...] --out FILE [options]   (save a plan)
        reconcile --plan FILE [options]                       (apply exactly a saved plan)
-       reconcile --dry-run --all-hosts [--snapshots DIR] [--against REV] [--repo PATH]  (CI)
+       reconcile --dry-run --all-hosts [--snapshots DIR] [--against REV] [--shard K/N]
+                 [--output text|json|markdown] [--repo PATH]                        (CI)
        reconcile validate [--repo PATH] [--host NAME]
        reconcile snapshot [--repo PATH] [--host NAME] [--only KINDS] [-o FILE] [options]
        reconcile status [--state-dir DIR] [--last N] [--output text|json]
@@ -85,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_host(p)
     common.add_only(p)
     _add_plan_options(p)
-    p.add_argument("--output", choices=("text", "json"), default="text")
+    p.add_argument(
+        "--output",
+        choices=("text", "json", "markdown"),
+        default="text",
+        help="text, json, or (the CI dry-run only) markdown for a review comment",
+    )
     ci_dryrun.add_options(p)
     p.add_argument(
         "--detailed-exitcode",
@@ -95,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_lock_file(p)
     common.add_wait(p, 0.0)
     common.add_state_dir(p)
+    common.add_cache(p)
     common.add_config(p)
     _add_run_options(p)
     common.add_log_format(p)
@@ -246,9 +253,11 @@ def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespac
     """Usage errors (exit 1) for options that do not go together."""
     if ci_dryrun.requested(args):
         if not args.dry_run:
-            parser.error("--all-hosts, --snapshots and --against plan only: add --dry-run")
+            parser.error("--all-hosts, --snapshots, --against and --shard plan only: add --dry-run")
         if args.out or args.plan or args.target:
             parser.error("--out, --plan and --target are for one host's run, not the CI dry-run")
+    elif args.output == "markdown":
+        parser.error("--output markdown is for the CI dry-run (--all-hosts, --against ...)")
     if args.out and not args.dry_run:
         parser.error("--out saves the plan of a dry-run: add --dry-run")
     if args.plan is not None:
@@ -313,7 +322,12 @@ def _reconcile(args: argparse.Namespace, scope: Scope, config: HostConfig) -> in
             # written to, the host: not even the state dir or lock file is created.
             try:
                 loaded = common.load_desired(
-                    source.path, host, kinds, config, shown=common.shown_repo(args)
+                    source.path,
+                    host,
+                    kinds,
+                    config,
+                    shown=common.shown_repo(args),
+                    disk_cache=common.disk_cache(args, Path(args.state_dir)),
                 )
             except ValidationError as e:
                 return common.invalid(e)
@@ -436,7 +450,12 @@ def _run(
         # Validate before anything is read from the host (a fetched commit is checked here).
         if loaded is None:
             loaded = common.load_desired(
-                source.path, host, scope.kinds, config, shown=common.shown_repo(args)
+                source.path,
+                host,
+                scope.kinds,
+                config,
+                shown=common.shown_repo(args),
+                disk_cache=common.disk_cache(args, state.path),
             )
     except ValidationError as e:
         return common.invalid(e)

@@ -18,7 +18,7 @@ from reconciler.cli.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK
 from reconciler.errors import ReconcilerError, SourceError, ValidationError
 
 if TYPE_CHECKING:
-    from reconciler.ci import CiResult
+    from reconciler.ci import CiResult, Shard
     from reconciler.hostconfig import HostConfig
 
 
@@ -39,13 +39,20 @@ def add_options(p: argparse.ArgumentParser) -> None:
     ci.add_argument(
         "--against",
         metavar="REV",
-        help="plan hosts without a snapshot against the desired state at git revision REV",
+        help="plan hosts without a snapshot against the desired state at git revision REV; "
+        "hosts whose inputs are the same at REV are reported unchanged, not planned",
+    )
+    ci.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="plan only shard K of N (hosts split by a stable hash of their name), for a CI "
+        "matrix; the N shards together validate every file and plan every host once",
     )
 
 
 def requested(args: argparse.Namespace) -> bool:
     """Whether the command line asks for the CI dry-run (any of its options is given)."""
-    return bool(args.all_hosts or args.against or args.snapshots)
+    return bool(args.all_hosts or args.against or args.snapshots or args.shard)
 
 
 def run(args: argparse.Namespace, config: HostConfig | None = None) -> int:
@@ -60,12 +67,21 @@ def run(args: argparse.Namespace, config: HostConfig | None = None) -> int:
         )
         return EXIT_ERROR
     kinds = args.only or list(common.KINDS)
+    shard = None
+    if args.shard is not None:
+        from reconciler import ci
+
+        try:
+            shard = ci.parse_shard(args.shard)
+        except ValueError as e:
+            print(f"reconcile: {e}", file=sys.stderr)
+            return EXIT_ERROR
     try:
         with contextlib.ExitStack() as stack:
             source = stack.enter_context(gitsource.open_local(Path(args.repo), args.ref, args.path))
             desired_mod.check_repository(source.path, common.shown_repo(args))
-            base = _export_against(args, source, stack)
-            result = _plan(args, source, kinds, base, config)
+            base, changed = _export_against(args, source, stack)
+            result = _plan(args, source, kinds, base, changed, shard, config)
     except ReconcilerError as e:
         print(f"reconcile: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -81,15 +97,25 @@ def run(args: argparse.Namespace, config: HostConfig | None = None) -> int:
 
 def _export_against(
     args: argparse.Namespace, source: gitsource.Source, stack: contextlib.ExitStack[Any]
-) -> Path | None:
+) -> tuple[Path | None, frozenset[str] | None]:
     """With ``--against REV``: the desired state at REV, read from git objects into a
-    temporary directory that lives as long as ``stack``; else None."""
+    temporary directory that lives as long as ``stack``, and the hosts whose inputs changed
+    since REV (None: plan every host: a shared file changed, or the tree is dirty and has
+    no commit to compare); else (None, None)."""
     if not args.against:
-        return None
+        return None, None
     if source.repo is None:
         raise SourceError(f"--against {args.against}: {args.repo} is not in a git repository")
     rev = gitsource.resolve(source.repo, args.against)
-    return gitsource.materialized(source.repo, rev, source.subdir, stack)
+    base = gitsource.materialized(source.repo, rev, source.subdir, stack)
+    if source.dirty or source.commit is None:
+        return base, None  # a work tree: no git objects to compare, so plan every host
+    from reconciler import against, gittree
+
+    top = Path(source.repo.working_tree_dir or source.repo.git_dir)
+    before = {e.path: e.blob for e in gittree.list_tree(top, rev, source.subdir)}
+    after = {e.path: e.blob for e in gittree.list_tree(top, source.commit, source.subdir)}
+    return base, against.changed_hosts(before, after)
 
 
 def _plan(
@@ -97,10 +123,13 @@ def _plan(
     source: gitsource.Source,
     kinds: Sequence[str],
     base: Path | None,
+    changed: frozenset[str] | None,
+    shard: Shard | None,
     config: HostConfig | None = None,
 ) -> CiResult:
     """Plan every host (``--all-hosts``) or this one, against the host configuration
-    ``config``."""
+    ``config``: only ``shard``'s, and only those in ``changed`` (when not None) or with a
+    snapshot."""
     from reconciler import ci
 
     hosts = None if args.all_hosts else [args.host or common.short_hostname()]
@@ -113,26 +142,43 @@ def _plan(
         base_rev=args.against,
         snapshots=Path(args.snapshots) if args.snapshots else None,
         config=config,
+        changed=changed,
+        shard=shard,
     )
 
 
+def document(result: CiResult, commit: str | None, against: str | None) -> dict[str, Any]:
+    """The CI dry-run's JSON document (``docs/plan.md``): every host's plan and a summary;
+    ``shard`` when the run is one shard of a matrix."""
+    doc: dict[str, Any] = {
+        "format_version": 1,
+        "commit": commit,
+        "against": against,
+    }
+    if result.shard is not None:
+        doc["shard"] = {**result.shard.to_dict(), "hosts_total": result.total_hosts}
+    doc["hosts"] = result.plans
+    doc["summary"] = {
+        "hosts": len(result.plans),
+        "changes": result.changes,
+        "errors": result.errors,
+        "unchanged": result.unchanged,
+    }
+    return doc
+
+
 def _write(args: argparse.Namespace, result: CiResult, commit: str | None) -> None:
-    """Print the plans to stdout, as text or (``--output json``) one JSON document."""
+    """Print the plans to stdout: text, one JSON document (``--output json``), or Markdown
+    for a review comment (``--output markdown``, rendered from that document)."""
     from reconciler import ci
 
     if args.output == "json":
-        doc = {
-            "format_version": 1,
-            "commit": commit,
-            "against": args.against,
-            "hosts": result.plans,
-            "summary": {
-                "hosts": len(result.plans),
-                "changes": result.changes,
-                "errors": result.errors,
-            },
-        }
+        doc = document(result, commit, args.against)
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    elif args.output == "markdown":
+        from reconciler.render import markdown
+
+        sys.stdout.write(markdown.render_ci(document(result, commit, args.against)))
     else:
         sys.stdout.write(ci.render_text(result, commit, colour=common.colour(sys.stdout)))
     sys.stdout.flush()

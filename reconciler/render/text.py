@@ -85,6 +85,11 @@ def _no_changes(plan: dict[str, Any]) -> str:
     """The line for a plan without changes, saying only what was compared: live state on a
     host, a snapshot, or (the CI dry-run against a revision) the desired state at it."""
     basis = plan.get("basis") or {}
+    if plan.get("status") == "unchanged":
+        return (
+            f"  Unchanged since {basis.get('rev')}: its host file and every shared file are "
+            "the same there, so it was not planned."
+        )
     if plan["errors"]:
         return "  No changes planned; the resources with errors below were not compared."
     if basis.get("kind") == "against":
