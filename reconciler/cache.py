@@ -185,8 +185,8 @@ class DesiredCache:
     """
 
     def __init__(self, path: Path, *, create: bool = True) -> None:
-        """Open the cache directory ``path`` (created ``0700`` with ``create``, its parent
-        must exist then). StateError when it cannot be used: it is a symlink, not a
+        """Open the cache directory ``path`` (created ``0700`` with ``create``, with its
+        parents). StateError when it cannot be used: it is a symlink, not a
         directory, not ours or writable by others, or cannot be created or opened."""
         self.path = path
         self.hits = 0
@@ -194,9 +194,7 @@ class DesiredCache:
         self.written = 0
         if create:
             try:
-                os.mkdir(path, 0o700)
-            except FileExistsError:
-                pass
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError as e:
                 raise StateError(f"cannot create cache directory {path}: {e.strerror}") from e
         try:

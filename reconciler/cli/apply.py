@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_lock_file(p)
     common.add_wait(p, 0.0)
     common.add_state_dir(p)
+    common.add_cache(p)
     common.add_config(p)
     _add_run_options(p)
     common.add_log_format(p)
@@ -321,7 +322,12 @@ def _reconcile(args: argparse.Namespace, scope: Scope, config: HostConfig) -> in
             # written to, the host: not even the state dir or lock file is created.
             try:
                 loaded = common.load_desired(
-                    source.path, host, kinds, config, shown=common.shown_repo(args)
+                    source.path,
+                    host,
+                    kinds,
+                    config,
+                    shown=common.shown_repo(args),
+                    disk_cache=common.disk_cache(args, Path(args.state_dir)),
                 )
             except ValidationError as e:
                 return common.invalid(e)
@@ -444,7 +450,12 @@ def _run(
         # Validate before anything is read from the host (a fetched commit is checked here).
         if loaded is None:
             loaded = common.load_desired(
-                source.path, host, scope.kinds, config, shown=common.shown_repo(args)
+                source.path,
+                host,
+                scope.kinds,
+                config,
+                shown=common.shown_repo(args),
+                disk_cache=common.disk_cache(args, state.path),
             )
     except ValidationError as e:
         return common.invalid(e)

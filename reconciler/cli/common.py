@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from reconciler import hostconfig, log
 from reconciler import kinds as registry
@@ -22,6 +22,9 @@ from reconciler.errors import RepositoryError, ValidationError
 from reconciler.hostconfig import HostConfig
 from reconciler.kinds.base import Context, Provider
 from reconciler.model import HostDesired
+
+if TYPE_CHECKING:
+    from reconciler.cache import DesiredCache
 
 KINDS = registry.NAMES
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
@@ -209,6 +212,43 @@ def add_config(p: argparse.ArgumentParser, *, documented: bool = True) -> None:
     )
 
 
+def add_cache(p: argparse.ArgumentParser, *, state_dir: bool = True) -> None:
+    """Add ``--cache-dir DIR`` (default ``$RECONCILER_CACHE_DIR``, else, with
+    ``state_dir``, the state dir's ``cache/``) and ``--no-cache``; see :func:`disk_cache`."""
+    default = "the state dir's cache/" if state_dir else "none"
+    p.add_argument(
+        "--cache-dir",
+        default=os.environ.get("RECONCILER_CACHE_DIR") or None,
+        metavar="DIR",
+        help="keep validated desired-state files here, keyed by content, so an unchanged "
+        f"file is not parsed again (default: $RECONCILER_CACHE_DIR, else {default})",
+    )
+    p.add_argument(
+        "--no-cache", action="store_true", help="neither read nor write the desired-state cache"
+    )
+
+
+def disk_cache(args: argparse.Namespace, state_dir: Path | None) -> DesiredCache | None:
+    """The desired-state cache the options ask for (:mod:`reconciler.cache`): none with
+    ``--no-cache``; ``--cache-dir`` (created if missing); else ``<state_dir>/cache`` when
+    ``state_dir`` is given and already exists (it is not created for this). A directory
+    that cannot be used safely (a symlink, not private) is not used, with a warning on
+    stderr: the cache never decides whether a run can go on."""
+    from reconciler.cache import DesiredCache
+    from reconciler.errors import StateError
+
+    if getattr(args, "no_cache", False):
+        return None
+    explicit: str | None = getattr(args, "cache_dir", None)
+    if explicit:
+        try:
+            return DesiredCache(Path(explicit))
+        except StateError as e:
+            print(f"reconcile: warning: desired-state cache not used: {e}", file=sys.stderr)
+            return None
+    return DesiredCache.in_state_dir(state_dir) if state_dir is not None else None
+
+
 def host_config(args: argparse.Namespace) -> HostConfig:
     """The host configuration ``--config`` names (:func:`reconciler.hostconfig.load`);
     raises :class:`~reconciler.errors.HostConfigError` when it cannot be used."""
@@ -252,6 +292,7 @@ def load_desired(
     config: HostConfig | None = None,
     *,
     shown: str | None = None,
+    disk_cache: DesiredCache | None = None,
 ) -> Loaded:
     """The host's desired state and (with the vm kind) vms.yaml, checked against the host
     configuration ``config`` (None: the defaults); ValidationError if bad.
@@ -260,7 +301,8 @@ def load_desired(
     desired-state repository, or the host has no ``hosts/<host>.yaml``. The one exception
     is the VM controller ``vms.yaml`` names: without a host file it is planned for the
     cluster-wide kind (``vm``) only, which is what vms.yaml names it for; its other kinds
-    need the file (an empty ``{}``), and the result's ``note`` says so."""
+    need the file (an empty ``{}``), and the result's ``note`` says so. ``disk_cache``:
+    the desired-state cache to use (:func:`disk_cache`), or None."""
     from reconciler import desired as desired_mod  # not for ``--help``: loaded by a run
 
     desired_mod.check_repository(repo, shown)
@@ -275,7 +317,7 @@ def load_desired(
             note = desired_mod.controller_without_file(host, skipped)
             log.get().warning("kinds_skipped", host=host, kinds=skipped, reason=note)
         kinds = cluster
-    desired = desired_mod.load_host(repo, host, config=config)
+    desired = desired_mod.load_host(repo, host, config=config, disk_cache=disk_cache)
     cluster_wide = any(registry.get(k).cluster for k in kinds)
     vms = desired_mod.load_vms(repo, config=config) if cluster_wide else None
     return Loaded(desired, vms, kinds, note)

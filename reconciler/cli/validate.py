@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also require hosts/NAME.yaml, as a run for that host does (repeatable)",
     )
     common.add_config(p)
+    common.add_cache(p, state_dir=False)
     return p
 
 
@@ -69,7 +70,9 @@ def run(argv: Sequence[str]) -> int:
             repo = source.path
             desired_mod.check_repository(repo, str(shown))
             notes = [_host_note(repo, host) for host in args.host]
-            problems = desired_mod.validate_repo(repo, config=config)
+            problems = desired_mod.validate_repo(
+                repo, config=config, disk_cache=common.disk_cache(args, None)
+            )
             hosts = len(desired_mod.list_hosts(repo))
     except ReconcilerError as e:
         print(f"reconcile: {e}", file=sys.stderr)
