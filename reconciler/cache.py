@@ -145,7 +145,7 @@ def _decode_derived(items: Any) -> dict[tuple[str, ...], Any]:
         if not key or not all(isinstance(k, str) for k in key):
             raise ValueError("derived key")
         if how == "frozenset":
-            if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            if not (isinstance(value, list) and set(map(type, value)) <= {str}):
                 raise ValueError("derived frozenset")
             out[tuple(key)] = frozenset(value)
         elif how == "plain":
@@ -433,15 +433,43 @@ class DesiredCache:
 def _inputs_current(root: Path, inputs: dict[str, str]) -> bool:
     """Whether every other file an entry was derived from still has the digest recorded."""
     for rel, digest in inputs.items():
-        path = root / rel
-        try:
-            if path.is_symlink() or not path.is_file():
-                return False
-            if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-                return False
-        except (OSError, ValueError):
+        content = _read_in(root, rel)
+        if content is None or hashlib.sha256(content).hexdigest() != digest:
             return False
     return True
+
+
+def _read_in(root: Path, rel: str) -> bytes | None:
+    """The bytes of the regular file ``rel`` below ``root``, each component opened through
+    its parent's descriptor without following a symlink; None for anything else (a
+    symlink, ``..``, a missing file, one larger than an entry may be)."""
+    parts = rel.split("/")
+    if not rel or any(p in ("", ".", "..") for p in parts):
+        return None
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(root, flags | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        nxt = os.open(parts[-1], flags, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ENTRY_BYTES:
+            return None
+        chunks = []
+        while chunk := os.read(fd, 1 << 22):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 __all__ = [
