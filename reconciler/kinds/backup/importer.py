@@ -76,7 +76,8 @@ def _rank(rule: str, times: Sequence[datetime], i: int) -> int:
 def _every(times: Sequence[datetime]) -> str:
     """The schedule the newest gaps suggest (their median, rounded to :data:`SCHEDULES`
     on a log scale); one day when there is one archive."""
-    gaps = [(a - b).total_seconds() for a, b in itertools.pairwise(times)][:8]
+    # The newest gaps: older archives of a rotated history are thinned out.
+    gaps = [(a - b).total_seconds() for a, b in itertools.pairwise(times)][:3]
     gaps = [g for g in gaps if g > 0]
     if not gaps:
         return "1d"
