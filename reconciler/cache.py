@@ -314,16 +314,10 @@ class DesiredCache:
                 or st.st_size > MAX_ENTRY_BYTES
             ):
                 return None
-            chunks = []
-            size = 0
-            while chunk := os.read(fd, 1 << 22):
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > MAX_ENTRY_BYTES:
-                    return None
-            if time.time() - st.st_mtime > TOUCH_AFTER:
+            data = _read_fd(fd)
+            if data is not None and time.time() - st.st_mtime > TOUCH_AFTER:
                 os.utime(fd)
-            return b"".join(chunks)
+            return data
         except OSError:
             return None
         finally:
@@ -430,6 +424,18 @@ class DesiredCache:
             return
 
 
+def _read_fd(fd: int) -> bytes | None:
+    """Everything ``fd`` holds, None past :data:`MAX_ENTRY_BYTES` (it may have grown)."""
+    chunks = []
+    size = 0
+    while chunk := os.read(fd, 1 << 22):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_ENTRY_BYTES:
+            return None
+    return b"".join(chunks)
+
+
 def _inputs_current(root: Path, inputs: dict[str, str]) -> bool:
     """Whether every other file an entry was derived from still has the digest recorded."""
     for rel, digest in inputs.items():
@@ -459,13 +465,7 @@ def _read_in(root: Path, rel: str) -> bytes | None:
         nxt = os.open(parts[-1], flags, dir_fd=fd)
         os.close(fd)
         fd = nxt
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ENTRY_BYTES:
-            return None
-        chunks = []
-        while chunk := os.read(fd, 1 << 22):
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return _read_fd(fd) if stat.S_ISREG(os.fstat(fd).st_mode) else None
     except OSError:
         return None
     finally:
