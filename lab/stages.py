@@ -18,9 +18,12 @@ The stages:
   supports rings up to 4096), with a bridge ``br0`` over the second NIC so that a bridge's
   port is resized. Under software emulation this stage takes a few minutes.
 
-After the namespaces, one of their hosts follows a git remote that requires signed commits
-(:func:`gitops_stage`, :mod:`lab.gitops`): a CI dry-run of a commit for every host,
-the host's timer runs applying it, an unsigned commit and a force-push refused.
+After the namespaces, one of their hosts is set up by hand (``ipset restore``, an
+``iptables -I``, an ``ifup-local`` script) and adopted with ``reconcile import``
+(:mod:`lab.importstage`): the dry-run of what was imported is empty. Then one of them
+follows a git remote that requires signed commits (:func:`gitops_stage`,
+:mod:`lab.gitops`): a CI dry-run of a commit for every host, the host's timer runs applying
+it, an unsigned commit and a force-push refused.
 
 Between them, the backup sets run over simulated days (:func:`backup_stage`), and VM placement
 (:func:`placement_stage`) runs on two real libvirt nodes, ``kvm1`` and ``kvm2``
@@ -266,7 +269,6 @@ class Lab:
             self.show(host, "ipset", "list", sorted(desired.ipsets)[0])
         for nic in ring_nics:
             self.show(host, "ethtool", "-g", nic)
-
 
     def saved_plan_story(self, host: str, desired: HostDesired) -> None:
         """A reviewed plan (``--dry-run --out``) applied exactly (``--plan``); then one the
@@ -784,6 +786,9 @@ def _stages(args: argparse.Namespace, repo: Path, config: Path) -> int:
             print(f"# {', '.join(vm_hosts)}: ring sizes need real NIC drivers (veth has none): "
                   "run in the lab VM" + (" (skipped: --no-vm)" if args.no_vm else ""))  # fmt: skip
         namespace_stage(repo, ns_hosts, args.keep)
+        from lab import importstage
+
+        importstage.run(repo, ns_hosts)
         gitops_hosts = [h for h in ns_hosts if _follows_fleet_mgmt(repo, h)]
         if gitops_hosts:
             gitops_stage(repo, gitops_hosts[0], args.keep)

@@ -156,7 +156,7 @@ def from_sets(
             value["firewall"] = spec
             notes.append(f"firewall: `{rule.describe()}`, from {rules_origin}")
         elif rules_origin is not None:
-            notes.append(f"no rule of the form firewall: writes uses it ({rules_origin})")
+            notes.append(f"no rule firewall: can express uses it (read with {rules_origin})")
         else:
             notes.append("no rules in this file: add firewall: for the rule that uses it")
         notes += others
