@@ -284,15 +284,20 @@ class MergeResult:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def _read(path: Path) -> str | None:
-    if path.is_symlink():
-        raise ImportFailed(f"{path}: a symlink; import writes only regular files")
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+def _read(path: Path, top: Path) -> str | None:
+    """The text of an output file to merge into, None when it does not exist. A symlink
+    as the file or as a directory between ``top`` and it is refused: import writes only
+    regular files inside the directory it was given."""
+    p = path
+    while p != top and p != p.parent:
+        if p.is_symlink():
+            raise ImportFailed(f"{p}: a symlink; import writes only regular files in {top}")
+        p = p.parent
+    if not path.exists():
         return None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ImportFailed(f"{path}: cannot read it: {e}") from None
+    if not path.is_file():
+        raise ImportFailed(f"{path}: not a regular file")
+    return read_input(path, str(path))
 
 
 def _new_resources(
@@ -340,7 +345,7 @@ def merge_into(
     is added as ``# not imported:`` comments at the end, each once. Files are replaced
     atomically, and only when something is added."""
     result = MergeResult()
-    fleet_text = _read(out_dir / "fleet.yaml")
+    fleet_text = _read(out_dir / "fleet.yaml", out_dir)
     fleet = _plain(fleet_text, "fleet.yaml") if fleet_text is not None else {}
     targets = (
         (HOST_FILE, out_dir / "hosts" / f"{host}.yaml", f"hosts/{host}.yaml", HOST_SECTIONS),
@@ -350,7 +355,7 @@ def merge_into(
     for kind, path, shown, sections in targets:
         mine = [r for r in resources if r.file == kind]
         notes = [s for s in skipped if file_of(s.address) == kind]
-        text = _read(path)
+        text = _read(path, out_dir)
         have = _plain(text, shown) if text is not None else {}
         new = _new_resources(mine, sections, have, fleet if kind == HOST_FILE else {}, shown,
                              result)  # fmt: skip

@@ -128,3 +128,15 @@ def test_usage_errors(tmp_path: Path) -> None:
     for option in ("--ipset-save", "--ifup-local", "--nic", "--node", "--tarsnap", "--restic",
                    "--out-dir"):  # fmt: skip
         assert option in usage.stdout
+
+
+def test_symlinks_in_the_output_directory_are_refused(tmp_path: Path) -> None:
+    save, _ = _files(tmp_path)
+    repo = importrun.new_repo(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (repo / "hosts").symlink_to(elsewhere)
+    proc = importrun.import_to(repo, "--ipset-save", str(save), "--only", "ipset")
+    assert proc.returncode == 1
+    assert "a symlink; import writes only regular files" in proc.stderr
+    assert list(elsewhere.iterdir()) == []
