@@ -86,6 +86,12 @@ def run(args: argparse.Namespace, config: HostConfig | None = None) -> int:
         print(f"reconcile: {e}", file=sys.stderr)
         return EXIT_ERROR
     if result.problems:
+        if args.output == "markdown":  # the review comment says why, too
+            from reconciler.render import markdown
+
+            doc = document(result, source.commit, args.against)
+            doc["problems"] = [str(p) for p in result.problems]
+            sys.stdout.write(markdown.render_ci(doc))
         return common.invalid(ValidationError(result.problems))
     _write(args, result, source.commit)
     if result.failed:
@@ -149,7 +155,8 @@ def _plan(
 
 def document(result: CiResult, commit: str | None, against: str | None) -> dict[str, Any]:
     """The CI dry-run's JSON document (``docs/plan.md``): every host's plan and a summary;
-    ``shard`` when the run is one shard of a matrix."""
+    ``shard`` when the run is one shard of a matrix. (The Markdown of an invalid desired
+    state renders it with ``problems`` added: every problem as ``file:line:col: ...``.)"""
     doc: dict[str, Any] = {
         "format_version": 1,
         "commit": commit,

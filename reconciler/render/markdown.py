@@ -3,7 +3,8 @@ merge request (``reconcile --dry-run --all-hosts --output markdown``).
 
 Rendered only from the JSON document (``docs/plan.md``), as the text renderer is. The
 comment starts with a hidden marker line (:func:`marker`) by which a CI job finds its own
-comment and updates it on the next push. Then, in this order: a summary line; the errors
+comment and updates it on the next push. Then, in this order: a summary line; the problems
+of an invalid desired state (``problems``: ``file:line:col: ...``, nothing planned); the errors
 (plan errors and refused changes, every host); what needs a reviewer's attention (change
 and plan warnings, link resets, archives to be deleted); a table per host of creates,
 updates, deletes, moves and errors; the hosts with no changes and those unchanged since
@@ -267,6 +268,11 @@ def render_ci(doc: dict[str, Any], *, limit: int = MAX_CHARS) -> str:
             f"{int(shard.get('hosts_total', len(hosts)))} hosts"
         )
     out.force(line + ".")
+    problems = [str(x) for x in doc.get("problems") or []]
+    if problems:
+        out.force("")
+        out.force("**The desired state is invalid: nothing was planned.**")
+    out.section(":x: Problems", [f"- {inline(x)}" for x in problems], "problem(s)")
     out.section(":x: Errors", [item for p in planned for item in _errors(p)], "error(s)")
     attention = [item for p in planned for item in _attention(p)]
     out.section(":warning: Needs attention", attention, "warning(s)")
