@@ -302,6 +302,11 @@ class LoadCache:
         raw = _read_file(repo / rel)
         key = (rel, hashlib.sha256(raw if raw is not None else b"").digest())
         cached = self.docs.get(key) if raw is not None else None
+        if cached is not None and cached.inputs and cached.root != repo:
+            # Its checks read other files of its repository (members_from lists), which
+            # may differ in this one (a CI dry-run's base): one document per repository.
+            key = (rel, key[1] + os.fsencode(repo))
+            cached = self.docs.get(key)
         if cached is None:
             cached = _validated_host_file(repo, rel, raw, self.disk_cache)
             if raw is None:

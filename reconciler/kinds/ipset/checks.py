@@ -1,5 +1,6 @@
 """Semantic checks of ``ipsets:`` beyond the schema, and the typed form of a valid set (or
-of a tombstone, ``absent: true``)."""
+of a tombstone, ``absent: true``). A set's members are its inline ``members:`` and the
+networks of the lists its ``members_from:`` names (:mod:`reconciler.kinds.ipset.lists`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.cidr import canonical_network, parse_network
-from reconciler.errors import Problem
+from reconciler.errors import Problem, ValidationError
+from reconciler.kinds.ipset import lists
+from reconciler.kinds.ipset.lists import (
+    host_bits_message,
+    wrong_family_message,
+    zero_prefix_message,
+)
 from reconciler.kinds.nic.checks import IFNAMSIZ, ifname_too_long
 from reconciler.model import FirewallRule, IpsetSpec, Location
-from reconciler.yamlsrc import YamlDoc, YPath
+from reconciler.yamlsrc import YamlDoc, YPath, format_path
+
+__all__ = ["IpsetTombstone", "check", "host_bits_message", "is_tombstone", "load"]
 
 
 @dataclass(frozen=True)
@@ -28,17 +37,15 @@ def is_tombstone(spec: IpsetSpec | None) -> bool:
     return isinstance(spec, IpsetTombstone)
 
 
-def host_bits_message(text: str, host: str, network: str) -> str:
-    """The problem of a member written with host bits set (``10.10.0.1/24``): a typo for a
-    single address as often as for the network, so both are offered."""
-    return f"{text}: host bits set; did you mean {host} or {network}?"
-
-
 def check(doc: YamlDoc, name: str, spec: dict[str, Any]) -> list[Problem]:
     """Members: valid networks of the set's family, no /0, no host bits set, no duplicates
-    after canonicalisation, no more than maxelem. The canonical members are kept with the
-    document for :func:`load`. A tombstone's members, if it still lists them, are checked
-    the same way (they are ignored, but stay valid for when the tombstone is lifted)."""
+    after canonicalisation (within ``members:``, within one list; the same network inline
+    and in a list, or in two lists, is one member), no more than maxelem, counted once
+    merged. ``members_from:`` lists are read from the document's repository
+    (``doc.root``), their problems located in the list. The canonical members, inline and
+    listed, are kept with the document for :func:`load`. A tombstone's members, if it
+    still lists them, are checked the same way (they are ignored, but stay valid for when
+    the tombstone is lifted); its lists are not read."""
     base: YPath = ("ipsets", name)
     out: list[Problem] = []
     fw = spec.get("firewall")
@@ -63,8 +70,35 @@ def check(doc: YamlDoc, name: str, spec: dict[str, Any]) -> list[Problem]:
     family = spec.get("family", "inet")
     want_version = 4 if family == "inet" else 6
     members = spec.get("members")
+    seen = _check_inline(doc, base, members, family, want_version, out)
+    from_lists = _check_lists(doc, name, spec, want_version, out)
+    if not out and seen is not None:
+        doc.derived[("ipset_members", name)] = frozenset(seen) | from_lists
+    count = len(members) if isinstance(members, list) else 0
+    if from_lists:
+        count = len(set(seen or ()) | from_lists)
+    maxelem = spec.get("maxelem")
+    if isinstance(maxelem, int) and not isinstance(maxelem, bool) and count > maxelem:
+        where = (*base, "members") if isinstance(members, list) else (*base, "members_from")
+        out.append(
+            doc.problem(
+                where,
+                f"{count} members but maxelem is {maxelem}; raise maxelem or drop members",
+                key=True,
+            )
+        )
+    return out
+
+
+def _check_inline(
+    doc: YamlDoc, base: YPath, members: Any, family: str, want_version: int, out: list[Problem]
+) -> dict[str, int] | None:
+    """Check the inline ``members:`` (appending to ``out``); their canonical networks by
+    index, or None when there is no list of them to check."""
+    if members is None:
+        return {}
     if not isinstance(members, list):
-        return out
+        return None
     seen: dict[str, int] = {}
     for i, m in enumerate(members):
         if not isinstance(m, str):
@@ -77,23 +111,10 @@ def check(doc: YamlDoc, name: str, spec: dict[str, Any]) -> list[Problem]:
             out.append(doc.problem(mpath, f"not a valid IP network: {m!r}"))
             continue
         if version != want_version:
-            other = "inet6" if version == 6 else "inet"
-            out.append(
-                doc.problem(
-                    mpath,
-                    f"IPv{version} network {m} in an {family} set; "
-                    f"put it in a set with family: {other}",
-                )
-            )
+            out.append(doc.problem(mpath, wrong_family_message(version, m, family)))
             continue
         if prefixlen == 0:
-            halves = "0.0.0.0/1 and 128.0.0.0/1" if version == 4 else "::/1 and 8000::/1"
-            out.append(
-                doc.problem(
-                    mpath,
-                    f"the kernel rejects /0 in hash:net; split it into two /1 networks ({halves})",
-                )
-            )
+            out.append(doc.problem(mpath, zero_prefix_message(version)))
             continue
         if host is not None:
             # The kernel would silently store the network: 10.10.0.1/24 (a typo for a /32)
@@ -112,18 +133,65 @@ def check(doc: YamlDoc, name: str, spec: dict[str, Any]) -> list[Problem]:
             )
             continue
         seen[canon] = i
-    if not out:
-        doc.derived[("ipset_members", name)] = frozenset(seen)
-    maxelem = spec.get("maxelem")
-    if isinstance(maxelem, int) and not isinstance(maxelem, bool) and len(members) > maxelem:
-        out.append(
-            doc.problem(
-                (*base, "members"),
-                f"{len(members)} members but maxelem is {maxelem}; raise maxelem or drop members",
-                key=True,
+    return seen
+
+
+def _list_paths(base: YPath, spec: dict[str, Any]) -> list[tuple[YPath, str]]:
+    """``members_from:`` as (YAML path, list path) pairs: one path or a list of them."""
+    froms = spec.get("members_from")
+    if isinstance(froms, str) and froms:
+        return [((*base, "members_from"), froms)]
+    if isinstance(froms, list):
+        return [
+            ((*base, "members_from", i), r) for i, r in enumerate(froms) if isinstance(r, str) and r
+        ]
+    return []  # the schema reports anything else (an empty path included)
+
+
+def _check_lists(
+    doc: YamlDoc, name: str, spec: dict[str, Any], want_version: int, out: list[Problem]
+) -> frozenset[str]:
+    """Read and check the lists ``members_from:`` names (appending to ``out``, each
+    problem located in its list, with the set's path); their networks of the set's
+    family. A tombstone's paths are checked, its lists not read: a set being deleted needs
+    no members, and its list may have gone with it. Every list read is recorded with the
+    document (:meth:`YamlDoc.depends_on`): what is derived here is only as current as they
+    are."""
+    networks: set[str] = set()
+    family = spec.get("family", "inet")
+    for ypath, rel in _list_paths(("ipsets", name), spec):
+        why = lists.path_problem(rel)
+        if why is not None:
+            out.append(doc.problem(ypath, why))
+            continue
+        if spec.get("absent") is True:
+            continue
+        if doc.root is None:
+            out.append(doc.problem(ypath, f"{rel}: no repository to read it from"))
+            continue
+        try:
+            data = lists.read(doc.root, rel)
+        except lists.ListError as e:
+            out.append(doc.problem(ypath, e.message))
+            continue
+        doc.depends_on(rel, data)
+        parsed = lists.parse_cached(data)
+        where = format_path(ypath)
+        out.extend(Problem(rel, p.line, p.column, where, p.message) for p in parsed.problems)
+        hidden = parsed.more
+        other = 6 if want_version == 4 else 4
+        if parsed.members[other]:
+            room = max(lists.MAX_PROBLEMS - len(parsed.problems), 1)
+            shown = lists.entries(data, parsed, other, room)
+            out.extend(
+                Problem(rel, line, col, where, wrong_family_message(other, text, family))
+                for line, col, text in shown
             )
-        )
-    return out
+            hidden += len(parsed.members[other]) - len(shown)
+        if hidden:
+            out.append(Problem(rel, 0, 0, where, f"{hidden} more problem(s) in {rel} not shown"))
+        networks |= parsed.members[want_version]
+    return frozenset(networks)
 
 
 def _ipset_spec(
@@ -132,7 +200,7 @@ def _ipset_spec(
     if known is not None:
         members = known  # canonicalised by _check_ipset already
     else:
-        members = frozenset(canonical_network(m.strip())[2] for m in spec["members"])
+        members = frozenset(canonical_network(m.strip())[2] for m in spec.get("members") or ())
     fw = spec.get("firewall")
     firewall = None
     if fw is not None:
@@ -164,6 +232,13 @@ def load(doc: YamlDoc, name: str, spec: dict[str, Any]) -> IpsetSpec:
             typed = IpsetTombstone(name=name, source=location)
         else:
             known = doc.derived.get(("ipset_members", name))
+            if known is None and "members_from" in spec:
+                # Not derived yet (the checks ran elsewhere): the lists must be read, never
+                # silently left out.
+                problems = check(doc, name, spec)
+                known = doc.derived.get(("ipset_members", name))
+                if known is None:
+                    raise ValidationError(problems)
             typed = _ipset_spec(name, spec, location, known)
         doc.derived[("ipset_spec", name)] = typed
     return typed
