@@ -21,6 +21,7 @@ import yaml
 from reconciler.atomicfile import write_atomic
 from reconciler.errors import ReconcilerError
 from reconciler.hostconfig import HostConfig
+from reconciler.yamlsrc import read_bounded
 
 HOST_FILE = "host"
 VMS_FILE = "vms"
@@ -109,12 +110,13 @@ def read_input(path: Path, shown: str, *, strict: bool = True) -> str:
     :data:`MAX_INPUT_BYTES`; ReconcilerError naming ``shown`` when it cannot be read, is
     larger, or (``strict``) is not UTF-8. Without ``strict`` bad bytes become U+FFFD."""
     try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_INPUT_BYTES + 1)
+        raw = read_bounded(path, MAX_INPUT_BYTES)
     except OSError as e:
         raise ReconcilerError(f"{shown}: cannot read it: {e.strerror or e}") from None
-    if len(raw) > MAX_INPUT_BYTES:
-        raise ReconcilerError(f"{shown}: larger than {MAX_INPUT_BYTES} bytes: refused")
+    if raw is None:
+        raise ReconcilerError(
+            f"{shown}: not a regular file, or larger than {MAX_INPUT_BYTES} bytes: refused"
+        )
     try:
         return raw.decode("utf-8", "strict" if strict else "replace")
     except UnicodeDecodeError as e:

@@ -140,3 +140,10 @@ def test_symlinks_in_the_output_directory_are_refused(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "a symlink; import writes only regular files" in proc.stderr
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_device_as_input_file_is_refused(tmp_path: Path) -> None:
+    repo = importrun.new_repo(tmp_path)
+    proc = importrun.import_to(repo, "--ipset-save", "/dev/zero", "--only", "ipset")
+    assert proc.returncode == 1
+    assert "/dev/zero: not a regular file" in proc.stderr and "Traceback" not in proc.stderr
