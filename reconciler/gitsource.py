@@ -1,6 +1,7 @@
 """Where the desired state comes from: a plain directory, a local git work tree, or a remote.
 
-``--repo`` takes a path or a URL (gitpython does the git work):
+``--repo`` takes a path or a URL (the ``git`` command does the git work,
+:mod:`reconciler.gitrepo`):
 
 * a **plain directory** (in no git repository at all) is read as it is (no commit recorded,
   nothing can be verified); a repository git refuses (its ``safe.directory`` ownership
@@ -32,13 +33,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from reconciler import gittree, log
 from reconciler.errors import SourceError
-
-if TYPE_CHECKING:
-    import git
+from reconciler.gitrepo import GitError, GitRepo, find_top
 
 SOURCE_DIR = "source"
 """Seconds ``git archive | tar -x`` may take to export a tree: a desired state of 1,000
@@ -95,7 +94,7 @@ class Source:
 
     path: Path
     commit: str | None
-    repo: git.Repo | None = None
+    repo: GitRepo | None = None
     url: str | None = None
     dirty: bool = False
     subdir: str = ""
@@ -109,29 +108,19 @@ class Source:
 
 
 def _git_error(e: Exception) -> str:
-    import git  # gitpython only for git work: not at import
-
-    if isinstance(e, git.GitCommandError):
-        stderr = (e.stderr or "").strip().replace("stderr: ", "").strip("'\n ")
+    if isinstance(e, GitError):
+        stderr = e.stderr.strip()
         return stderr.splitlines()[-1] if stderr else f"git exited {e.status}"
     return str(e)
 
 
-def commit_hash(repo: git.Repo, rev: str) -> str | None:
+def commit_hash(repo: GitRepo, rev: str) -> str | None:
     """The full hash of the commit ``rev`` names (a branch, tag or hash, peeled to its
     commit), or None when there is no such commit."""
-    import git  # gitpython only for git work: not at import
-
-    if not rev or rev.startswith("-"):  # never let a revision be read as an option
-        return None
-    try:
-        out = repo.git.rev_parse("--verify", "--quiet", f"{rev}^{{commit}}")
-    except git.GitCommandError:
-        return None
-    return str(out).strip() or None
+    return repo.commit_hash(rev)  # never lets a revision be read as an option
 
 
-def resolve(repo: git.Repo, rev: str) -> str:
+def resolve(repo: GitRepo, rev: str) -> str:
     """The full hash of the commit ``rev`` names; SourceError when there is none."""
     sha = commit_hash(repo, rev)
     if sha is None:
@@ -151,33 +140,27 @@ def open_local(path: Path, ref: str | None, subdir: str = "") -> Iterator[Source
     repository git refuses or fails on (``safe.directory``: the message names the fix);
     only a directory that is in no git repository at all is read as a plain directory.
     """
-    import git  # gitpython only for git work: not at import
-
     if not path.is_dir():
         raise SourceError(f"{path}: not a directory")
-    try:
-        repo = git.Repo(path, search_parent_directories=True)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+    top = find_top(path)
+    if top is None:
         if ref is not None:
             raise SourceError(f"--ref {ref}: {path} is not in a git repository") from None
         check_links(path / subdir)
         yield Source(path / subdir, None)
         return
     try:
-        repo.git.rev_parse("--git-dir")
-    except git.GitCommandError as e:
+        repo = GitRepo.open(top)
+    except GitError as e:
         # e.g. "detected dubious ownership" (a checkout owned by another user): git itself
         # refuses this repository. Never read its files as a plain directory instead: the
         # dirty-tree refusal, the recorded commit and drift tracking would all be lost.
-        top = repo.working_tree_dir or repo.git_dir
-        repo.close()
-        raise SourceError(git_refusal(path, Path(top), e)) from e
+        raise SourceError(git_refusal(path, top, e)) from e
     with contextlib.ExitStack() as stack:
-        stack.callback(repo.close)
         try:
             source = _open_git(repo, path, ref, subdir, stack)
-        except git.GitCommandError as e:
-            raise SourceError(git_refusal(path, Path(repo.working_tree_dir or path), e)) from e
+        except GitError as e:
+            raise SourceError(git_refusal(path, Path(repo.working_tree_dir), e)) from e
         yield source
 
 
@@ -195,18 +178,19 @@ def git_refusal(path: Path, top: Path, e: Exception) -> str:
 
 
 def _open_git(
-    repo: git.Repo, path: Path, ref: str | None, subdir: str, stack: contextlib.ExitStack[Any]
+    repo: GitRepo, path: Path, ref: str | None, subdir: str, stack: contextlib.ExitStack[Any]
 ) -> Source:
     """The source of :func:`open_local` for a repository git accepts; a committed state's
     temporary directory lives as long as ``stack``."""
-    top = Path(repo.working_tree_dir or path).resolve()
+    top = Path(repo.working_tree_dir).resolve()
     rel = str(path.resolve().relative_to(top)) if path.resolve() != top else ""
     rel = "/".join(p for p in (rel, subdir) if p and p != ".")
-    if ref is None and not repo.head.is_valid():
+    head = repo.commit_hash("HEAD") if ref is None else None
+    if ref is None and head is None:
         check_links(path / subdir)
         return Source(path / subdir, None, repo, subdir=rel)  # no commit yet
-    commit = resolve(repo, ref) if ref is not None else str(repo.head.commit.hexsha)
-    dirty = ref is None and repo.is_dirty(untracked_files=True, path=rel or None)
+    commit = resolve(repo, ref) if ref is not None else str(head)
+    dirty = ref is None and repo.is_dirty(rel or None)
     if dirty:
         # Uncommitted: only the work tree has it (apply needs --allow-dirty).
         check_links(path / subdir)
@@ -235,13 +219,11 @@ def check_links(root: Path) -> None:
                 )
 
 
-def materialized(
-    repo: git.Repo, commit: str, subdir: str, stack: contextlib.ExitStack[Any]
-) -> Path:
+def materialized(repo: GitRepo, commit: str, subdir: str, stack: contextlib.ExitStack[Any]) -> Path:
     """A temporary directory (removed when ``stack`` closes) holding ``subdir`` at
     ``commit``, written from git objects (:func:`reconciler.gittree.materialize`)."""
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reconciler-tree-")))
-    gittree.materialize(Path(repo.working_tree_dir or repo.git_dir), commit, subdir, tmp)
+    gittree.materialize(Path(repo.working_tree_dir), commit, subdir, tmp)
     return tmp
 
 
@@ -249,23 +231,26 @@ def _clone_dir(state_dir: Path) -> Path:
     return state_dir / SOURCE_DIR
 
 
-def _open_clone(dest: Path, url: str) -> git.Repo | None:
+def _open_clone(dest: Path, url: str) -> GitRepo | None:
     """The existing clone of ``url`` at ``dest``; None when there is none. A directory that
     is not a usable clone is moved aside (kept for inspection) so a fresh clone can start."""
-    import git  # gitpython only for git work: not at import
-
     if not dest.exists():
         return None
     try:
-        repo = git.Repo(dest)
-        have = repo.remotes.origin.url if "origin" in [r.name for r in repo.remotes] else None
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError) as e:
+        if not os.path.lexists(dest / ".git"):
+            raise GitError(("rev-parse",), 128, f"{dest} is not a git repository")
+        repo = GitRepo.open(dest)
+        if Path(repo.git("rev-parse", "--show-toplevel").strip()) != dest.resolve():
+            raise GitError(("rev-parse",), 128, f"{dest} is not the top of a git repository")
+        have = repo.remote_url("origin")
+    except GitError as e:
+        if "dubious ownership" in e.stderr:  # git refuses it: say so, move nothing
+            raise SourceError(git_refusal(dest, dest, e)) from e
         aside = dest.with_name(f"{dest.name}.broken-{int(time.time())}")
         dest.rename(aside)
         log.get().warning("source_clone_broken", path=str(dest), moved_to=str(aside), error=str(e))
         return None
     if have != url:
-        repo.close()
         raise SourceError(
             f"{dest} is a clone of {have}, not of {url}: remove it (it is only a cache) or "
             "use another --state-dir"
@@ -273,21 +258,19 @@ def _open_clone(dest: Path, url: str) -> git.Repo | None:
     return repo
 
 
-def _remote_target(repo: git.Repo, ref: str | None) -> str:
+def _remote_target(repo: GitRepo, ref: str | None) -> str:
     """The commit ``ref`` names after a fetch: a branch of origin, a tag, or a commit; the
     remote's default branch when ``ref`` is None."""
     if ref is None:
         sha = commit_hash(repo, "refs/remotes/origin/HEAD")
         if sha is None:
-            raise SourceError(
-                f"cannot tell the default branch of {repo.remotes.origin.url}: pass --ref"
-            )
+            raise SourceError(f"cannot tell the default branch of {repo.remote_url()}: pass --ref")
         return sha
     for candidate in (f"refs/remotes/origin/{ref}", f"refs/tags/{ref}", ref):
         sha = commit_hash(repo, candidate)
         if sha is not None:
             return sha
-    raise SourceError(f"--ref {ref}: no such branch, tag or commit in {repo.remotes.origin.url}")
+    raise SourceError(f"--ref {ref}: no such branch, tag or commit in {repo.remote_url()}")
 
 
 @contextlib.contextmanager
@@ -299,8 +282,6 @@ def open_remote(url: str, ref: str | None, state_dir: Path, subdir: str = "") ->
     A failed fetch with an earlier checkout yields that checkout with ``fetch_error`` set;
     without one it raises SourceError.
     """
-    import git  # gitpython only for git work: not at import
-
     check_url(url)
     dest = _clone_dir(state_dir)
     repo = _open_clone(dest, url)
@@ -310,21 +291,20 @@ def open_remote(url: str, ref: str | None, state_dir: Path, subdir: str = "") ->
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             # Cloned beside, then renamed: an interrupted clone never looks like a clone.
-            repo = git.Repo.clone_from(url, tmp, no_checkout=True)
-        except git.GitCommandError as e:
+            GitRepo.clone(url, tmp)
+        except GitError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise SourceError(
                 f"cannot clone {url}: {_git_error(e)} (no earlier checkout to fall back to)"
             ) from e
-        repo.close()
         tmp.rename(dest)
-        repo = git.Repo(dest)
+        repo = GitRepo.open(dest)
     else:
         try:
-            repo.remotes.origin.fetch(prune=True, tags=True, force=True)
-            with contextlib.suppress(git.GitCommandError):  # follow a changed default branch
-                repo.git.remote("set-head", "origin", "--auto")
-        except git.GitCommandError as e:
+            repo.git("fetch", "--quiet", "--prune", "--tags", "--force", "origin", remote=True)
+            with contextlib.suppress(GitError):  # follow a changed default branch
+                repo.git("remote", "set-head", "origin", "--auto", remote=True)
+        except GitError as e:
             fetch_error = f"cannot fetch {url}: {_git_error(e)}"
     try:
         current = _accepted(repo)
@@ -351,51 +331,48 @@ def open_remote(url: str, ref: str | None, state_dir: Path, subdir: str = "") ->
 ACCEPTED_MARK = "reconciler-accepted"
 
 
-def _accepted(repo: git.Repo) -> str | None:
+def _accepted(repo: GitRepo) -> str | None:
     """The commit the work tree holds if it was checked out by :func:`checkout` (accepted),
     else None: a fresh clone's HEAD, or a tree changed since, is nothing to fall back to."""
-    import git  # gitpython only for git work: not at import
-
     mark = Path(repo.git_dir) / ACCEPTED_MARK
     try:
         commit = mark.read_text().strip()
     except OSError:
         return None
-    try:
-        head = str(repo.head.commit.hexsha)
-    except (ValueError, git.BadName, git.GitCommandError):
-        return None
-    return commit if commit == head else None
+    head = repo.commit_hash("HEAD")
+    return commit if head is not None and commit == head else None
 
 
 def checkout(source: Source, commit: str) -> None:
     """Move a clone's work tree to ``commit`` (detached, forced, untracked files removed):
     it then holds exactly that commit's files. Updates ``source.commit``."""
-    import git  # gitpython only for git work: not at import
-
     assert source.repo is not None and source.url is not None
     try:
-        source.repo.git.checkout("--detach", "--force", commit)
-        source.repo.git.clean("-ffdx")
-    except git.GitCommandError as e:
+        source.repo.git("checkout", "--quiet", "--detach", "--force", commit)
+        source.repo.git("clean", "-ffdxq")
+    except GitError as e:
         raise SourceError(f"cannot check out {commit[:12]}: {_git_error(e)}") from e
     (Path(source.repo.git_dir) / ACCEPTED_MARK).write_text(commit + "\n")
     source.commit = commit
 
 
-def read_file_at(repo: git.Repo, commit: str, path: str) -> str | None:
+def read_file_at(repo: GitRepo, commit: str, path: str) -> str | None:
     """The text of ``path`` at ``commit`` without checking it out; None when absent or not
     a plain file (a symlink or a directory is never followed). SourceError when it is
     larger than a desired-state file may be."""
     try:
-        blob = repo.commit(commit).tree / path
-    except (KeyError, TypeError, ValueError):
+        entry = repo.entry(commit, path)
+    except GitError:
         return None
-    if blob.type != "blob" or blob.mode & 0o170000 != 0o100000:
+    if entry is None or entry.type != "blob" or int(entry.mode, 8) & 0o170000 != 0o100000:
         return None
-    if blob.size > gittree.MAX_FILE:
+    size = entry.size or 0
+    if size > gittree.MAX_FILE:
         raise SourceError(
-            f"{path} at {commit[:12]} is {blob.size} bytes (at most {gittree.MAX_FILE} are read)"
+            f"{path} at {commit[:12]} is {size} bytes (at most {gittree.MAX_FILE} are read)"
         )
-    data: bytes = blob.data_stream.read()
+    try:
+        data = repo.blob(entry.sha)
+    except GitError:
+        return None
     return data.decode("utf-8", errors="replace")

@@ -30,14 +30,11 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
 
 from reconciler import runner
 from reconciler.errors import CommandError, CommandNotFound, CommandTimeout, VerifyError
+from reconciler.gitrepo import GitError, GitRepo
 from reconciler.gitsource import commit_hash
-
-if TYPE_CHECKING:
-    import git
 
 OPENPGP = "openpgp"
 SSH = "ssh"
@@ -235,7 +232,7 @@ def _openpgp_fingerprint(text: str, home: Path) -> str:
 
 
 def _load_keys(
-    repo: git.Repo, commits: Sequence[str], signers: Sequence[Signer], pins: set[str]
+    repo: GitRepo, commits: Sequence[str], signers: Sequence[Signer], pins: set[str]
 ) -> tuple[list[_Key], list[str]]:
     """The pinned keys named by ``signers`` in the trees of ``commits``, and notes on the keys
     that were skipped (missing, not a key, not pinned) for error messages."""
@@ -287,19 +284,19 @@ def _dedupe(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _read_blob(repo: git.Repo, sha: str, path: str) -> tuple[str | None, str | None]:
+def _read_blob(repo: GitRepo, sha: str, path: str) -> tuple[str | None, str | None]:
     """(text, None) for the file at ``path`` in commit ``sha``, or (None, problem)."""
-    import git  # gitpython only for git work: not at import
-
     try:
-        item = repo.commit(sha).tree / path.strip("/")
-    except KeyError:
+        item = repo.entry(sha, path)
+    except GitError as exc:
+        return None, f"cannot be read ({_last_line(exc.stderr.encode())})"
+    if item is None:
         return None, "missing"
-    if not isinstance(item, git.Blob):
+    if item.type != "blob":
         return None, "is not a file"
-    if item.size > _MAX_KEY_BYTES:
+    if (item.size or 0) > _MAX_KEY_BYTES:
         return None, f"is {item.size} bytes, too large for a public key"
-    data = cast(bytes, item.data_stream.read())
+    data = repo.blob(item.sha)
     try:
         return data.decode("utf-8"), None
     except UnicodeDecodeError:
@@ -376,19 +373,17 @@ def _last_line(stderr: bytes) -> str:
 # -- commits ----------------------------------------------------------------------------------
 
 
-def _is_ancestor(repo: git.Repo, ancestor: str, descendant: str) -> bool:
-    import git  # gitpython only for git work: not at import
-
+def _is_ancestor(repo: GitRepo, ancestor: str, descendant: str) -> bool:
     try:
-        repo.git.merge_base("--is-ancestor", ancestor, descendant)
-    except git.GitCommandError as exc:
+        repo.git("merge-base", "--is-ancestor", ancestor, descendant)
+    except GitError as exc:
         if exc.status == 1:  # the documented "no" answer; anything else is a real failure
             return False
         raise VerifyError(f"git merge-base failed: {exc.stderr.strip()}") from None
     return True
 
 
-def check_rewind(repo: git.Repo, base: str, target: str, *, allow_rewind: bool) -> bool:
+def check_rewind(repo: GitRepo, base: str, target: str, *, allow_rewind: bool) -> bool:
     """The rewind rule, for verifying and non-verifying runs alike: whether ``target``
     descends from ``base``, the last applied commit (True also when they are the same).
     When it does not (a force-push, an older branch, or ``base`` gone from the
@@ -400,7 +395,7 @@ def check_rewind(repo: git.Repo, base: str, target: str, *, allow_rewind: bool) 
 
 
 def _check_rewind(
-    repo: git.Repo, base: str, base_sha: str | None, target_sha: str, allow_rewind: bool
+    repo: GitRepo, base: str, base_sha: str | None, target_sha: str, allow_rewind: bool
 ) -> bool:
     """:func:`check_rewind` for revisions already resolved (``base_sha`` None: ``base`` is
     not in the repository)."""
@@ -419,10 +414,10 @@ def _check_rewind(
     )
 
 
-def _raw(repo: git.Repo, sha: str) -> bytes:
-    # The raw object, byte for byte: gitpython's parsed Commit re-encodes, and `repo.git.*`
-    # strips trailing newlines, either of which would change the signed payload.
-    return cast(bytes, repo.odb.stream(bytes.fromhex(sha)).read())
+def _raw(repo: GitRepo, sha: str) -> bytes:
+    # The raw object, byte for byte: a parsed and re-encoded commit, or text with trailing
+    # newlines stripped, would change the signed payload.
+    return repo.raw_commit(sha)
 
 
 def _split_signature(raw: bytes) -> tuple[bytes, bytes | None]:
@@ -468,7 +463,7 @@ def _describe(raw: bytes, sha: str) -> str:
 
 
 def verify_range(
-    repo: git.Repo,
+    repo: GitRepo,
     base: str | None,
     target: str,
     signers: Sequence[Signer],
@@ -510,7 +505,7 @@ def verify_range(
         todo = [target_sha]
     elif _check_rewind(repo, base, base_sha, target_sha, allow_rewind):
         assert base_sha is not None  # a descendant of base: base is in the repository
-        listing = str(repo.git.rev_list("--topo-order", "--reverse", f"{base_sha}..{target_sha}"))
+        listing = repo.git("rev-list", "--topo-order", "--reverse", f"{base_sha}..{target_sha}")
         todo = listing.split()
     else:
         # The operator accepted the rewind: what is applied next is the target's tree, so the

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from reconciler import gitverify
 from reconciler.errors import SourceError, VerifyError
+from reconciler.gitrepo import GitRepo
 from reconciler.gitsource import commit_hash, read_file_at
 from reconciler.gitverify import Signer
 from reconciler.yamlsrc import parse_yaml
-
-if TYPE_CHECKING:
-    import git
 
 DEFAULT_PINS = "/etc/reconciler/signers.pin"
 
@@ -41,7 +39,7 @@ class Decision:
     verification: bool = False
 
 
-def _fleet_verify(repo: git.Repo, commit: str, subdir: str) -> dict[str, Any] | None:
+def _fleet_verify(repo: GitRepo, commit: str, subdir: str) -> dict[str, Any] | None:
     rel = f"{subdir}/fleet.yaml" if subdir else "fleet.yaml"
     try:
         text = read_file_at(repo, commit, rel)
@@ -77,7 +75,7 @@ def host_requires_signatures(pins_path: Path) -> bool:
 
 
 def decide(
-    repo: git.Repo,
+    repo: GitRepo,
     subdir: str,
     base: str | None,
     target: str,

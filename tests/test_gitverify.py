@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import git
 import pytest
 
 from reconciler.errors import VerifyError
+from reconciler.gitrepo import GitRepo
 from reconciler.gitverify import (
     Signer,
     Verified,
@@ -109,7 +109,7 @@ class Repo:
         self.path = path
         self.keys = keys
         _run(["git", "init", "-q", "-b", "main", str(path)], env=self._env())
-        self.repo = git.Repo(path)
+        self.repo = GitRepo.open(path)
 
     def _env(self) -> dict[str, str]:
         return {

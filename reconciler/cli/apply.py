@@ -38,7 +38,7 @@ from reconciler.render import text as render_text
 from reconciler.state import StateDir
 
 if TYPE_CHECKING:
-    import git
+    from reconciler.gitrepo import GitRepo
 
 
 USAGE = """reconcile [--dry-run] [--repo PATH|URL] [--host NAME] [--only KINDS] [options]
@@ -388,7 +388,7 @@ def _accept_source(
 
 
 def _verify(
-    args: argparse.Namespace, repo: git.Repo, subdir: str, state: StateDir, target: str
+    args: argparse.Namespace, repo: GitRepo, subdir: str, state: StateDir, target: str
 ) -> VerifyError | None:
     """Apply the rewind rule and the signature policy to ``target`` (:func:`trust.decide`);
     returns the refusal, else None (the verified commits are logged)."""
