@@ -3,7 +3,13 @@
 No product hooks: the command line runs through :data:`WRAPPER` (``python -c``), which patches
 the I/O boundary methods of the kinds named in ``$KILL_TARGETS`` (:data:`BOUNDARIES`) to count
 their calls and, at call ``$KILL_AT``, send the process SIGKILL *before* the call
-(``$KILL_WHEN=before``) or right *after* it returned (``after``), then runs
+(``$KILL_WHEN=before``), right *after* it returned (``after``), or *during* it (``during``):
+the call runs with ``$KILL_DURING_ENV`` (a JSON object) added to the environment its commands
+inherit (the tarsnap emulator's ``FAKE_TARSNAP_INTERRUPT=kill``: the command dies mid-way by
+itself), and, with ``$KILL_DURING_GLOB``, a watcher SIGKILLs the process's children and then
+the process as soon as a file matching that pattern exists (a restic lock file: restic is
+writing to its repository) -- a service killed as a whole (its cgroup) while its command
+runs. Whatever the call did, the process is killed when it returns. Then it runs
 :func:`reconciler.cli.main`. With ``$KILL_LOG`` every boundary call reached is appended to
 that file as one line (``kind:method detail``).
 
@@ -26,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WORKERS = max(2, min(4, os.cpu_count() or 1))
@@ -52,7 +58,7 @@ BOUNDARIES: dict[str, tuple[tuple[str, str | None, tuple[str, ...]], ...]] = {
 
 WRAPPER = textwrap.dedent(
     """
-    import importlib, json, os, re, signal, sys
+    import glob, importlib, json, os, re, signal, sys, threading, time
 
     BOUNDARIES = json.loads(os.environ["KILL_BOUNDARIES"])
     KILL_AT = int(os.environ.get("KILL_AT", "0"))
@@ -75,6 +81,38 @@ WRAPPER = textwrap.dedent(
                 words.append(f"[{len(a)}]")
         return " ".join(words[:4])
 
+    def kill_all():
+        me = str(os.getpid())
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                with open(stat) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me:  # ppid: a child of ours (tarsnap, restic)
+                try:
+                    os.kill(int(stat.split("/")[2]), signal.SIGKILL)
+                except OSError:
+                    pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def watch(pattern):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if glob.glob(pattern):
+                kill_all()
+            time.sleep(0.005)
+
+    def during(original, args, kwargs):
+        os.environ.update(json.loads(os.environ.get("KILL_DURING_ENV", "{}")))
+        pattern = os.environ.get("KILL_DURING_GLOB")
+        if pattern:
+            threading.Thread(target=watch, args=(pattern,), daemon=True).start()
+        try:
+            original(*args, **kwargs)
+        finally:
+            kill_all()
+
     def wrap(kind, module, owner, name):
         target = owner if owner is not None else module
         original = getattr(target, name)
@@ -87,6 +125,8 @@ WRAPPER = textwrap.dedent(
                     f.write(f"{kind}:{name} {detail(owner, args)}".rstrip() + "\\n")
             if n == KILL_AT and WHEN == "before":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if n == KILL_AT and WHEN == "during":
+                during(original, args, kwargs)
             result = original(*args, **kwargs)
             if n == KILL_AT and WHEN == "after":
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -108,10 +148,16 @@ WRAPPER = textwrap.dedent(
 
 
 def wrapper_env(
-    kinds: Sequence[str], *, kill_at: int = 0, when: str = "before", log: Path | None = None
+    kinds: Sequence[str],
+    *,
+    kill_at: int = 0,
+    when: str = "before",
+    log: Path | None = None,
+    during: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment that makes :data:`WRAPPER` patch ``kinds`` and kill at ``kill_at``
-    (0: never) ``when`` (before or after the call), logging calls to ``log``."""
+    (0: never) ``when`` (before, during or after the call), logging calls to ``log``;
+    ``during`` adds ``KILL_DURING_ENV``/``KILL_DURING_GLOB`` for a kill during the call."""
     import json
 
     env = {
@@ -119,6 +165,7 @@ def wrapper_env(
         "KILL_AT": str(kill_at),
         "KILL_WHEN": when,
         "PYTHONPATH": str(PROJECT_ROOT),
+        **(during or {}),
     }
     if log is not None:
         env["KILL_LOG"] = str(log)
@@ -150,13 +197,21 @@ class Point:
         return f"#{self.index} {self.when} {self.label}"
 
 
-def choose_points(labels: Sequence[str], after: Callable[[str], bool]) -> list[Point]:
-    """Every boundary killed *before* its call, and *after* it too where ``after(label)``
-    (where bookkeeping follows the call: ownership confirmed, a definition verified) and
-    after the last call (everything applied; the verification and the journal not done)."""
+def choose_points(
+    labels: Sequence[str],
+    after: Callable[[str], bool],
+    during: Callable[[str], bool] = lambda label: False,
+) -> list[Point]:
+    """Every boundary killed *before* its call, *during* it where ``during(label)`` (a
+    command that writes while it runs: an archive being made), and *after* it where
+    ``after(label)`` (where bookkeeping follows the call: ownership confirmed, a definition
+    verified) and after the last call (everything applied; the verification and the journal
+    not done)."""
     points: list[Point] = []
     for i, label in enumerate(labels, 1):
         points.append(Point(i, "before", label))
+        if during(label):
+            points.append(Point(i, "during", label))
         if after(label) or i == len(labels):
             points.append(Point(i, "after", label))
     return points
@@ -180,6 +235,15 @@ class Scenario(Protocol):
     def check_ours_kept(self) -> list[str]: ...
 
 
+@runtime_checkable
+class KilledDuring(Protocol):
+    """A scenario with points *during* a call: the environment that makes the call's
+    command die mid-way, or the file whose appearance says it is writing (see the module
+    doc)."""
+
+    def during_env(self, label: str) -> dict[str, str]: ...
+
+
 @dataclass
 class Outcome:
     """What :func:`exercise` found: the boundaries counted, the points killed, problems."""
@@ -194,6 +258,7 @@ def exercise(
     root: Path,
     *,
     after: Callable[[str], bool] = lambda label: False,
+    during: Callable[[str], bool] = lambda label: False,
     workers: int = WORKERS,
 ) -> Outcome:
     """Count the boundaries of one uninterrupted run, then kill a run at every point
@@ -213,11 +278,15 @@ def exercise(
         out.labels = log.read_text().splitlines() if log.exists() else []
         out.problems += [f"uninterrupted: {p}" for p in s.check_converged()]
         out.problems += [f"uninterrupted: {p}" for p in s.check_ours_kept()]
-    out.points = choose_points(out.labels, after)
+    out.points = choose_points(out.labels, after, during)
 
     def one(n: int, point: Point) -> list[str]:
         with fresh(root / f"p{n}") as s:
-            proc = s.run(wrapper_env([s.kind], kill_at=point.index, when=point.when))
+            extra = None
+            if point.when == "during" and isinstance(s, KilledDuring):
+                extra = s.during_env(point.label)
+            env = wrapper_env([s.kind], kill_at=point.index, when=point.when, during=extra)
+            proc = s.run(env)
             if not killed(proc):
                 return [f"{point}: the run was not killed there: {output(proc)}"]
             problems = [f"{point}: after the kill: {p}" for p in s.check_killed()]

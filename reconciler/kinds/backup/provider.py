@@ -24,6 +24,18 @@ restic. Safety rules (``docs/desired-state.md``):
   that set, recorded as failed (so the next run checks again), and the set's deletions are not
   made: a check never deletes anything, and nothing is expired from a repository or an account
   that does not read back.
+* an archive being created is recorded in the state dir (``ours.json``, kind ``backup``,
+  keyed by the archive's name: ``{"set": S, "intent": "creating archive X of set S"}``)
+  before the backend is called, and the record is dropped once the backend says it is made
+  (its name then says whose it is). A run killed in between leaves the record, and the next
+  run knows what it means: the archive itself (the create committed: the record is dropped),
+  nothing (it never committed: dropped), or ``X.part`` -- a truncated archive tarsnap stores
+  for a create interrupted after a checkpoint -- which is then ours: not a backup for the
+  schedule nor for the keep policy (it holds part of the files), kept until a complete
+  archive of the set newer than it exists (made by that run or one before), then deleted
+  as superseded (``delete_archive`` with that reason; tarsnap's deduplication means the newer
+  archive holds its blocks). A ``.part`` nobody recorded is never ours. A record whose set
+  cannot be read this run is kept.
 """
 
 from __future__ import annotations
@@ -56,6 +68,9 @@ _T = TypeVar("_T")
 DEFAULT_DELETE_BATCH = 500
 """Archives per deletion call (``tarsnap -d`` / ``restic forget``)."""
 
+PART = ".part"
+"""The suffix of the truncated archive tarsnap stores for an interrupted create."""
+
 RETRY_NOTE = "skipped this run; it is retried on the next run"
 CHECK_OPS = ("check_repository", "check_archive")
 """The ops that check a set's backups (restic: the repository; tarsnap: the newest archive)."""
@@ -73,13 +88,16 @@ class SetLive:
     """What was read for one backup set: every archive name the backend lists (all of them,
     also other sets' and foreign ones: retention sorts them out), the set's missing paths,
     the tags of its archives (restic, read only when ``keep.tags`` asks for them) and when
-    it was last checked, and whether that check passed (None: never checked)."""
+    it was last checked, and whether that check passed (None: never checked), and the
+    truncated archives of interrupted creates that are ours (``partials``)."""
 
     archives: tuple[str, ...] = ()
     missing_paths: tuple[str, ...] = ()
     tags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     last_check: datetime | None = None
     last_check_ok: bool | None = None
+    partials: tuple[str, ...] = ()
+    """``X.part`` archives of this set whose creation the state dir records: ours."""
 
 
 @dataclass(frozen=True)
@@ -186,9 +204,17 @@ class BackupProvider:
                 records = self._check_records()
             except StateError as e:
                 records_error = f"reading the check records: {e.message}"
+        try:
+            creating = self._creating()
+        except StateError as e:
+            creating = {}
+            for name in backups:
+                errors[name] = f"reading the records of archives being created: {e.message}"
         for name in sorted(backups):
             spec = backups[name]
             backend = self.backend_for(name, spec, desired)
+            if name in errors:
+                continue
             self._backends[name] = backend
             if name in checked and records_error is not None:
                 errors[name] = records_error
@@ -217,14 +243,56 @@ class BackupProvider:
                     a: t for a, t in listed if t and retention.parse_archive_name(name, a)
                 }  # fmt: skip
             rec = records.get(name)
+            listed_names = {a for a, _ in listed}
             sets[name] = SetLive(
                 tuple(a for a, _ in listed),
                 missing,
                 tags,
                 rec.at if rec is not None else None,
                 rec.ok if rec is not None else None,
+                tuple(
+                    sorted(
+                        part
+                        for x, s in creating.items()
+                        if s == name and (part := x + PART) in listed_names
+                    )
+                ),
             )
         return BackupLive(now, sets, errors, checked)
+
+    def _creating(self) -> dict[str, str]:
+        """The archives whose creation the state dir records, name -> set (records that are
+        not of that shape, or whose name is not an archive name of their set, are left out:
+        they are never taken as ours). Raises StateError when ``ours.json`` is corrupt."""
+        if self.state is None:
+            return {}
+        out: dict[str, str] = {}
+        for archive, record in self.state.ours(KIND).items():
+            set_name = record.get("set")
+            if isinstance(set_name, str) and retention.parse_archive_name(set_name, archive):
+                out[archive] = set_name
+        return out
+
+    def _intend_create(self, set_name: str, archive: str) -> None:
+        """Record, before the backend is called, that ``archive`` of ``set_name`` is being
+        created (ProviderError when it cannot be written: then it is not created)."""
+        if self.state is None:
+            return
+        try:
+            self.state.intend(
+                KIND, archive, f"creating archive {archive} of set {set_name}", {"set": set_name}
+            )
+        except StateError as e:
+            raise ProviderError(
+                f"archive {archive} not created: its creation could not be recorded as ours "
+                f"({e.message})",
+                address=f"{KIND}/{set_name}",
+            ) from e
+
+    def _created(self, archive: str) -> None:
+        """The backend made ``archive``: its name says whose it is, the record goes."""
+        if self.state is not None:
+            self.state.forget(KIND, archive)
 
     def _check_records(self) -> dict[str, CheckRecord]:
         """The last check of every set: the state dir's record, updated by the checks this
@@ -239,6 +307,7 @@ class BackupProvider:
         self._checks = {n: r for n, r in self._checks.items() if n in live.checked}
         if self.state is None:
             return
+        self._settle_creating(live)
         try:
             records = checkstate.load(self.state.path)
         except StateError:
@@ -246,6 +315,21 @@ class BackupProvider:
         kept = {n: r for n, r in records.items() if n in live.checked}
         if kept != records:
             checkstate.save(self.state.path, kept)
+
+    def _settle_creating(self, live: BackupLive) -> None:
+        """Drop the records of archives being created that this read settles: the archive
+        exists (made), or neither it nor its ``.part`` does (never committed). Kept: a
+        ``.part`` of ours (until it is deleted) and records of sets not read this run."""
+        try:
+            creating = self._creating()
+        except StateError:
+            return  # the read reported it, for every set
+        for archive, set_name in creating.items():
+            seen = live.sets.get(set_name)
+            if seen is None or set_name in live.errors:
+                continue
+            if archive + PART not in seen.archives:
+                self.state.forget(KIND, archive)  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------------------- diff
     def diff(self, desired: HostDesired, live: BackupLive) -> tuple[list[Change], list[PlanError]]:
@@ -329,7 +413,9 @@ class BackupProvider:
         prunes = [op for op in change.ops if op.op == "prune_repository"]
         try:
             for op in creates:
+                self._intend_create(change.name, op.args["archive"])
                 _with_fsck(backend, functools.partial(_create, backend, change.name, op))
+                self._created(op.args["archive"])
                 done.append(op)
             for op in checks:
                 self._check(backend, change, op, held=len(deletes))
@@ -465,16 +551,22 @@ def diff_set(name: str, spec: Mapping[str, Any], state: SetLive, now: datetime) 
     if every <= timedelta(0):
         raise SetPlanError(f"every must be longer than zero, got {spec['every']!r}")
 
-    times = {
-        a: t for a in state.archives if (t := retention.parse_archive_name(name, a)) is not None
-    }
+    partials = set(state.partials)
+    archives = [a for a in state.archives if a not in partials]
+    times = {a: t for a in archives if (t := retention.parse_archive_name(name, a)) is not None}
     # The schedule counts from the newest archive that is not in the future: a future-dated
     # archive (a host clock that was wrong) must not stop backups until that date.
     past = [(t, a) for a, t in times.items() if t <= now]
     newest_any = max((t, a) for a, t in times.items())[1] if times else None
     new_name = retention.archive_name(name, now)
-    due = (not past or now - max(past)[0] >= every) and new_name not in times
-    names = [*state.archives, new_name] if due else list(state.archives)
+    # The name of a partial of ours is taken too (tarsnap refuses it): wait for the next
+    # second rather than fail (a run right after the one that was killed).
+    due = (
+        (not past or now - max(past)[0] >= every)
+        and new_name not in times
+        and new_name + PART not in partials
+    )
+    names = [*archives, new_name] if due else archives
     try:
         decision = retention.decide(name, names, policy, now, tags=state.tags)
         check = _check_op(name, spec, state, now, past, new_name if due else None)
@@ -503,6 +595,7 @@ def diff_set(name: str, spec: Mapping[str, Any], state: SetLive, now: datetime) 
             continue
         ops.append(Op("delete_archive", {"archive": archive, "reason": rows[archive].reason}))
         deleted += 1
+    ops += _superseded_partials(name, partials, times, now, due)
     if deleted and spec.get("prune"):
         # Frees the data of what was just forgotten (restic only; the schema checks).
         ops.append(Op("prune_repository", {"repository": spec["repository"]}))
@@ -517,6 +610,28 @@ def diff_set(name: str, spec: Mapping[str, Any], state: SetLive, now: datetime) 
         "keep": policy.describe(),
     }
     return Change(KIND, name, action, tuple(ops), before, after, warnings=tuple(decision.warnings))
+
+
+def _superseded_partials(
+    name: str, partials: set[str], times: Mapping[str, datetime], now: datetime, created: bool
+) -> list[Op]:
+    """``delete_archive`` for each partial of ours (``X.part``) older than a complete archive
+    of the set that is not in the future: one that exists, or the one this run creates at
+    ``now`` (``created``; apply deletes only after it is made). Pure."""
+    complete = [t for t in times.values() if t <= now] + ([now] if created else [])
+    if not complete:
+        return []
+    newest = max(complete)
+    ops = []
+    for part in sorted(partials):
+        t = retention.parse_archive_name(name, part.removesuffix(PART))
+        if t is not None and t < newest:
+            reason = (
+                f"truncated archive of an interrupted create (recorded as ours), superseded "
+                f"by {retention.archive_name(name, newest)}"
+            )
+            ops.append(Op("delete_archive", {"archive": part, "reason": reason}))
+    return ops
 
 
 def _check_op(

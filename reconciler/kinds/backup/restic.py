@@ -17,6 +17,14 @@ policy is never used. How archives map onto restic snapshots:
 
 Listing runs with ``--no-lock``: it only reads, and a dry run must leave the repository as it
 was (restic would otherwise write a lock file into it). ``TZ=UTC`` makes ``--time`` UTC.
+
+A restic killed while it holds the repository's lock (a run killed mid-backup, the host losing
+power) leaves its lock file behind, and restic does not skip it: every later ``forget``
+(exclusive) says "repository is already locked" until someone runs ``restic unlock``, so
+expired archives would never go. Every call that locks (backup, forget, check, prune) that
+finds the repository locked runs ``restic unlock`` once -- which removes only the locks restic
+itself judges stale: made on this host by a process that no longer exists, or not refreshed
+for 30 minutes -- and retries once; a lock still held is :class:`ResticBusy`.
 """
 
 from __future__ import annotations
@@ -40,6 +48,9 @@ from reconciler.kinds.backup.retention import ARCHIVE_RE
 
 DEFAULT_BATCH = 200
 """Snapshot IDs per ``restic forget`` call (64 hex characters each: far below ARG_MAX)."""
+
+_LOCKED = "repository is already locked"
+"""What restic prints when another process holds the repository's lock."""
 
 TAG = "reconciler"
 """The tag that marks a snapshot as made by reconciler."""
@@ -213,12 +224,21 @@ class ResticBackend:
             proc.stderr.decode("utf-8", "replace"),
         )
 
+    def _locking(self, args: Sequence[str]) -> _Result:
+        """Run a restic command that locks the repository; when the repository is locked,
+        ``restic unlock`` (stale locks only, by restic's own test) and one retry."""
+        res = self._restic(args)
+        locked = res.returncode != 0 and _LOCKED in res.stderr
+        if locked and self._restic(["unlock"]).returncode == 0:
+            res = self._restic(args)
+        return res
+
     def _fail(self, res: _Result, what: str, *, deleted: Sequence[str] = ()) -> ResticError:
         """Turn what restic really prints into an error that says what to do."""
         err = res.stderr
         repo = self.config.repository
         kw: dict[str, Any] = {"address": self.address, "stderr": err, "deleted": deleted}
-        if "repository is already locked" in err:
+        if _LOCKED in err:
             holder = next((ln for ln in err.splitlines() if "already locked" in ln), "")
             return ResticBusy(
                 f"{what}: repository {repo} is locked by another restic process "
@@ -307,7 +327,7 @@ class ResticBackend:
         for pat in exclude:
             args += ["--exclude", pat]
         args += ["--", *paths]
-        res = self._restic(args)
+        res = self._locking(args)
         snapshot_id = _summary_snapshot(res.stdout)
         if res.returncode == 0 and snapshot_id:
             return snapshot_id
@@ -353,7 +373,7 @@ class ResticBackend:
                 chunks.append([])
             chunks[-1].append(n)
         for chunk in chunks:
-            res = self._restic(["forget", *(i for n in chunk for i in ids[n])])
+            res = self._locking(["forget", *(i for n in chunk for i in ids[n])])
             result.calls += 1
             if res.returncode == 0:
                 result.deleted += chunk
@@ -380,7 +400,7 @@ class ResticBackend:
         args = ["check"]
         if read_data_subset is not None:
             args.append(f"--read-data-subset={read_data_subset}")
-        res = self._restic(args)
+        res = self._locking(args)
         if res.returncode != 0:
             raise self._fail(res, f"restic {' '.join(args)}")
         lines = [ln.strip() for ln in res.stdout.splitlines() if ln.strip()]
@@ -392,7 +412,7 @@ class ResticBackend:
         Repository-wide and exclusive: restic locks the repository for its duration, and a
         lock held by another process is BackendBusy (retried next run), like a backup's.
         """
-        res = self._restic(["prune"])
+        res = self._locking(["prune"])
         if res.returncode != 0:
             raise self._fail(res, "pruning the repository (snapshots were forgotten)")
 
