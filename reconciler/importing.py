@@ -181,8 +181,10 @@ def render(
         lines.append(f"{section}:")
         for r in mine:
             lines += resource_lines(r, "  ")
+    if not any(r.section in sections for r in resources) and not top:
+        lines.append("{}")  # nothing found: still a valid (empty) file, not an empty document
     lines += _skipped_lines(skipped)
-    return "\n".join(lines) + "\n" if lines else "{}\n"
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------- merge

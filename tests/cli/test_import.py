@@ -147,3 +147,9 @@ def test_a_device_as_input_file_is_refused(tmp_path: Path) -> None:
     proc = importrun.import_to(repo, "--ipset-save", "/dev/zero", "--only", "ipset")
     assert proc.returncode == 1
     assert "/dev/zero: not a regular file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_nothing_found_prints_an_empty_host_file(tmp_path: Path) -> None:
+    proc = importrun.run("import", "--host", "h1", "--only", "nic")
+    assert proc.returncode == 0, proc.stderr
+    assert yaml.safe_load(proc.stdout) == {}  # a valid empty host file, not an empty document
