@@ -196,13 +196,22 @@ MAX_DEPTH = 64
 MAX_FILE_BYTES = 32 * 1024 * 1024
 
 
-class _TooBig(Exception):
-    """The document exceeds MAX_VALUES or MAX_DEPTH at ``node`` (internal)."""
+_TAG_NAMES = {
+    "tag:yaml.org,2002:timestamp": "a date",
+    "tag:yaml.org,2002:int": "an integer",
+    "tag:yaml.org,2002:float": "a number",
+}
 
-    def __init__(self, node: yaml.Node, message: str) -> None:
+
+class _TooBig(Exception):
+    """The document exceeds MAX_VALUES or MAX_DEPTH at ``node``, or has a value there that
+    cannot be built (internal)."""
+
+    def __init__(self, node: yaml.Node, message: str, path: YPath = ()) -> None:
         super().__init__(message)
         self.node = node
         self.message = message
+        self.path = path
 
 
 class _Builder:
@@ -241,7 +250,18 @@ class _Builder:
         self.doc._texts[path] = node.value
         if node.tag == _STR:
             return node.value  # what SafeConstructor.construct_yaml_str returns
-        return self.loader.construct_object(node, deep=True)
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except (ValueError, OverflowError) as e:
+            # A plain scalar resolved to a type it is no valid value of: 2024-13-45 is read
+            # as a date (YAML 1.1) and month 13 cannot be built.
+            what = _TAG_NAMES.get(node.tag, node.tag)
+            raise _TooBig(
+                node,
+                f"{node.value!r} is read as {what} but is not a valid one ({e}); quote it if "
+                "it is text",
+                path,
+            ) from e
 
     def _key(self, knode: yaml.Node, path: YPath) -> str | None:
         if not isinstance(knode, yaml.ScalarNode):
@@ -389,7 +409,7 @@ def parse_yaml(raw: bytes, display_name: str) -> YamlDoc:
         doc.data = _Builder(doc, loader).build(node, ())
     except _TooBig as e:
         line, col = _mark_pos(e.node.start_mark)
-        doc.problems.append(Problem(display_name, line, col, "", e.message))
+        doc.problems.append(Problem(display_name, line, col, format_path(e.path), e.message))
         doc.data = None
     except RecursionError:
         doc.problems.append(Problem(display_name, 0, 0, "", "nested too deeply: refused"))
@@ -443,12 +463,12 @@ def parse_fast(raw: bytes, display_name: str) -> YamlDoc | None:
     builds a node with two marks for every item, and records a position and a source text
     per item. None for anything but the common case, so that whatever is unusual goes
     through the one loader that reports it: a syntax or encoding error, an empty file, a
-    top level that is not a mapping, aliases, merge keys, explicit tags, non-string or
-    duplicate keys, nesting near :data:`MAX_DEPTH`, more than :data:`MAX_VALUES` values, a
-    scalar the safe constructor refuses. Scalars are resolved by the same loader's rules
-    (``off`` is ``False``, a date is a date, anything with a ``/`` is a string). The
-    document returned is partial (:class:`YamlDoc`): a position it does not hold is parsed
-    from ``raw`` when asked for.
+    top level that is not a mapping, anchors and aliases, merge keys, explicit tags,
+    non-string or duplicate keys, nesting near :data:`MAX_DEPTH`, more than
+    :data:`MAX_VALUES` values, a scalar the safe constructor refuses. Scalars are resolved
+    by the same loader's rules (``off`` is ``False``, a date is a date, anything with a
+    ``/`` is a string). The document returned is partial (:class:`YamlDoc`): a position
+    it does not hold is parsed from ``raw`` when asked for.
     """
     try:
         text = raw.decode("utf-8")
@@ -493,8 +513,8 @@ def _events_to_data(loader: Any) -> tuple[dict[str, Any], dict[YPath, Pos], dict
             if cls is _MAP_END:
                 stack.pop()
                 continue
-            if cls is not _SCALAR or ev.tag not in (None, "!"):
-                raise _Bail  # a collection or alias as a key, an explicit tag
+            if cls is not _SCALAR or ev.tag not in (None, "!") or ev.anchor is not None:
+                raise _Bail  # a collection or alias as a key, an explicit tag, an anchor
             key = ev.value
             if "/" not in key and resolve(scalar_node, key, ev.implicit) != _STR:
                 raise _Bail  # not a string (true, 1, null), or a merge key
@@ -511,6 +531,8 @@ def _events_to_data(loader: Any) -> tuple[dict[str, Any], dict[YPath, Pos], dict
         count += 1
         if count > MAX_VALUES:
             raise _Bail
+        if getattr(ev, "anchor", None) is not None:
+            raise _Bail  # the composer checks anchors (a duplicate one is an error)
         if cls is _SCALAR:
             tag = ev.tag
             if tag is not None and tag != "!":
