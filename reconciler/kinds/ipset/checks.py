@@ -72,11 +72,10 @@ def check(doc: YamlDoc, name: str, spec: dict[str, Any]) -> list[Problem]:
     members = spec.get("members")
     seen = _check_inline(doc, base, members, family, want_version, out)
     from_lists = _check_lists(doc, name, spec, want_version, out)
+    merged = from_lists.union(seen) if seen else from_lists
     if not out and seen is not None:
-        doc.derived[("ipset_members", name)] = frozenset(seen) | from_lists
-    count = len(members) if isinstance(members, list) else 0
-    if from_lists:
-        count = len(set(seen or ()) | from_lists)
+        doc.derived[("ipset_members", name)] = merged
+    count = len(merged) if from_lists or not isinstance(members, list) else len(members)
     maxelem = spec.get("maxelem")
     if isinstance(maxelem, int) and not isinstance(maxelem, bool) and count > maxelem:
         where = (*base, "members") if isinstance(members, list) else (*base, "members_from")
@@ -157,7 +156,7 @@ def _check_lists(
     no members, and its list may have gone with it. Every list read is recorded with the
     document (:meth:`YamlDoc.depends_on`): what is derived here is only as current as they
     are."""
-    networks: set[str] = set()
+    found: list[frozenset[str]] = []
     family = spec.get("family", "inet")
     for ypath, rel in _list_paths(("ipsets", name), spec):
         why = lists.path_problem(rel)
@@ -190,8 +189,8 @@ def _check_lists(
             hidden += len(parsed.members[other]) - len(shown)
         if hidden:
             out.append(Problem(rel, 0, 0, where, f"{hidden} more problem(s) in {rel} not shown"))
-        networks |= parsed.members[want_version]
-    return frozenset(networks)
+        found.append(parsed.members[want_version])
+    return found[0] if len(found) == 1 else frozenset().union(*found)
 
 
 def _ipset_spec(

@@ -263,14 +263,18 @@ def parse(data: bytes) -> MemberList:
             continue
         # The commonest lines, an IPv4 address alone or as a /32 (no host bits possible),
         # inline; every other line through parse_network.
-        addr, sep, plen = item.partition("/")
-        if (not sep or plen == "32") and ":" not in addr:
+        if "/" not in item:
+            addr, canon = item, item + "/32"
+        elif item.endswith("/32"):
+            addr, canon = item[:-3], item
+        else:
+            addr = canon = ""
+        if addr:
             try:
-                pton(AF_INET, addr)
+                pton(AF_INET, addr)  # exactly the dotted quads ipaddress accepts
             except (OSError, ValueError):
                 pass
             else:
-                canon = item if sep else item + "/32"
                 if canon not in seen4:
                     seen4[canon] = lineno
                     continue
