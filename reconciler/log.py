@@ -7,7 +7,6 @@ nothing (``reconcile --version``, a dry-run of a converged host) never pay for i
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any, TextIO
 
@@ -15,13 +14,17 @@ from typing import Any, TextIO
 #: yet); None once handed over, or when nothing was configured.
 _pending: dict[str, Any] | None = None
 
+#: ``logging.INFO``, without importing :mod:`logging` (structlog does, when it is used).
+INFO = 20
+
 
 def configure(
-    *, json_lines: bool | None = None, level: int = logging.INFO, file: TextIO | None = None
+    *, json_lines: bool | None = None, level: int = INFO, file: TextIO | None = None
 ) -> None:
     """Configure structlog once per process, logging to ``file`` (default: stderr).
 
-    ``json_lines=None`` picks JSON lines unless stderr is a terminal. The settings take
+    ``json_lines=None`` picks JSON lines unless stderr is a terminal; ``level`` is a
+    :mod:`logging` level (events below it are dropped). The settings take
     effect when the first event is logged (structlog is imported then).
     """
     global _pending

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ def _check_offloads(doc: YamlDoc, base: YPath, offloads: Any) -> list[Problem]:
         try:
             resolve_offload(name)
         except KeyError:
+            import difflib  # only to word this error
+
             hint = difflib.get_close_matches(name, known, n=1)
             msg = f"unknown offload {name!r}"
             msg += f"; did you mean {hint[0]!r}?" if hint else ""

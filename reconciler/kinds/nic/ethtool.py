@@ -27,7 +27,7 @@ calling thread at construction time.
 
 from __future__ import annotations
 
-import ctypes
+import array
 import errno
 import fcntl
 import os
@@ -209,6 +209,11 @@ def pack_sfeatures(strings: Sequence[str], features: Mapping[str, bool]) -> byte
     )
 
 
+def _buffer(size: int) -> array.array[int]:
+    """A zeroed buffer of ``size`` bytes at a fixed address, for the kernel to fill."""
+    return array.array("B", bytes(size))
+
+
 def _blocks(n_bits: int) -> int:
     """The number of 32-bit feature words that hold ``n_bits`` bits."""
     return (n_bits + 31) // 32
@@ -292,26 +297,28 @@ class EthtoolIO:
                 if mtype == RTM_NEWLINK and end - start >= _IFINFOMSG.size:
                     out.append(_link_record(view, start, end))
 
-    def _ethtool(self, ifname: str, cmd: ctypes.Array[ctypes.c_char]) -> int:
+    def _ethtool(self, ifname: str, cmd: array.array[int]) -> int:
         """One ``SIOCETHTOOL`` ioctl on ``ifname`` with the command struct ``cmd`` (filled in
         place by the kernel). Returns the ioctl's non-negative result; ``OSError`` with the
         kernel's errno (``ENODEV`` for a name no device can have)."""
         name = ifname.encode()
         if not name or len(name) >= IFNAMSIZ:
             raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
-        ifreq = bytearray(_IFREQ.pack(name, ctypes.addressof(cmd)))
+        # The kernel reads and writes the command through this address: ``cmd`` stays alive
+        # (and unresized) for the call.
+        ifreq = bytearray(_IFREQ.pack(name, cmd.buffer_info()[0]))
         result: int = fcntl.ioctl(self._sock, SIOCETHTOOL, ifreq)
         return result
 
-    def _get(self, ifname: str, cmd: ctypes.Array[ctypes.c_char]) -> None:
+    def _get(self, ifname: str, cmd: array.array[int]) -> None:
         """A read (or whole-struct write) command: a positive answer means the driver did
         not do it, reported as ``OSError(EOPNOTSUPP)``."""
         if self._ethtool(ifname, cmd):
             raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
 
-    def _ringparam(self, ifname: str) -> ctypes.Array[ctypes.c_char]:
+    def _ringparam(self, ifname: str) -> array.array[int]:
         """``ETHTOOL_GRINGPARAM`` of ``ifname``: the filled ``struct ethtool_ringparam``."""
-        cmd = ctypes.create_string_buffer(_RINGPARAM.size)
+        cmd = _buffer(_RINGPARAM.size)
         _RINGPARAM.pack_into(cmd, 0, ETHTOOL_GRINGPARAM, *(0,) * 8)
         self._get(ifname, cmd)
         return cmd
@@ -319,20 +326,20 @@ class EthtoolIO:
     def get_rings(self, ifname: str) -> RingsLive:
         """Ring sizes of ``ifname`` (``ETHTOOL_GRINGPARAM``); ``OSError(EOPNOTSUPP)`` when the
         driver has none (veth)."""
-        return unpack_ringparam(self._ringparam(ifname).raw)
+        return unpack_ringparam(self._ringparam(ifname).tobytes())
 
     def _feature_strings(self, ifname: str) -> list[str]:
         """The ``ETH_SS_FEATURES`` string set (read through ``ifname`` on first use, then
         kept: netdev_features_strings is global, the same for every device)."""
         if self._strings is None:
-            info = ctypes.create_string_buffer(_SSET_INFO.size)
+            info = _buffer(_SSET_INFO.size)
             _SSET_INFO.pack_into(info, 0, ETHTOOL_GSSET_INFO, 0, 1 << ETH_SS_FEATURES, 0)
             self._ethtool(ifname, info)
             count = _SSET_INFO.unpack_from(info)[3]
-            cmd = ctypes.create_string_buffer(_GSTRINGS_HEAD.size + count * ETH_GSTRING_LEN)
+            cmd = _buffer(_GSTRINGS_HEAD.size + count * ETH_GSTRING_LEN)
             _GSTRINGS_HEAD.pack_into(cmd, 0, ETHTOOL_GSTRINGS, ETH_SS_FEATURES, count)
             self._get(ifname, cmd)
-            raw = cmd.raw
+            raw = cmd.tobytes()
             self._strings = [
                 raw[at : at + ETH_GSTRING_LEN].split(b"\0", 1)[0].decode("latin-1")
                 for at in range(_GSTRINGS_HEAD.size, len(raw), ETH_GSTRING_LEN)
@@ -344,10 +351,10 @@ class EthtoolIO:
         ``struct ethtool_gfeatures`` and the feature names of its bits."""
         strings = self._feature_strings(ifname)
         size = _blocks(len(strings))
-        cmd = ctypes.create_string_buffer(_GFEATURES_HEAD.size + size * _FEATURES_BLOCK.size)
+        cmd = _buffer(_GFEATURES_HEAD.size + size * _FEATURES_BLOCK.size)
         _GFEATURES_HEAD.pack_into(cmd, 0, ETHTOOL_GFEATURES, size)
         self._get(ifname, cmd)
-        return cmd.raw, strings
+        return cmd.tobytes(), strings
 
     def get_features(self, ifname: str) -> dict[str, FeatureLive]:
         """Every feature of ``ifname`` (``ETHTOOL_GFEATURES``): active, and fixed or not."""
@@ -381,7 +388,7 @@ class EthtoolIO:
             return
         strings = self._feature_strings(ifname)
         packed = pack_sfeatures(strings, {k: bool(v) for k, v in values.items()})
-        cmd = ctypes.create_string_buffer(packed, len(packed))
+        cmd = array.array("B", packed)
         # The result is read here: positive flags say the request was not fully honoured.
         ret = self._ethtool(ifname, cmd)
         if ret & ETHTOOL_F_UNSUPPORTED:
