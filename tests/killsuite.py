@@ -8,8 +8,9 @@ the call runs with ``$KILL_DURING_ENV`` (a JSON object) added to the environment
 inherit (the tarsnap emulator's ``FAKE_TARSNAP_INTERRUPT=kill``: the command dies mid-way by
 itself), and, with ``$KILL_DURING_GLOB``, a watcher SIGKILLs the process's children and then
 the process as soon as a file matching that pattern exists (a restic lock file: restic is
-writing to its repository) -- a service killed as a whole (its cgroup) while its command
-runs. Whatever the call did, the process is killed when it returns. Then it runs
+writing to its repository), or ``$KILL_DURING_DELAY`` seconds into the call (a libvirt
+migration, which runs in the daemons) -- a service killed as a whole (its cgroup) while its
+command runs. Whatever the call did, the process is killed when it returns. Then it runs
 :func:`reconciler.cli.main`. With ``$KILL_LOG`` every boundary call reached is appended to
 that file as one line (``kind:method detail``).
 
@@ -52,7 +53,7 @@ BOUNDARIES: dict[str, tuple[tuple[str, str | None, tuple[str, ...]], ...]] = {
     ),
     "vm": (
         ("reconciler.kinds.vm.libvirtio", "NodeIO",
-         ("define", "undefine", "start", "migrate_live")),
+         ("define", "undefine", "start", "migrate_live", "shutdown", "resume", "destroy")),
     ),
 }  # fmt: skip
 
@@ -96,18 +97,19 @@ WRAPPER = textwrap.dedent(
                     pass
         os.kill(os.getpid(), signal.SIGKILL)
 
-    def watch(pattern):
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if glob.glob(pattern):
+    def watch(pattern, delay):
+        start = time.monotonic()
+        while time.monotonic() < start + 60:
+            if (pattern and glob.glob(pattern)) or (delay and time.monotonic() >= start + delay):
                 kill_all()
             time.sleep(0.005)
 
     def during(original, args, kwargs):
         os.environ.update(json.loads(os.environ.get("KILL_DURING_ENV", "{}")))
         pattern = os.environ.get("KILL_DURING_GLOB")
-        if pattern:
-            threading.Thread(target=watch, args=(pattern,), daemon=True).start()
+        delay = float(os.environ.get("KILL_DURING_DELAY", "0"))
+        if pattern or delay:
+            threading.Thread(target=watch, args=(pattern, delay), daemon=True).start()
         try:
             original(*args, **kwargs)
         finally:

@@ -19,7 +19,7 @@ def _provider(ctx: Context) -> Provider | None:
         return None
     from reconciler.kinds.vm.provider import VmProvider
 
-    return VmProvider(ctx.vms, ctx.repo)
+    return VmProvider(ctx.vms, ctx.repo, state=ctx.state)
 
 
 def _live_class() -> type[Any]:

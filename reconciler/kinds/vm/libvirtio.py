@@ -165,19 +165,35 @@ class NodeIO:
         except libvirt.libvirtError as e:
             raise ProviderError(f"node {self.name}: defining domain: {_err(e)}") from e
 
+    def _on(self, uuid: str, doing: str, call: Callable[[Any], Any]) -> Any:
+        """``call(domain)`` on the domain with ``uuid``; ProviderError saying what it was
+        ``doing`` when libvirt fails."""
+        try:
+            return call(self._lookup(uuid))
+        except libvirt.libvirtError as e:
+            raise ProviderError(f"node {self.name}: {doing} {uuid}: {_err(e)}") from e
+
     def undefine(self, uuid: str) -> None:
         """Remove the persistent definition of the (inactive) domain with ``uuid``."""
-        try:
-            self._lookup(uuid).undefine()
-        except libvirt.libvirtError as e:
-            raise ProviderError(f"node {self.name}: undefining {uuid}: {_err(e)}") from e
+        self._on(uuid, "undefining", lambda d: d.undefine())
 
     def start(self, uuid: str) -> None:
         """Start the defined domain with ``uuid``."""
-        try:
-            self._lookup(uuid).create()
-        except libvirt.libvirtError as e:
-            raise ProviderError(f"node {self.name}: starting {uuid}: {_err(e)}") from e
+        self._on(uuid, "starting", lambda d: d.create())
+
+    def state(self, uuid: str) -> str:
+        """The state of the domain with ``uuid``, by :data:`STATE_NAMES` (``paused`` ...)."""
+        state = self._on(uuid, "reading state of", lambda d: d.state()[0])
+        return STATE_NAMES.get(state, "nostate")
+
+    def resume(self, uuid: str) -> None:
+        """Resume the paused domain with ``uuid``."""
+        self._on(uuid, "resuming", lambda d: d.resume())
+
+    def destroy(self, uuid: str) -> None:
+        """Stop the domain with ``uuid`` at once (only ever a stale paused copy: a paused
+        guest cannot shut down)."""
+        self._on(uuid, "stopping", lambda d: d.destroy())
 
     def shutdown(
         self,

@@ -1,7 +1,9 @@
 """Executing placement ops on the nodes: define, verify, undefine, start, shut down, set a
-VNC port, live-migrate. Each step re-checks what makes it safe on the live node (a move's
-target copy exists with the same UUID before the source is undefined; nothing running is
-undefined or copied)."""
+VNC port, live-migrate, and the two recoveries of an interrupted migration (resume the
+paused source; discard a stale paused copy, :mod:`.moving`). Each step re-checks what makes
+it safe on the live node (a move's target copy exists with the same UUID before the source
+is undefined; nothing running is undefined or copied; only a paused copy is resumed or
+discarded, and only while the other node does not run it, or runs it)."""
 
 from __future__ import annotations
 
@@ -63,6 +65,10 @@ class Moves:
             uri = self.config["nodes"][a["to_node"]].get("migration_uri")
             src.migrate_live(a["uuid"], dst, xml, persist, uri)
             self._verify(dst, vm, a["uuid"], a.get("vnc_port"))
+        elif op.op == "resume":
+            self._resume(vm, a)
+        elif op.op == "discard_paused":
+            self._discard_paused(vm, a)
         else:  # a plan from a newer version, or a bug: never guess
             raise ProviderError(f"unknown op {op.op!r}")
 
@@ -122,3 +128,36 @@ class Moves:
         if source.is_active(a["uuid"]):
             raise ProviderError(f"{vm} is running on {a['node']}; not undefining it")
         source.undefine(a["uuid"])
+
+    def _paused_copy(self, vm: str, a: Mapping[str, Any]) -> NodeIO:
+        """The node of ``a["node"]``, checked to hold ``vm`` with ``a["uuid"]``, paused."""
+        io = self.nodes.get(a["node"])
+        found = io.find(vm)
+        if found is None or found[0] != a["uuid"] or io.state(a["uuid"]) != "paused":
+            raise ProviderError(f"{vm} (UUID {a['uuid']}) is not paused on {a['node']}; left alone")
+        return io
+
+    def _resume(self, vm: str, a: Mapping[str, Any]) -> None:
+        # Only while the other node of the interrupted migration does not run it: two
+        # running copies would share the disks.
+        io = self._paused_copy(vm, a)
+        other = self.nodes.get(a["not_running_on"]).find(vm)
+        if other is not None and other[0] == a["uuid"] and other[1]:
+            raise ProviderError(
+                f"{vm} is active on {a['not_running_on']}; not resuming it on {a['node']}"
+            )
+        io.resume(a["uuid"])
+
+    def _discard_paused(self, vm: str, a: Mapping[str, Any]) -> None:
+        # Only while the copy kept runs there, same UUID: that one is the VM.
+        io = self._paused_copy(vm, a)
+        kept = self.nodes.get(a["kept_on"])
+        found = kept.find(vm)
+        if found is None or found[0] != a["uuid"] or kept.state(a["uuid"]) != "running":
+            raise ProviderError(
+                f"{vm} (UUID {a['uuid']}) is not running on {a['kept_on']}; not discarding "
+                f"its paused copy on {a['node']}"
+            )
+        io.destroy(a["uuid"])
+        if io.find(vm) is not None:
+            io.undefine(a["uuid"])

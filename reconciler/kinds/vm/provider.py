@@ -33,6 +33,12 @@ Ops (all name ``vm`` and a node): ``shutdown``, ``start``, ``set_vnc_port``; ``d
 git); ``undefine`` (``uuid``; ``kept_on``: the node the definition must exist on first);
 ``migrate`` (live). A move is listed as its steps: ``[shutdown] define undefine [start]``;
 ``apply`` executes them (:mod:`.moves`).
+
+A move is recorded in the state dir before its first write and the record dropped when it is
+done (:mod:`.moving`): a run killed mid-migration leaves the next run knowing the VM was
+ours and in flight, which is what lets it resume a guest left paused on the source (op
+``resume``) or discard the stale paused copy beside the one running on the target
+(``discard_paused``). A record that cannot be written stops the move before it starts.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import log
-from reconciler.errors import ProviderError
+from reconciler.errors import ProviderError, StateError
+from reconciler.kinds.vm import moving
 from reconciler.kinds.vm.libvirtio import open_node
 from reconciler.kinds.vm.moves import Moves
 from reconciler.kinds.vm.placement import KIND, plan_vms, unmanaged_domains
@@ -56,9 +63,9 @@ from reconciler.kinds.vm.read import (
 )
 from reconciler.model import HostDesired
 from reconciler.plan import Change, Op, PlanError
+from reconciler.state import StateDir
 
 DEFAULT_SHUTDOWN_TIMEOUT = 120.0
-
 
 
 
@@ -70,6 +77,7 @@ class VmProvider:
     uri)`` opens a node (default :func:`~reconciler.kinds.vm.libvirtio.open_node`); each node
     is opened once and kept for apply and re-read, and tests pass a factory that hands out
     their own in-memory ``test:///`` nodes. ``shutdown_timeout`` bounds a graceful shutdown.
+    ``state`` is the state dir, where moves in flight are recorded (None: not recorded).
     """
 
     kind = KIND
@@ -81,8 +89,13 @@ class VmProvider:
         *,
         connect: Connect = open_node,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        state: StateDir | None = None,
     ) -> None:
         self.config = config
+        self.state = state
+        # The moves in flight the state dir records, read with the live state (not part of
+        # VmLive: a snapshot carries none, and a plan from one recovers nothing).
+        self._moving: dict[str, dict[str, Any]] = {}
         self.repo = repo
         self.shutdown_timeout = shutdown_timeout
         self.nodes = Nodes(config, connect)
@@ -96,8 +109,9 @@ class VmProvider:
     # ----------------------------------------------------------------------------- read
     def read(self, desired: HostDesired) -> VmLive:
         """Read every node (:meth:`~reconciler.kinds.vm.read.Nodes.read`) and the
-        ``definition:`` files. Writes nothing. An unreachable node is recorded as an error
-        for that node, not raised."""
+        ``definition:`` files, and the moves in flight the state dir records. Writes
+        nothing. An unreachable node is recorded as an error for that node, not raised."""
+        self._moving = self.state.ours(moving.KIND) if self.state is not None else {}
         nodes = self.nodes.read()
         self._definitions.clear()
         self._definitions.update(read_definitions(self.config, self.repo))
@@ -109,8 +123,20 @@ class VmProvider:
 
     # ----------------------------------------------------------------------------- diff
     def diff(self, desired: HostDesired, live: VmLive) -> tuple[list[Change], list[PlanError]]:
-        """Pure: see :func:`plan_vms` (``desired`` is the host's; VMs come from vms.yaml)."""
-        return plan_vms(self.config, live)
+        """Pure: see :func:`plan_vms` (``desired`` is the host's; VMs come from vms.yaml),
+        with the interrupted live migrations of ours planned to converge
+        (:func:`.moving.recover`, from the records the read found)."""
+        changes, errors = plan_vms(self.config, live)
+        return moving.recover(self._moving, live, changes, errors)
+
+    def forget_vanished(self, live: VmLive) -> None:
+        """After the apply (``live`` is the re-read): drop the records of moves that are
+        over (the VM on one node, not paused), left by a run killed mid-move."""
+        if self.state is None:
+            return
+        for name, record in self.state.ours(moving.KIND).items():
+            if moving.settled(record, name, live):
+                self.state.forget(moving.KIND, name)
 
     def from_snapshot(
         self, desired: HostDesired, live: VmLive
@@ -122,8 +148,19 @@ class VmProvider:
     def apply(self, change: Change) -> list[Op]:
         """Execute the ops of one change in order, stopping at the first failure (a later
         step, e.g. the undefine after a failed define, must never run). Raises
-        ProviderError naming the step, after the ops that completed."""
+        ProviderError naming the step, after the ops that completed. A move is recorded
+        in the state dir before its first op and the record dropped after its last
+        (:mod:`.moving`); when the record cannot be written nothing is done."""
         done: list[Op] = []
+        move = moving.move_record(change) if self.state is not None else None
+        if move is not None:
+            try:
+                self.state.intend(moving.KIND, change.name, *move)  # type: ignore[union-attr]
+            except StateError as e:
+                raise ProviderError(
+                    f"not moved: the move could not be recorded as ours ({e.message})",
+                    address=change.address,
+                ) from e
         for op in change.ops:
             try:
                 self._moves.apply_op(op)
@@ -135,5 +172,8 @@ class VmProvider:
                     address=change.address,
                 ) from e
             done.append(op)
+            if move is not None and op.op in ("undefine", "migrate", "discard_paused"):
+                self.state.forget(moving.KIND, change.name)  # type: ignore[union-attr]
+                move = None
         return done
 
