@@ -192,7 +192,12 @@ def _fast_check(name: str) -> Callable[[Any], Any]:
     resolution). It stops at the first error and does not locate it, so it only answers
     "valid?"; jsonschema then finds every problem. Our schemas use draft-07 keywords only
     (``tests/test_schema_fast.py`` checks both validators agree). ``use_default=False``: it
-    must never write defaults into the document."""
+    must never write defaults into the document. The host schema's is compiled ahead of
+    time (:mod:`reconciler.schemacheck`)."""
+    if name == HOST_SCHEMA:
+        from reconciler.schemacheck import host_check
+
+        return host_check()
     import fastjsonschema
 
     schema = _schema(name)

@@ -56,10 +56,13 @@ def render() -> str:
 
 
 def main() -> int:
-    """Rewrite ``schemas/host.schema.json`` from its parts."""
+    """Rewrite ``schemas/host.schema.json`` from its parts, and the check compiled from it
+    (:mod:`reconciler.schemacheck`)."""
     SHIPPED.write_text(render(), encoding="utf-8")
     print(f"{SHIPPED}: written", file=sys.stderr)
-    return 0
+    from reconciler import schemacheck
+
+    return schemacheck.main()
 
 
 if __name__ == "__main__":
