@@ -42,6 +42,9 @@ MAX_PROBLEMS = 100
 CACHE_ENTRIES = 32
 #: The longest text of a line quoted in a message.
 QUOTE_CHARS = 80
+#: IPv4 prefix lengths 1-32 as ipaddress writes them, and their masks.
+_PREFIX4 = {str(p): p for p in range(1, 33)}
+_MASK4 = [(0xFFFFFFFF << (32 - p)) & 0xFFFFFFFF for p in range(33)]
 
 
 class ListError(Exception):
@@ -257,25 +260,27 @@ def parse(data: bytes) -> MemberList:
     problems: list[LineProblem] = []
     more = 0
     pton = socket.inet_pton
+    from_bytes = int.from_bytes
     for lineno, raw in enumerate(lines, 1):
         item = raw.partition("#")[0].strip() if "#" in raw else raw.strip()
         if not item:
             continue
-        # The commonest lines, an IPv4 address alone or as a /32 (no host bits possible),
-        # inline; every other line through parse_network.
+        # The commonest lines, IPv4 networks without host bits, inline; every other line
+        # (and any problem) through parse_network.
         if "/" not in item:
-            addr, canon = item, item + "/32"
-        elif item.endswith("/32"):
-            addr, canon = item[:-3], item
+            addr, prefix, canon = item, 32, item + "/32"
         else:
-            addr = canon = ""
-        if addr:
+            addr, _, plen = item.partition("/")
+            prefix = _PREFIX4.get(plen, 0)  # 0: not a prefix as ipaddress writes it, or /0
+            canon = item
+        if prefix:
             try:
-                pton(AF_INET, addr)  # exactly the dotted quads ipaddress accepts
+                packed = pton(AF_INET, addr)  # exactly the dotted quads ipaddress accepts
             except (OSError, ValueError):
                 pass
             else:
-                if canon not in seen4:
+                value = from_bytes(packed, "big")
+                if value & _MASK4[prefix] == value and canon not in seen4:
                     seen4[canon] = lineno
                     continue
         message = _line_problem(item, lines, seen4, seen6, lineno)

@@ -17,14 +17,18 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reconciler import desired
+from reconciler.cidr import parse_network
 from reconciler.errors import Problem, ValidationError
 from reconciler.kinds.ipset import lists
 from tests import hostcfg
 from tests.clirun import reconcile
 from tests.kinds.ipset.test_kernel import Host
 from tests.netns import Netns
+from tests.test_cidr import octet, prefix4
 from tests.test_gitsource import GIT_ENV, git
 
 SECRET = "s3cr3t-line-that-must-never-be-printed"
@@ -413,3 +417,38 @@ def test_apply_a_set_from_a_list_then_a_no_op_dry_run(host: Host) -> None:
     assert {op["op"] for op in change["ops"]} == {"delete_member"}
     assert host.apply().returncode == 0
     assert host.ns.ipset_members("mgmt") == {"192.0.2.0/24", "203.0.113.7", "10.1.0.0/16"}
+
+
+# ------------------------------------------------------------------- the parser's shortcut
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(octet, octet, octet, octet, prefix4).map(
+                lambda t: ".".join(t[:4]) + ("" if t[4] is None else f"/{t[4]}")
+            ),
+            st.tuples(st.ip_addresses(v=4), st.integers(0, 32)).map(lambda t: f"{t[0]}/{t[1]}"),
+            st.ip_addresses(v=6).map(str),
+        ),
+        max_size=20,
+    )
+)
+def test_a_list_is_its_lines_through_parse_network(items: list[str]) -> None:
+    """The loop's inline IPv4 shortcut changes nothing: every line is a member exactly
+    when parse_network accepts it as one (valid, not /0, no host bits, not seen before)."""
+    items = [i for i in items if i.strip()]  # a blank line is no line
+    parsed = lists.parse("".join(f"{item}  # note\n" for item in items).encode())
+    want: dict[int, set[str]] = {4: set(), 6: set()}
+    bad = 0
+    for item in items:
+        try:
+            version, prefixlen, canon, host = parse_network(item.strip())  # lines are stripped
+        except ValueError:
+            bad += 1
+            continue
+        if prefixlen == 0 or host is not None or canon in want[version]:
+            bad += 1
+        else:
+            want[version].add(canon)
+    assert parsed.members == {4: frozenset(want[4]), 6: frozenset(want[6])}
+    assert len(parsed.problems) == bad
