@@ -1,11 +1,17 @@
 """Benchmark the CI dry-run (``reconcile --dry-run --all-hosts --against BASE``) on big fleets.
 
 Run: ``.venv/bin/python -m bench.bench_ci [--hosts 100,1000] [--layouts shared,per-host]
-[--runs 3]``. For each number of hosts and each layout it generates, in a temporary
-directory, a real git repository with ``desired-state/fleet.yaml`` and one
-``desired-state/hosts/hNNNN.yaml`` per host, each host with 10 NICs (``eth0``..``eth8`` with
-rings and offloads, ``br0`` with ``ports:``), 5 backup sets (tarsnap and restic) and a
-5,000-CIDR ``mgmt`` hash:net set. Two layouts:
+[--runs 3]`` for the scaling table, or ``.venv/bin/python -m bench.bench_ci --rows issue15
+[--hosts 1000] [--runs 3]`` for issue 15's three rows (see :func:`issue_rows`): the
+``shared`` fleet below (every host planned: fleet.yaml changed; target 3 s), and a
+``per-host`` fleet whose HEAD changes one host file only (+10/-5 CIDRs in h0000's set), so
+the incremental dry-run plans h0000 and reports the 999 others unchanged, with a warm
+``--cache-dir`` (target 3 s) and a cold one (target 60 s).
+
+For each number of hosts and each layout it generates, in a temporary directory, a real git
+repository with ``desired-state/fleet.yaml`` and one ``desired-state/hosts/hNNNN.yaml`` per
+host, each host with 10 NICs (``eth0``..``eth8`` with rings and offloads, ``br0`` with
+``ports:``), 5 backup sets (tarsnap and restic) and a 5,000-CIDR ``mgmt`` hash:net set. Two layouts:
 
 * ``shared``: the ``mgmt`` set is in ``fleet.yaml`` and every host gets it by the merge (the
   usual layout: 5,000 CIDRs in the repository);
@@ -188,9 +194,14 @@ class Fleet:
     files: int
     cidrs: int
     gen_seconds: float
+    one_host: bool = False  # HEAD changes only h0000 (the incremental rows)
 
 
-def _generate(root: Path, layout: str, n: int) -> Fleet:
+def _generate(root: Path, layout: str, n: int, *, one_host: bool = False) -> Fleet:
+    """BASE and HEAD of ``n`` hosts; HEAD changes what the module docstring says, or with
+    ``one_host`` only host h0000's file (its ``mgmt`` set: +10/-5 CIDRs)."""
+    if one_host:
+        return _generate_one_host(root, layout, n)
     t = time.perf_counter()
     repo = root / f"{layout}-{n}"
     hosts_dir = repo / "desired-state" / "hosts"
@@ -219,9 +230,50 @@ def _generate(root: Path, layout: str, n: int) -> Fleet:
     return Fleet(layout, n, repo, base, n + 2, cidrs, time.perf_counter() - t)
 
 
+def _generate_one_host(root: Path, layout: str, n: int) -> Fleet:
+    t = time.perf_counter()
+    repo = root / f"{layout}-{n}-one-host"
+    hosts_dir = repo / "desired-state" / "hosts"
+    hosts_dir.mkdir(parents=True)
+    _git(repo, "init", "-q", "-b", "main")
+    (repo / "desired-state" / "fleet.yaml").write_text(_fleet_yaml(layout, head=False))
+    for h in range(n):
+        text = _host_yaml(h, layout, False, rings=False, keep=False)
+        (hosts_dir / f"h{h:04d}.yaml").write_text(text)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "base: generated fleet")
+    base = _git(repo, "rev-parse", "HEAD")
+    (hosts_dir / "h0000.yaml").write_text(_host_yaml(0, layout, True, rings=False, keep=False))
+    _git(repo, "commit", "-q", "-am", "head: +10/-5 CIDRs in h0000's mgmt set")
+    cidrs = n * CIDRS - REMOVED + ADDED if layout == "per-host" else CIDRS
+    return Fleet(layout, n, repo, base, n + 1, cidrs, time.perf_counter() - t, one_host=True)
+
+
 # --------------------------------------------------------------------------------------------
 # Checking the dry-run's output
 # --------------------------------------------------------------------------------------------
+
+
+def _check_one_host(doc: dict[str, Any], fleet: Fleet) -> str | None:
+    """None when only h0000 was planned, with exactly its ``mgmt`` change, and every other
+    host was reported unchanged."""
+    n = fleet.hosts
+    plans = doc.get("hosts", [])
+    if len(plans) != n or doc.get("summary", {}).get("unchanged") != n - 1:
+        return f"{len(plans)} hosts, {doc.get('summary', {}).get('unchanged')} unchanged"
+    for plan in plans:
+        if plan["host"] == "h0000":
+            if plan.get("status") != "planned" or plan["errors"]:
+                return f"h0000: status {plan.get('status')}, errors {plan['errors']}"
+            (mgmt,) = plan["changes"] or [None]
+            if mgmt is None or mgmt["address"] != "ipset/mgmt":
+                return f"h0000: changes {[c['address'] for c in plan['changes']]}"
+            got = (mgmt["action"], _ops(mgmt, "add_member"), _ops(mgmt, "delete_member"))
+            if got != ("update", ADDED, REMOVED):
+                return f"h0000: ipset/mgmt (action, add, delete) = {got}"
+        elif plan.get("status") != "unchanged" or plan["changes"] or plan["errors"]:
+            return f"{plan['host']}: expected unchanged, got {plan.get('status')}"
+    return None
 
 
 def _ops(change: dict[str, Any], op: str) -> int:
@@ -277,6 +329,8 @@ def _check_output(path: Path, fleet: Fleet) -> str | None:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         return f"output is not JSON: {e}"
+    if fleet.one_host:
+        return _check_one_host(doc, fleet)
     n = fleet.hosts
     plans = doc.get("hosts", [])
     if doc.get("summary", {}).get("hosts") != n + 1 or len(plans) != n + 1:
@@ -408,6 +462,91 @@ def _measure(fleet: Fleet, runs: int, tmp: Path) -> Result:
 
 
 # --------------------------------------------------------------------------------------------
+# Issue 15's rows: the fleet-level set, and a commit changing one host (cold and warm cache)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class IssueRow:
+    """One row of issue 15's table: what was run, its series, and the target."""
+
+    name: str
+    fleet: Fleet
+    cache: str  # "none" | "cold" | "warm"
+    target: float
+    series: Series
+
+
+def _dry_series(fleet: Fleet, runs: int, tmp: Path, cache: str) -> Series:
+    """The dry-run of ``fleet`` (``--against BASE --output json``), checked: without a cache
+    (``none``), with an empty ``--cache-dir`` each run (``cold``: what a first CI run pays,
+    writing the cache included), or with one filled by an untimed run first (``warm``)."""
+    ds = fleet.repo / "desired-state"
+    out, err = tmp / "out.json", tmp / "err.txt"
+    warm_dir = tmp / "cache-warm"
+
+    def argv(i: int) -> list[str]:
+        a = [*RECONCILE, "--dry-run", "--all-hosts", "--repo", str(ds), "--against", fleet.base]
+        a += ["--output", "json"]
+        if cache == "cold":
+            a += ["--cache-dir", str(tmp / f"cache-cold-{i}")]
+        elif cache == "warm":
+            a += ["--cache-dir", str(warm_dir)]
+        return a
+
+    def check(r: Run) -> str | None:
+        if r.status != 0:
+            tail = " | ".join(err.read_text(errors="replace").strip().splitlines()[-3:])
+            return f"dry-run exited {r.status}: {tail}"
+        return _check_output(out, fleet)
+
+    if cache == "warm":
+        first = _timed_child(argv(-1), fleet.repo, out, err)  # fills the cache
+        problem = check(first)
+        if problem:
+            return Series(runs, error=f"filling the cache: {problem}")
+    return _series(runs, lambda i: _timed_child(argv(i), fleet.repo, out, err), check)
+
+
+def issue_rows(tmp: Path, runs: int, n: int = TARGET_HOSTS) -> list[IssueRow]:
+    """Generate the two fleets and measure issue 15's three CI rows."""
+    rows: list[IssueRow] = []
+    shared = _generate(tmp, "shared", n)
+    print(f"generated shared fleet of {n} (+1) hosts in {shared.gen_seconds:.1f} s", flush=True)
+    name = f"{n:,} hosts, fleet-level {CIDRS:,}-CIDR set"
+    rows.append(IssueRow(name, shared, "none", 3.0, _dry_series(shared, runs, tmp, "none")))
+    shutil.rmtree(shared.repo)
+    one = _generate(tmp, "per-host", n, one_host=True)
+    print(f"generated per-host fleet of {n} hosts in {one.gen_seconds:.1f} s", flush=True)
+    name = f"{n:,} hosts with own {CIDRS:,}-CIDR sets, a commit changing one host"
+    rows.append(IssueRow(name, one, "warm", 3.0, _dry_series(one, runs, tmp, "warm")))
+    rows.append(IssueRow(name, one, "cold", 60.0, _dry_series(one, runs, tmp, "cold")))
+    shutil.rmtree(one.repo)
+    return rows
+
+
+def _issue_report(rows: list[IssueRow]) -> None:
+    print(f"{'case':62} {'cache':5} {'dry-run':>9} {'RSS MB':>7} {'target':>8}  result")
+    for r in rows:
+        head = f"{r.name:62} {r.cache:5}"
+        if r.series.error:
+            print(f"{head}  ERROR: {r.series.error}")
+            continue
+        s = r.series
+        met = "met" if s.seconds <= r.target and s.rss_mb < TARGET_MB else "NOT met"
+        runs = "" if len(s.runs) == s.wanted else f" (measured {len(s.runs)}x: slow)"
+        print(
+            f"{head} {s.seconds:7.2f} s {s.rss_mb:7.0f} {'<= ' + f'{r.target:.0f} s':>8}  "
+            f"{met}{runs}"
+        )
+    print(
+        "(median wall time of the whole process, `reconcile --dry-run --all-hosts --against "
+        "BASE --output json`; cold: an empty --cache-dir, warm: one filled by a first run; "
+        f"peak RSS target < {TARGET_MB:.0f} MB)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------
 
@@ -483,6 +622,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--hosts", default="100,1000", help="comma-separated fleet sizes")
     p.add_argument("--layouts", default=",".join(LAYOUTS), help="shared, per-host or both")
     p.add_argument("--runs", type=int, default=RUNS, help=f"runs per command (default {RUNS})")
+    p.add_argument(
+        "--rows",
+        choices=("table", "issue15"),
+        default="table",
+        help="table: the scaling table (--hosts, --layouts); issue15: issue 15's three rows "
+        "(a fleet-level set; one host changed, warm and cold cache) at --hosts' largest size",
+    )
     args = p.parse_args(argv)
     sizes = sorted(int(x) for x in args.hosts.split(","))
     layouts = [x for x in LAYOUTS if x in args.layouts.split(",")]
@@ -491,6 +637,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp = Path(d)
         start = _startup(tmp)
         print(f"python start + import reconciler.cli: {start.seconds:.2f} s, {start.rss_mb:.0f} MB")
+        if args.rows == "issue15":
+            rows = issue_rows(tmp, args.runs, sizes[-1])
+            print()
+            _issue_report(rows)
+            return 0
         for layout in layouts:
             for n in sizes:
                 fleet = _generate(tmp, layout, n)

@@ -33,7 +33,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler import against
 from reconciler import desired as desired_mod
@@ -45,6 +45,9 @@ from reconciler.kinds import base
 from reconciler.kinds.base import Context
 from reconciler.model import HostDesired
 from reconciler.plan import Change, Plan, PlanError, PlanWarning
+
+if TYPE_CHECKING:
+    from reconciler.cache import DesiredCache
 
 #: A snapshot older than this gets a warning on its host's plan.
 STALE_AFTER_SECONDS = 7 * 24 * 3600
@@ -214,6 +217,7 @@ def plan_all(
     config: HostConfig | None = None,
     changed: Collection[str] | None = None,
     shard: Shard | None = None,
+    disk_cache: DesiredCache | None = None,
 ) -> CiResult:
     """Validate ``repo`` and plan every host in ``hosts`` (see the module docstring); with
     ``hosts=None`` every ``hosts/*.yaml`` and the VM controller named in ``vms.yaml`` (when
@@ -228,7 +232,8 @@ def plan_all(
     empty plan with ``"status": "unchanged"`` instead of being planned (None: every host
     is planned). ``shard`` keeps only the hosts :func:`in_shard` puts in it, and validates
     only their host files beside the shared ones. Every plan has ``status`` (``planned``
-    or ``unchanged``) and ``basis``.
+    or ``unchanged``) and ``basis``. ``disk_cache`` (``--cache-dir``) keeps validated files
+    between runs, keyed by content (:mod:`reconciler.cache`); it never changes the result.
     ``config`` is the host configuration what the repository asks of hosts is checked
     against (None: the defaults); nothing from the repository runs. Pure apart from
     reading those directories and the snapshot files.
@@ -236,7 +241,7 @@ def plan_all(
     now = now or datetime.now(UTC)
     # fleet.yaml is kept, host files only while their host is planned (a file unchanged
     # since the base is parsed once): memory holds one host at a time, plus the plans.
-    cache = desired_mod.LoadCache(max_host_files=2)
+    cache = desired_mod.LoadCache(max_host_files=2, disk_cache=disk_cache)
     problems: set[Problem] = set()
     if (repo / desired_mod.FLEET_FILE).exists():
         problems.update(cache.load(repo, desired_mod.FLEET_FILE).problems)

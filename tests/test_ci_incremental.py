@@ -263,3 +263,26 @@ def test_in_shard_is_stable_and_total() -> None:
     assert ci.in_shard("web1", ci.Shard(1, 7)) == ci.in_shard("web1", ci.Shard(1, 7))
     with pytest.raises(ValueError, match="between 1 and N"):
         ci.parse_shard("5/4")
+
+
+# --- the desired-state cache (--cache-dir) ------------------------------------------------
+
+
+def test_a_cache_dir_changes_nothing_but_the_time(repo: Repo, tmp_path: Path) -> None:
+    base = repo.write()
+    repo.write(members="192.0.2.0/24, 203.0.113.0/24", rx=8192)
+    cache = tmp_path / "cache"
+    plain = repo.plan("--against", base, "--output", "json")
+    cold = repo.plan("--against", base, "--output", "json", "--cache-dir", str(cache))
+    assert any(cache.iterdir())  # the validated files were kept
+    warm = repo.plan("--against", base, "--output", "json", "--cache-dir", str(cache))
+    assert plain.returncode == cold.returncode == warm.returncode == 0, warm.stderr
+    assert json.loads(plain.stdout) == json.loads(cold.stdout) == json.loads(warm.stdout)
+    # An invalid file: the same problems, file:line, with the cache warm.
+    (repo.ds / "hosts" / "a.yaml").write_text(HOST_A.format(rx=-1))
+    commit_all(repo, "broken a")
+    want = repo.plan("--against", base)
+    got = repo.plan("--against", base, "--cache-dir", str(cache))
+    assert want.returncode == got.returncode == 1
+    assert "hosts/a.yaml:3:" in got.stderr
+    assert want.stderr == got.stderr

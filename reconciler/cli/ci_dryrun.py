@@ -135,10 +135,12 @@ def _plan(
 ) -> CiResult:
     """Plan every host (``--all-hosts``) or this one, against the host configuration
     ``config``: only ``shard``'s, and only those in ``changed`` (when not None) or with a
-    snapshot."""
+    snapshot; validated files are kept in ``--cache-dir`` when it is given."""
     from reconciler import ci
 
     hosts = None if args.all_hosts else [args.host or common.short_hostname()]
+    # No state dir in CI: only --cache-dir (or $RECONCILER_CACHE_DIR) names a cache.
+    disk_cache = common.disk_cache(args, None)
     return ci.plan_all(
         source.path,
         hosts,
@@ -150,6 +152,7 @@ def _plan(
         config=config,
         changed=changed,
         shard=shard,
+        disk_cache=disk_cache,
     )
 
 
