@@ -63,19 +63,27 @@ def find_top(path: Path) -> Path | None:
 
 
 class GitRepo:
-    """A repository with a work tree at ``working_tree_dir`` and its ``git_dir``."""
+    """A repository with a work tree at ``working_tree_dir`` and its ``git_dir``; ``head``
+    is the commit HEAD named when it was opened (None before the first commit)."""
 
-    def __init__(self, top: Path, git_dir: str) -> None:
+    def __init__(self, top: Path, git_dir: str, head: str | None = None) -> None:
         self.working_tree_dir: str = str(top)
         self.git_dir: str = git_dir
+        self.head = head
 
     @classmethod
     def open(cls, top: Path) -> GitRepo:
         """The repository whose work tree is ``top``; GitError when git refuses it or it is
         not one (``git rev-parse`` fails: ``safe.directory`` ownership, a broken ``.git``)."""
         top = top.absolute()
-        git_dir = _git(top, ("rev-parse", "--absolute-git-dir"), LOCAL_TIMEOUT).strip()
-        return cls(top, git_dir)
+        # One command for both: exit 1 (git dir printed, no commit) is an unborn HEAD.
+        args = ("rev-parse", "--absolute-git-dir", "--verify", "--quiet", "HEAD^{commit}")
+        proc = runner.run(["git", "-C", str(top), *args], timeout=LOCAL_TIMEOUT)
+        lines = proc.stdout.decode(errors="replace").splitlines()
+        if proc.returncode not in (0, 1) or not lines:
+            raise GitError(args, proc.returncode, proc.stderr.decode(errors="replace"))
+        head = lines[1] if proc.returncode == 0 and len(lines) > 1 else None
+        return cls(top, lines[0], head)
 
     @classmethod
     def clone(cls, url: str, dest: Path) -> GitRepo:

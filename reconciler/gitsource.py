@@ -185,7 +185,7 @@ def _open_git(
     top = Path(repo.working_tree_dir).resolve()
     rel = str(path.resolve().relative_to(top)) if path.resolve() != top else ""
     rel = "/".join(p for p in (rel, subdir) if p and p != ".")
-    head = repo.commit_hash("HEAD") if ref is None else None
+    head = repo.head if ref is None else None
     if ref is None and head is None:
         check_links(path / subdir)
         return Source(path / subdir, None, repo, subdir=rel)  # no commit yet
