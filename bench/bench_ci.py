@@ -205,16 +205,8 @@ def _generate(root: Path, layout: str, n: int, *, one_host: bool = False) -> Fle
     t = time.perf_counter()
     repo = root / f"{layout}-{n}"
     hosts_dir = repo / "desired-state" / "hosts"
-    hosts_dir.mkdir(parents=True)
-    _git(repo, "init", "-q", "-b", "main")
     fleet = repo / "desired-state" / "fleet.yaml"
-    fleet.write_text(_fleet_yaml(layout, head=False))
-    for h in range(n):
-        text = _host_yaml(h, layout, False, rings=False, keep=False)
-        (hosts_dir / f"h{h:04d}.yaml").write_text(text)
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "base: generated fleet")
-    base = _git(repo, "rev-parse", "HEAD")
+    base = _generate_base(repo, layout, n)
     fleet.write_text(_fleet_yaml(layout, head=True))
     for h in range(n):
         rings, keep = h % EVERY == 0, h % EVERY == EVERY // 2
@@ -230,9 +222,8 @@ def _generate(root: Path, layout: str, n: int, *, one_host: bool = False) -> Fle
     return Fleet(layout, n, repo, base, n + 2, cidrs, time.perf_counter() - t)
 
 
-def _generate_one_host(root: Path, layout: str, n: int) -> Fleet:
-    t = time.perf_counter()
-    repo = root / f"{layout}-{n}-one-host"
+def _generate_base(repo: Path, layout: str, n: int) -> str:
+    """A new repository at ``repo`` whose one commit, BASE, holds the generated fleet."""
     hosts_dir = repo / "desired-state" / "hosts"
     hosts_dir.mkdir(parents=True)
     _git(repo, "init", "-q", "-b", "main")
@@ -242,7 +233,14 @@ def _generate_one_host(root: Path, layout: str, n: int) -> Fleet:
         (hosts_dir / f"h{h:04d}.yaml").write_text(text)
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", "base: generated fleet")
-    base = _git(repo, "rev-parse", "HEAD")
+    return _git(repo, "rev-parse", "HEAD")
+
+
+def _generate_one_host(root: Path, layout: str, n: int) -> Fleet:
+    t = time.perf_counter()
+    repo = root / f"{layout}-{n}-one-host"
+    hosts_dir = repo / "desired-state" / "hosts"
+    base = _generate_base(repo, layout, n)
     (hosts_dir / "h0000.yaml").write_text(_host_yaml(0, layout, True, rings=False, keep=False))
     _git(repo, "commit", "-q", "-am", "head: +10/-5 CIDRs in h0000's mgmt set")
     cidrs = n * CIDRS - REMOVED + ADDED if layout == "per-host" else CIDRS
