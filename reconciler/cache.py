@@ -39,7 +39,6 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +61,15 @@ FLEET_ROLE = "fleet"
 HOST_ROLE = "host"
 
 
-def _package_files() -> Iterator[Path]:
-    root = Path(__file__).parent
-    for p in sorted(root.rglob("*")):
-        if p.suffix in (".py", ".json") and "__pycache__" not in p.parts and p.is_file():
-            yield p
+def _package_files() -> list[str]:
+    """The package's source and schema files, by path relative to it, in a fixed order."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    out = []
+    for top, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        rel = os.path.relpath(top, root)
+        out += [os.path.join(rel, f) for f in sorted(files) if f.endswith((".py", ".json"))]
+    return out
 
 
 @functools.cache
@@ -74,11 +77,12 @@ def reconciler_version() -> str:
     """``__version__`` and the SHA-256 of the package's source and schema files: a change
     to the code that validates or canonicalises, released or not, makes every entry miss."""
     h = hashlib.sha256()
-    root = Path(__file__).parent
-    for p in _package_files():
-        rel = p.relative_to(root).as_posix().encode()
-        data = p.read_bytes()
-        h.update(len(rel).to_bytes(8, "big") + rel + len(data).to_bytes(8, "big") + data)
+    root = os.path.dirname(os.path.abspath(__file__))
+    for rel in _package_files():
+        with open(os.path.join(root, rel), "rb") as f:
+            data = f.read()
+        name = rel.encode()
+        h.update(len(name).to_bytes(8, "big") + name + len(data).to_bytes(8, "big") + data)
     return f"{__version__}+{h.hexdigest()[:32]}"
 
 
