@@ -107,17 +107,23 @@ def entry_key(role: str, content: bytes) -> str:
 
 
 # ------------------------------------------------------------------ payload (plain JSON)
+_SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
+
+
 def _plain(value: Any, depth: int = 0) -> bool:
     """Whether ``value`` survives JSON unchanged (type and value): dicts with string keys,
-    lists, strings, ints, floats, booleans, None."""
+    lists, strings, ints, floats, booleans, None (exactly those types, not subclasses)."""
     if depth > 200:
         return False
-    if value is None or isinstance(value, str | bool | int | float):
+    kind = type(value)
+    if kind in _SCALAR_TYPES:
         return True
-    if isinstance(value, list):
+    if kind is list:
+        if set(map(type, value)) <= _SCALAR_TYPES:
+            return True  # a list of scalars (65,536 members): checked in C
         return all(_plain(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    if kind is dict:
+        return all(type(k) is str and _plain(v, depth + 1) for k, v in value.items())
     return False
 
 
@@ -129,8 +135,8 @@ def _encode_derived(derived: dict[tuple[str, ...], Any]) -> list[Any] | None:
     for key, value in derived.items():
         if not all(isinstance(k, str) for k in key):
             return None
-        if isinstance(value, frozenset) and all(isinstance(v, str) for v in value):
-            out.append([list(key), "frozenset", sorted(value)])
+        if type(value) is frozenset and set(map(type, value)) <= {str}:
+            out.append([list(key), "frozenset", list(value)])
         elif _plain(value):
             out.append([list(key), "plain", value])
         else:
