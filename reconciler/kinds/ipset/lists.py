@@ -38,8 +38,10 @@ MAX_LIST_BYTES = MAX_FILE_BYTES
 #: Problems reported per list and set; past this one more line says how many were left out
 #: (a wrong file, or a list of the other family, would otherwise print every line).
 MAX_PROBLEMS = 100
-#: Lists kept parsed (by content) in one process.
+#: Lists kept parsed (by content) in one process, and the networks they may hold together
+#: (~90 bytes each: a million is ~90 MB; the newest list is kept whatever its size).
 CACHE_ENTRIES = 32
+CACHE_NETWORKS = 1_000_000
 #: The longest text of a line quoted in a message.
 QUOTE_CHARS = 80
 #: IPv4 prefix lengths 1-32 as ipaddress writes them, and their masks.
@@ -229,7 +231,10 @@ def parse_cached(data: bytes, key: str | None = None) -> MemberList:
         _CACHE.move_to_end(key)
         return found
     parsed = _CACHE[key] = parse(data)
-    while len(_CACHE) > CACHE_ENTRIES:
+    while len(_CACHE) > 1 and (
+        len(_CACHE) > CACHE_ENTRIES
+        or sum(len(m.members[4]) + len(m.members[6]) for m in _CACHE.values()) > CACHE_NETWORKS
+    ):
         _CACHE.popitem(last=False)
     return parsed
 

@@ -452,3 +452,15 @@ def test_a_list_is_its_lines_through_parse_network(items: list[str]) -> None:
             want[version].add(canon)
     assert parsed.members == {4: frozenset(want[4]), 6: frozenset(want[6])}
     assert len(parsed.problems) == bad
+
+
+def test_the_parse_cache_is_bounded_by_networks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lists, "_CACHE", type(lists._CACHE)())
+    monkeypatch.setattr(lists, "CACHE_NETWORKS", 250)
+    for i in range(4):
+        data = "".join(f"10.{i}.{j}.0/24\n" for j in range(100)).encode()
+        assert len(lists.parse_cached(data).members[4]) == 100
+    assert len(lists._CACHE) == 2  # 200 networks kept, the two oldest lists dropped
+    big = "".join(f"10.9.{j >> 8}.{j & 255}\n" for j in range(300)).encode()
+    lists.parse_cached(big)
+    assert len(lists._CACHE) == 1  # the newest is kept, alone, even over the bound
