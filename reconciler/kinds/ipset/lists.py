@@ -106,11 +106,16 @@ def wrong_family_message(version: int, text: str, family: str) -> str:
 def path_problem(rel: str) -> str | None:
     """Why ``rel`` cannot name a list (None when it can): a list is named by its path
     relative to the desired-state root, ``lists/mgmt.txt``; an absolute path, ``..``, an
-    empty or ``.`` component, ``.git``, a backslash or a NUL would name something else."""
+    empty or ``.`` component, ``.git`` or a backslash would name something else, and a
+    character that is not printable (a NUL, a terminal escape) is refused before any
+    message shows the path unquoted."""
     if rel.startswith("/"):
         return f"{rel!r} is an absolute path: name a file of the repository, relative to its root"
     parts = rel.split("/")
-    if any(p in ("", ".", "..", ".git") for p in parts) or "\\" in rel or "\0" in rel:
+    if not rel.isprintable():
+        # Only ever shown quoted: a branch could write terminal escapes into a CI log.
+        return f"{rel!r} has characters that are not printable: name the list plainly"
+    if any(p in ("", ".", "..", ".git") for p in parts) or "\\" in rel:
         return (
             f"{rel!r} is not a plain path inside the repository (relative to its root, "
             "without '..', '.', '.git' or empty components)"

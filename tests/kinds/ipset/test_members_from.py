@@ -207,6 +207,7 @@ def _refused(tmp_path: Path, value: str, setup: dict[str, str] | None = None) ->
         ("./lists/x.txt", "is not a plain path inside the repository"),
         (".git/config", "is not a plain path inside the repository"),
         ("lists//x.txt", "is not a plain path inside the repository"),
+        ('"lists/x\\e[31m.txt"', "'lists/x\\x1b[31m.txt' has characters that are not printable"),
     ],
 )
 def test_paths_that_leave_the_repository_are_refused(
@@ -215,7 +216,7 @@ def test_paths_that_leave_the_repository_are_refused(
     (p,) = _refused(tmp_path, value)
     assert p.startswith("fleet.yaml:4:19: ipsets.mgmt.members_from: ")
     assert message in p
-    assert SECRET not in p
+    assert SECRET not in p and "\x1b" not in p
 
 
 def test_a_symlink_to_a_host_file_is_refused_unread(tmp_path: Path) -> None:
