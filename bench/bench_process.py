@@ -6,9 +6,11 @@ one network namespace (deleted at the end, also on error) and runs every command
 host's own network is touched.
 
 Each row runs the two commands in turn (A B A B ...) and takes the median of the per-pair ratios,
-so a drift in machine speed moves both. Peak memory is each child's own maximum resident size
-(``wait4``). The desired state is a committed git work tree (``--repo DIR``), as a host that
-pulls its repository has it; its state dir is private to the benchmark.
+so a drift in machine speed moves both. The package is byte-compiled first and the commands run
+without ``PYTHONDONTWRITEBYTECODE``, as an installed package runs (pip compiles it). Peak memory
+is each child's own maximum resident size (``wait4``). The desired state is a committed git work
+tree (``--repo DIR``), as a host that pulls its repository has it; its state dir is private to
+the benchmark.
 
 Rows (issue 15's targets):
 
@@ -41,6 +43,7 @@ from pathlib import Path
 SEED = 20261129
 SET = "bench"
 RECONCILE = str(Path(sys.executable).with_name("reconcile"))
+_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 @dataclass
@@ -85,7 +88,7 @@ def _networks(rng: random.Random, count: int) -> list[str]:
 def _timed(argv: Sequence[str], ok: Sequence[int] = (0,)) -> tuple[float, float]:
     """Run ``argv`` to completion; return (wall seconds, the child's peak RSS in MB)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_ENV)
     assert proc.stderr is not None
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -214,6 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench_process: needs root (it creates a network namespace)", file=sys.stderr)
         return 0
     runs = 3 if args.quick else 7
+    import reconciler
+
+    package = str(Path(reconciler.__file__).parent)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", package], check=True, env=_ENV)
     rng = random.Random(SEED)
     ns = f"bench-proc-{os.getpid()}"
     tmp = Path(tempfile.mkdtemp(prefix="bench-process-"))
