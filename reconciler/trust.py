@@ -15,6 +15,7 @@ descendant of the last applied commit (a force-push, an old branch) is refused u
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from reconciler.errors import SourceError, VerifyError
 from reconciler.gitrepo import GitRepo
 from reconciler.gitsource import commit_hash, read_file_at
 from reconciler.gitverify import Signer
-from reconciler.yamlsrc import parse_yaml
+from reconciler.yamlsrc import parse_fast, parse_yaml
 
 DEFAULT_PINS = "/etc/reconciler/signers.pin"
 
@@ -39,7 +40,23 @@ class Decision:
     verification: bool = False
 
 
-def _fleet_verify(repo: GitRepo, commit: str, subdir: str) -> dict[str, Any] | None:
+#: Reads a fleet.yaml's data from its bytes and name, or None when it cannot say quickly
+#: (the desired-state cache, which knows files already validated).
+FleetReader = Callable[[bytes, str], "dict[str, Any] | None"]
+
+
+def _fleet_data(raw: bytes, rel: str, cached: FleetReader | None) -> Any:
+    """The data of a fleet.yaml: from ``cached`` if it knows the content, else parsed with
+    the loader's bounds (depth, alias expansion): this is unverified input."""
+    if cached is not None and (data := cached(raw, rel)) is not None:
+        return data
+    doc = parse_fast(raw, rel) or parse_yaml(raw, rel)
+    return doc.data
+
+
+def _fleet_verify(
+    repo: GitRepo, commit: str, subdir: str, cached: FleetReader | None = None
+) -> dict[str, Any] | None:
     rel = f"{subdir}/fleet.yaml" if subdir else "fleet.yaml"
     try:
         text = read_file_at(repo, commit, rel)
@@ -47,8 +64,7 @@ def _fleet_verify(repo: GitRepo, commit: str, subdir: str) -> dict[str, Any] | N
         raise VerifyError(e.message, commit=commit) from e
     if text is None:
         return None
-    # The loader's bounds hold here too (depth, alias expansion): this is unverified input.
-    data = parse_yaml(text.encode(), rel).data
+    data = _fleet_data(text.encode(), rel, cached)
     block = data.get("verify") if isinstance(data, dict) else None
     return block if isinstance(block, dict) else None
 
@@ -83,20 +99,23 @@ def decide(
     pins_path: Path,
     require_signed: bool = False,
     allow_rewind: bool = False,
+    cached: FleetReader | None = None,
 ) -> Decision:
     """Accept ``target`` or raise :class:`VerifyError` naming the offending commit.
 
     ``base`` is the last applied commit (None on a first run). Signatures are required when
     ``require_signed`` or the host has a pins file at ``pins_path``. Reads git objects only; the
     work tree is not touched, so a refusal leaves the last applied checkout in place.
+    ``cached`` may answer for a fleet.yaml already validated (the timer run on an unchanged
+    commit then parses nothing).
     """
     require_signed = require_signed or host_requires_signatures(pins_path)
     # Each commit's verify: block is read once: it says both whether to verify and who signs.
     base_known = base is not None and commit_hash(repo, base) is not None
-    found = [_fleet_verify(repo, target, subdir)]
-    if base_known:
+    found = [_fleet_verify(repo, target, subdir, cached)]
+    if base_known and base != target:
         assert base is not None
-        found.append(_fleet_verify(repo, base, subdir))
+        found.append(_fleet_verify(repo, base, subdir, cached))
     blocks = [b for b in found if b is not None]
     if not (blocks or require_signed):
         if base is not None:  # the same rule and message as a verifying run's

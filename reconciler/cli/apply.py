@@ -38,6 +38,7 @@ from reconciler.render import text as render_text
 from reconciler.state import StateDir
 
 if TYPE_CHECKING:
+    from reconciler.cache import DesiredCache
     from reconciler.gitrepo import GitRepo
 
 
@@ -49,6 +50,8 @@ USAGE = """reconcile [--dry-run] [--repo PATH|URL] [--host NAME] [--only KINDS] 
        reconcile validate [--repo PATH] [--host NAME]
        reconcile snapshot [--repo PATH] [--host NAME] [--only KINDS] [-o FILE] [options]
        reconcile status [--state-dir DIR] [--last N] [--output text|json]
+       reconcile import [--nic NAME ...] [--node NAME=URI ...] [--ipset-save FILE]
+                 [--ifup-local FILE] [-o DIR]                 (adopt an existing host)
        reconcile --version"""
 
 
@@ -73,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Converge this host to the desired state in git: plan, apply, verify. "
         "Subcommands: 'reconcile validate' checks the desired state only, 'reconcile "
         "snapshot' writes this host's live state for the CI dry-run, 'reconcile status' "
-        "shows the last runs and drift (each has --help).",
+        "shows the last runs and drift, 'reconcile import' writes desired state from a "
+        "host's live state (each has --help).",
     )
     p.add_argument("--version", action="version", version=f"reconcile {__version__}")
     p.add_argument(
@@ -401,6 +405,7 @@ def _verify(
             pins_path=Path(args.signer_pins),
             require_signed=args.require_signed,
             allow_rewind=args.allow_rewind,
+            cached=_cached_fleet(common.disk_cache(args, state.path)),
         )
     except VerifyError as e:
         return e
@@ -412,6 +417,19 @@ def _verify(
             signers=list(decision.signers),
         )
     return None
+
+
+def _cached_fleet(cache: DesiredCache | None) -> trust.FleetReader | None:
+    """A reader of fleet.yaml data from the desired-state cache (a hit only), or None."""
+    if cache is None:
+        return None
+    from reconciler.cache import FLEET_ROLE
+
+    def read(raw: bytes, rel: str) -> dict[str, Any] | None:
+        doc = cache.get(FLEET_ROLE, raw, rel, None)
+        return doc.data if doc is not None else None
+
+    return read
 
 
 def _refuse(

@@ -94,6 +94,7 @@ def test_help_names_every_subcommand() -> None:
         "reconcile validate",
         "reconcile snapshot",
         "reconcile status",
+        "reconcile import",
         "reconcile --dry-run --all-hosts",
         "reconcile --plan FILE",
         "--out FILE",
