@@ -783,6 +783,28 @@ def _link_nodes(nodes: Mapping[str, Any]) -> str:
     return "tcp://10.251.0.2"
 
 
+def _clear(conn: Any, timeout: float = 30.0) -> None:
+    """Remove every domain of a node. A domain may vanish or be busy while it is removed
+    (the incoming copy of a migration a kill cut short is torn down by libvirt when the
+    killed run's connection closes): retried until the node is empty."""
+    import libvirt
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            for dom in conn.listAllDomains():
+                if dom.isActive():
+                    dom.destroy()
+                if dom.isPersistent():
+                    dom.undefine()
+            if not conn.listAllDomains():
+                return
+        except libvirt.libvirtError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
 class VmScenario:
     """Placement on the two nodes, each point from the same starting domains."""
 
@@ -798,11 +820,7 @@ class VmScenario:
         self.variant = variant
         self.conns = {n: libvirt.open(node.uri) for n, node in nodes.items()}
         for conn in self.conns.values():
-            for dom in conn.listAllDomains():
-                if dom.isActive():
-                    dom.destroy()
-                if dom.isPersistent():
-                    dom.undefine()
+            _clear(conn)
         k1, k2 = self.conns["kvm1"], self.conns["kvm2"]
         k1.defineXML(small_domain_xml("legacy", vnc_port=5920, domain_uuid=LEGACY_UUID))
         self.legacy_xml = k1.lookupByUUIDString(LEGACY_UUID).XMLDesc(0)

@@ -19,6 +19,13 @@ run about the states only a live migration leaves, which otherwise never converg
   disks: it is stopped (``destroy``: a paused guest cannot shut down) and undefined (op
   ``discard_paused``).
 
+A run started right after one killed mid-migration can still find the target's *incoming*
+copy (transient, same UUID): libvirt tears it down, and cancels the migration on the source,
+once it sees the killed run's connection close. With a record, the read waits for that
+(:func:`incoming`, at most :data:`SETTLE_WAIT` seconds) rather than plan against a migration
+that is ending; one still there after the wait is an error that says so, retried on the next
+run.
+
 Without a record both are left as they are, with placement's error (a paused domain, or the
 same domain "running on both"): they are judged by hand. A record is dropped once the VM is
 defined on one node only and not paused there.
@@ -30,10 +37,27 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from reconciler.kinds.vm.read import DomainLive, VmLive
+from reconciler.kinds.vm.read import DomainLive, NodeLive, VmLive
 from reconciler.plan import Change, Op, PlanError
 
 KIND = "vm"
+
+
+SETTLE_WAIT = 30.0
+"""Seconds a read waits for libvirt to drop the incoming copy of our interrupted migration."""
+
+
+def incoming(records: Mapping[str, Mapping[str, Any]], nodes: Mapping[str, NodeLive]) -> list[str]:
+    """The VMs whose recorded live migration's target holds a transient copy with the
+    recorded UUID: the incoming side of a migration that is still being torn down. Pure."""
+    out = []
+    for name, rec in sorted(records.items()):
+        to = rec.get("to")
+        nl = nodes.get(to) if rec.get("how") == "migrate" and isinstance(to, str) else None
+        d = nl.domains.get(name) if nl is not None and nl.error is None else None
+        if d is not None and not d.persistent and d.uuid == rec.get("uuid"):
+            out.append(name)
+    return out
 
 
 def move_record(change: Change) -> tuple[str, dict[str, Any]] | None:
@@ -80,6 +104,14 @@ def recover(
             continue
         uuid, src, dst = rec.get("uuid"), rec.get("from"), rec.get("to")
         s, d = _copy(live, src, name), _copy(live, dst, name)
+        if d is not None and not d.persistent and d.uuid == uuid:
+            errs = [e for e in errs if e.address != f"{KIND}/{name}"]
+            errs.append(PlanError(f"{KIND}/{name}", (
+                f"a live migration of {name} from {src} to {dst} (recorded in the state dir) "
+                f"was interrupted, and libvirt has not yet removed its incoming copy on {dst}; "
+                "nothing is done to it this run (never define that copy), the next run retries"
+            )))  # fmt: skip
+            continue
         if s is None or s.uuid != uuid or s.state != "paused":
             continue
         address = f"{KIND}/{name}"

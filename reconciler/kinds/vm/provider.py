@@ -43,6 +43,7 @@ ours and in flight, which is what lets it resume a guest left paused on the sour
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -113,6 +114,12 @@ class VmProvider:
         nothing. An unreachable node is recorded as an error for that node, not raised."""
         self._moving = self.state.ours(moving.KIND) if self.state is not None else {}
         nodes = self.nodes.read()
+        # A run right after one killed mid-migration: wait for libvirt to finish tearing
+        # that migration down (its incoming copy on the target) before planning.
+        deadline = time.monotonic() + moving.SETTLE_WAIT
+        while moving.incoming(self._moving, nodes) and time.monotonic() < deadline:
+            time.sleep(0.25)
+            nodes = self.nodes.read()
         self._definitions.clear()
         self._definitions.update(read_definitions(self.config, self.repo))
         live = VmLive(nodes, dict(self._definitions))

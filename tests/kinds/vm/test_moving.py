@@ -10,6 +10,7 @@ migrate: the kill suite covers a migration killed mid-way on real daemons.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from reconciler import engine
 from reconciler.errors import ProviderError, StateError
+from reconciler.kinds.vm import moving
 from reconciler.kinds.vm.libvirtio import NodeIO
 from reconciler.kinds.vm.provider import VmProvider
 from reconciler.state import StateDir
@@ -141,3 +143,43 @@ def test_without_a_record_a_paused_copy_beside_a_running_one_is_an_error(
     assert plan.changes == []
     assert [e.address for e in plan.errors] == ["vm/vm2"]
     assert "running on both" in plan.errors[0].message
+
+
+def _incoming_copy(nodes: Nodes, tmp_path: Path) -> tuple[VmProvider, Any]:
+    """vm2 running on kvm1; on kvm4 a transient copy with its UUID, as the incoming side of
+    a live migration is; the state dir records the migration kvm1 -> kvm4."""
+    nodes.add("kvm1", [domain_xml("vm2", U2, port=5901)])
+    nodes.add("kvm4", [])
+    state = StateDir(tmp_path / "state")
+    state.intend("vm", "vm2", "moving VM vm2 from kvm1 to kvm4",
+                 {"uuid": U2, "from": "kvm1", "to": "kvm4", "how": "migrate"})  # fmt: skip
+    spec = {"node": "kvm4", "vnc_port": 5901, "live_migrate": True}
+    p = VmProvider(nodes.config({"vm2": spec}), tmp_path, connect=nodes.connect, state=state)
+    copy = nodes.connect("kvm4", nodes.uris["kvm4"]).conn.createXML(
+        domain_xml("vm2", U2, port=5901), 0
+    )
+    return p, copy
+
+
+def test_the_read_waits_for_the_incoming_copy_of_our_migration_to_go(
+    nodes: Nodes, tmp_path: Path
+) -> None:
+    """A run right after one killed mid-migration: libvirt removes the incoming copy a
+    moment later; the read waits for that, then plans the migration again."""
+    p, copy = _incoming_copy(nodes, tmp_path)
+    threading.Timer(0.5, copy.destroy).start()
+    plan, _ = engine.make_plan(DESIRED, [p])
+    assert plan.errors == []
+    assert [op.op for op in plan.changes[0].ops] == ["migrate"]
+
+
+def test_an_incoming_copy_that_stays_is_an_error_that_says_why(
+    nodes: Nodes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(moving, "SETTLE_WAIT", 0.3)
+    p, _ = _incoming_copy(nodes, tmp_path)
+    plan, _ = engine.make_plan(DESIRED, [p])
+    assert plan.changes == []
+    (error,) = plan.errors
+    assert "has not yet removed its incoming copy on kvm4" in error.message
+    assert "never define that copy" in error.message
