@@ -2,7 +2,7 @@
 
 ``reconcile validate``, ``reconcile status`` and ``reconcile snapshot`` are dispatched on
 the first argument; anything else is the ``reconcile [--dry-run]`` command itself (see
-:mod:`reconciler.cli.apply`). Exit codes: docs/cli.md, and :mod:`reconciler.cli.common`.
+:mod:`reconciler.cli.apply`). Exit codes: docs/cli.md, and :mod:`reconciler.cli.codes`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 __all__ = ["EXIT_CHANGES", "EXIT_ERROR", "EXIT_OK", "main"]
 
-from reconciler.cli.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK
+from reconciler.cli.codes import EXIT_CHANGES, EXIT_ERROR, EXIT_OK
 
 # Subcommand -> module under reconciler.cli with a ``run(argv) -> int``. Modules are imported
 # only when their subcommand runs: ``reconcile --version`` must not pay for providers.
@@ -30,6 +30,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run the subcommand ``argv`` names (default ``sys.argv[1:]``) and return its exit code.
     An interrupt (Ctrl-C) or a closed stdout (broken pipe) exits 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:  # answered before any parser or kind is loaded
+        from reconciler import __version__
+
+        print(f"reconcile {__version__}")
+        return EXIT_OK
     try:
         module = _SUBCOMMANDS.get(argv[0]) if argv else None
         if module is not None:

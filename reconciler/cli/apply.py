@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__, engine, gitsource, journal, log, metrics, planfile, trust
 from reconciler.cli import ci_dryrun, common
-from reconciler.cli.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK
+from reconciler.cli.codes import EXIT_CHANGES, EXIT_ERROR, EXIT_OK
 from reconciler.errors import (
     HostConfigError,
     PlanFileError,

@@ -18,6 +18,9 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from reconciler import hostconfig, log
 from reconciler import kinds as registry
+from reconciler.cli.codes import EXIT_CHANGES as EXIT_CHANGES  # re-exported
+from reconciler.cli.codes import EXIT_ERROR
+from reconciler.cli.codes import EXIT_OK as EXIT_OK  # re-exported
 from reconciler.errors import RepositoryError, ValidationError
 from reconciler.hostconfig import HostConfig
 from reconciler.kinds.base import Context, Provider
@@ -27,7 +30,6 @@ if TYPE_CHECKING:
     from reconciler.cache import DesiredCache
 
 KINDS = registry.NAMES
-EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 DEFAULT_STATE_DIR = "/var/lib/reconciler"
 DEFAULT_LOCK_FILE = "/run/reconciler.lock"
 

@@ -22,7 +22,7 @@ from reconciler import desired as desired_mod
 from reconciler import importing
 from reconciler import kinds as registry
 from reconciler.cli import common
-from reconciler.cli.common import EXIT_ERROR, EXIT_OK
+from reconciler.cli.codes import EXIT_ERROR, EXIT_OK
 from reconciler.errors import HostConfigError, ReconcilerError, ValidationError
 from reconciler.importing import Found, ImportContext
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler import __version__, gitsource
 from reconciler.cli import common
-from reconciler.cli.common import EXIT_ERROR, EXIT_OK
+from reconciler.cli.codes import EXIT_ERROR, EXIT_OK
 from reconciler.errors import HostConfigError, ReconcilerError, ValidationError
 from reconciler.hostconfig import HostConfig
 from reconciler.kinds import base

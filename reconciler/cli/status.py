@@ -12,7 +12,7 @@ from typing import Any
 
 from reconciler import journal
 from reconciler.cli import common
-from reconciler.cli.common import EXIT_ERROR, EXIT_OK
+from reconciler.cli.codes import EXIT_ERROR, EXIT_OK
 from reconciler.errors import StateError
 from reconciler.render import status as render_status
 from reconciler.state import StateDir

@@ -10,7 +10,7 @@ from pathlib import Path
 from reconciler import gitsource
 from reconciler import kinds as registry
 from reconciler.cli import common
-from reconciler.cli.common import EXIT_ERROR, EXIT_OK
+from reconciler.cli.codes import EXIT_ERROR, EXIT_OK
 from reconciler.errors import HostConfigError, ReconcilerError, RepositoryError
 
 
