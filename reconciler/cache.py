@@ -194,15 +194,18 @@ class DesiredCache:
     dir). ``hits``, ``misses`` and ``written`` count what happened, for logs and tests.
     """
 
-    def __init__(self, path: Path, *, create: bool = True) -> None:
+    def __init__(self, path: Path, *, create: bool = True, read_only: bool = False) -> None:
         """Open the cache directory ``path`` (created ``0700`` with ``create``, with its
         parents). StateError when it cannot be used: it is a symlink, not a
-        directory, not ours or writable by others, or cannot be created or opened."""
+        directory, not ours or writable by others, or cannot be created or opened.
+        ``read_only``: entries are read, nothing is written or touched (a dry-run's use of
+        the state dir, which it never writes to); the directory is never created then."""
         self.path = path
+        self.read_only = read_only
         self.hits = 0
         self.misses = 0
         self.written = 0
-        if create:
+        if create and not read_only:
             try:
                 path.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError as e:
@@ -229,15 +232,15 @@ class DesiredCache:
         self._fd = fd
 
     @classmethod
-    def in_state_dir(cls, state_dir: Path) -> DesiredCache | None:
+    def in_state_dir(cls, state_dir: Path, *, read_only: bool = False) -> DesiredCache | None:
         """The cache ``<state_dir>/cache`` when the state dir exists and may be used (it is
         never created for this: a local desired state is validated before the state dir is
-        touched), else None."""
+        touched), else None. ``read_only`` (a dry-run): only an existing cache is read."""
         try:
             check_private_dir(state_dir)
             if state_dir.is_symlink():
                 return None
-            return cls(state_dir / STATE_SUBDIR)
+            return cls(state_dir / STATE_SUBDIR, read_only=read_only)
         except StateError:
             return None
 
@@ -325,7 +328,7 @@ class DesiredCache:
             ):
                 return None
             data = _read_fd(fd)
-            if data is not None and time.time() - st.st_mtime > TOUCH_AFTER:
+            if data is not None and not self.read_only and time.time() - st.st_mtime > TOUCH_AFTER:
                 os.utime(fd)
             return data
         except OSError:
@@ -341,7 +344,9 @@ class DesiredCache:
         Returns whether an entry was written."""
         if doc.problems:
             raise ValueError("DesiredCache.put: a document with problems is never cached")
-        if self._fd < 0 or not isinstance(doc.data, dict) or not _plain(doc.data):
+        if self.read_only or self._fd < 0 or not isinstance(doc.data, dict):
+            return False
+        if not _plain(doc.data):
             return False
         derived = _encode_derived(doc.derived)
         if derived is None:

@@ -407,28 +407,60 @@ def test_a_dry_run_plans_the_same_with_and_without_the_cache(netns: Netns, tmp_p
     repo = _repo(tmp_path)
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if k != "SSH_CONNECTION"}
 
-    def plan(*extra: str) -> tuple[int, str, str]:
+    def run(*args: str) -> tuple[int, str, str]:
         proc = netns.run(
             [
-                sys.executable, "-m", "reconciler", "--dry-run", "--output", "json",
-                "--repo", str(repo), "--host", "h1", "--only", "ipset,nic",
+                sys.executable, "-m", "reconciler", "--repo", str(repo), "--host", "h1",
                 "--state-dir", str(state), "--lock-file", str(tmp_path / "lock"),
-                "--log-format", "json", *extra,
+                "--log-format", "json", *args,
             ],
             check=False,
-            env={k: v for k, v in os.environ.items() if k != "SSH_CONNECTION"},
+            env={**env, "RECONCILER_METRICS_FILE": ""},
         )  # fmt: skip
         return proc.returncode, proc.stdout, proc.stderr
 
-    code, without, err = plan("--no-cache")
-    assert code == 1, err  # a plan error: the NIC is not in the namespace
-    assert not (state / "cache").exists()
+    def plan(*extra: str) -> tuple[int, str]:
+        code, out, _ = run("--dry-run", "--output", "json", "--only", "ipset,nic", *extra)
+        return code, out
+
+    code, without = plan("--no-cache")
+    assert code == 1, without  # a plan error: the NIC is not in the namespace
     document = json.loads(without)
     assert [c["address"] for c in document["changes"]] == ["ipset/mgmt", "ipset/six"]
     assert any("hosts/h1.yaml:4:3" in e["message"] for e in document["errors"])
-    cold = plan()  # the state dir's cache, filled
+    # A dry-run only reads the state dir's cache: it writes nothing to the state dir.
+    assert plan() == (1, without)
+    assert not (state / "cache").exists()
+    # --cache-dir (the CI's) is written by a dry-run too: cold, then warm.
+    assert plan("--cache-dir", str(tmp_path / "ci-cache")) == (1, without)
+    assert len(_entries(tmp_path / "ci-cache")) == 2
+    assert plan("--cache-dir", str(tmp_path / "ci-cache")) == (1, without)
+    # A run that applies fills the state dir's cache (here: the backup kind, nothing to do);
+    # the next dry-run reads it.
+    code, _, err = run("--only", "backup")
+    assert code == 0, err
     assert len(_entries(state / "cache")) == 2
-    warm = plan()  # read from it
-    explicit = plan("--cache-dir", str(tmp_path / "ci-cache"))
-    assert cold[:2] == warm[:2] == explicit[:2] == (1, without)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in _entries(state / "cache"))
+    assert plan() == (1, without)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in _entries(state / "cache")) == before
+
+
+def test_a_read_only_cache_reads_and_writes_nothing(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    (tmp_path / "state").mkdir(mode=0o700)
+    assert DesiredCache.in_state_dir(tmp_path / "state", read_only=True) is None
+    assert not (tmp_path / "state" / "cache").exists()
+    filled = DesiredCache.in_state_dir(tmp_path / "state")
+    assert filled is not None
+    desired.load_host(repo, "h1", disk_cache=filled)
+    entry = _fleet_entry(tmp_path / "state" / "cache", repo)
+    os.utime(entry, (0, 0))  # old enough that a writing cache would touch it
+    (repo / "hosts" / "h1.yaml").write_text(HOST + "# changed\n")
+    reader = DesiredCache.in_state_dir(tmp_path / "state", read_only=True)
+    assert reader is not None
+    desired.load_host(repo, "h1", disk_cache=reader)
+    assert (reader.hits, reader.misses, reader.written) == (1, 1, 0)
+    assert len(_entries(tmp_path / "state" / "cache")) == 2
+    assert entry.stat().st_mtime == 0

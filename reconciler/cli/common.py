@@ -233,9 +233,10 @@ def add_cache(p: argparse.ArgumentParser, *, state_dir: bool = True) -> None:
 def disk_cache(args: argparse.Namespace, state_dir: Path | None) -> DesiredCache | None:
     """The desired-state cache the options ask for (:mod:`reconciler.cache`): none with
     ``--no-cache``; ``--cache-dir`` (created if missing); else ``<state_dir>/cache`` when
-    ``state_dir`` is given and already exists (it is not created for this). A directory
-    that cannot be used safely (a symlink, not private) is not used, with a warning on
-    stderr: the cache never decides whether a run can go on."""
+    ``state_dir`` is given and already exists (it is not created for this), read only by
+    a dry-run (which writes nothing to the state dir). A directory that cannot be used
+    safely (a symlink, not private) is not used, with a warning on stderr: the cache never
+    decides whether a run can go on."""
     from reconciler.cache import DesiredCache
     from reconciler.errors import StateError
 
@@ -248,7 +249,9 @@ def disk_cache(args: argparse.Namespace, state_dir: Path | None) -> DesiredCache
         except StateError as e:
             print(f"reconcile: warning: desired-state cache not used: {e}", file=sys.stderr)
             return None
-    return DesiredCache.in_state_dir(state_dir) if state_dir is not None else None
+    if state_dir is None:
+        return None
+    return DesiredCache.in_state_dir(state_dir, read_only=bool(getattr(args, "dry_run", False)))
 
 
 def host_config(args: argparse.Namespace) -> HostConfig:
