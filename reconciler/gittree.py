@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,13 +113,23 @@ def list_tree(repo_dir: Path, commit: str, subdir: str) -> list[Entry]:
     return entries
 
 
-def materialize(repo_dir: Path, commit: str, subdir: str, dest: Path) -> None:
+def materialize(
+    repo_dir: Path,
+    commit: str,
+    subdir: str,
+    dest: Path,
+    only: Callable[[str], bool] | None = None,
+) -> None:
     """Write the files of ``subdir`` at ``commit`` into the empty directory ``dest``, each
-    from its blob (directories 0700, files 0600, created exclusively, no link followed).
+    from its blob (directories 0700, files 0600, created exclusively, no link followed);
+    with ``only``, just the files whose path (below ``subdir``) it accepts.
 
-    Raises SourceError as :func:`list_tree` does, or when git fails or runs out of time.
+    Raises SourceError as :func:`list_tree` does (for the whole tree, ``only`` or not), or
+    when git fails or runs out of time.
     """
     entries = list_tree(repo_dir, commit, subdir)
+    if only is not None:
+        entries = [e for e in entries if only(e.path)]
     if not entries:
         return
     proc = subprocess.Popen(

@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from reconciler import desired as desired_mod
 from reconciler import gitsource
 from reconciler.cli import common
-from reconciler.cli.common import EXIT_CHANGES, EXIT_ERROR, EXIT_OK
+from reconciler.cli.codes import EXIT_CHANGES, EXIT_ERROR, EXIT_OK
 from reconciler.errors import ReconcilerError, SourceError, ValidationError
 
 if TYPE_CHECKING:
@@ -107,21 +108,30 @@ def _export_against(
     """With ``--against REV``: the desired state at REV, read from git objects into a
     temporary directory that lives as long as ``stack``, and the hosts whose inputs changed
     since REV (None: plan every host: a shared file changed, or the tree is dirty and has
-    no commit to compare); else (None, None)."""
+    no commit to compare); else (None, None). When only some hosts changed, only their host
+    files and the shared files are written out: the others are not planned."""
     if not args.against:
         return None, None
     if source.repo is None:
         raise SourceError(f"--against {args.against}: {args.repo} is not in a git repository")
     rev = gitsource.resolve(source.repo, args.against)
-    base = gitsource.materialized(source.repo, rev, source.subdir, stack)
     if source.dirty or source.commit is None:
-        return base, None  # a work tree: no git objects to compare, so plan every host
+        # A work tree: no git objects to compare, so plan every host.
+        return gitsource.materialized(source.repo, rev, source.subdir, stack), None
     from reconciler import against, gittree
 
     top = Path(source.repo.working_tree_dir or source.repo.git_dir)
     before = {e.path: e.blob for e in gittree.list_tree(top, rev, source.subdir)}
     after = {e.path: e.blob for e in gittree.list_tree(top, source.commit, source.subdir)}
-    return base, against.changed_hosts(before, after)
+    changed = against.changed_hosts(before, after)
+
+    def needed(path: str) -> bool:
+        host = against.host_of(path)
+        return host is None or changed is None or host in changed
+
+    base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="reconciler-tree-")))
+    gittree.materialize(top, rev, source.subdir, base, only=needed)
+    return base, changed
 
 
 def _plan(
