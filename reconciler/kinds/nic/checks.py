@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from reconciler.errors import Problem
 from reconciler.kinds.nic.offloads import (
     KERNEL_FEATURES,
@@ -147,6 +145,8 @@ def check_file(path: Path, doc: YamlDoc) -> list[Problem]:
     text = path.read_text(encoding="utf-8")
     if "<<" not in text:
         return []  # no merge key, nothing can be hidden (and no second parse to pay for)
+    import yaml  # only here: a run whose files come from the cache parses no YAML
+
     loader: Any = yaml.SafeLoader(text.removeprefix("\ufeff"))
     out: list[Problem] = []
     try:
