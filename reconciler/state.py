@@ -12,7 +12,12 @@ leaves a half-written file):
     (:meth:`StateDir.intend`, :meth:`StateDir.confirm`): a run killed in between leaves a
     record of something that may not exist (the next run forgets it when it does not),
     never something of ours without a record. A temporary set (a rebuild's) is recorded
-    with ``"temporary_for": "<set>"``.
+    with ``"temporary_for": "<set>"``. The same records say what is in flight for the other
+    kinds: ``"backup": {"<archive>": {"set": "<set>", "intent": "creating archive ..."}}``
+    while an archive is being created, and while its truncated ``<archive>.part`` is ours
+    (:mod:`reconciler.kinds.backup.provider`); ``"vm": {"<vm>": {"uuid", "from", "to",
+    "how", "intent": "moving VM ..."}}`` while a VM is being moved
+    (:mod:`reconciler.kinds.vm.moving`).
 ``source.json``
     ``{"commit": "<hash>", "source": "<path or URL>", "applied": "<time>"}``: the commit the
     last applied run used; the base of the rewind check and of commit verification.
