@@ -199,15 +199,8 @@ def parse_yaml(raw: bytes, display_name: str) -> YamlDoc:
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-        doc.problems.append(
-            Problem(
-                display_name,
-                line,
-                col,
-                "",
-                f"not UTF-8: byte 0x{raw[e.start]:02x} cannot be decoded; save the file as UTF-8",
-            )
-        )
+        why = f"not UTF-8: byte 0x{raw[e.start]:02x} cannot be decoded; save the file as UTF-8"
+        doc.problems.append(Problem(display_name, line, col, "", why))
         return doc
     text = text.removeprefix("\ufeff")
     loader: Any = None
@@ -221,15 +214,8 @@ def parse_yaml(raw: bytes, display_name: str) -> YamlDoc:
             return doc
         if not isinstance(node, yaml.MappingNode):
             line, col = _mark_pos(node.start_mark)
-            doc.problems.append(
-                Problem(
-                    display_name,
-                    line,
-                    col,
-                    "",
-                    f"expected a mapping (key: value) at the top level, got {_describe_top(node)}",
-                )
-            )
+            why = f"expected a mapping (key: value) at the top level, got {_describe_top(node)}"
+            doc.problems.append(Problem(display_name, line, col, "", why))
             return doc
         doc.data = _Builder(doc, loader).build(node, ())
     except _TooBig as e:
