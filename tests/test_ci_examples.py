@@ -47,6 +47,8 @@ def gitlab_script() -> str:
 def run_ci(script: str, cwd: Path, extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     env = {
         **GIT_ENV,
+        # The runner's cache directory (the examples' cache steps keep it between runs).
+        "RECONCILER_CACHE_DIR": str(cwd.parent / "ci-cache"),
         **extra_env,
         "RECONCILER_METRICS_FILE": "",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -77,6 +79,7 @@ def test_example_passes_with_changes_and_writes_the_plan(ci: str, tmp_path: Path
     assert f"=== host a: against the desired state at {base}" in r.stdout
     assert "+ member 203.0.113.0/24" in r.stdout
     assert (repo.root / "plan.json").exists()
+    assert any((tmp_path / "ci-cache").iterdir())  # validated files kept for the next run
     # The review comment's Markdown (and, on GitHub, the job summary).
     md = (repo.root / "plan.md").read_text()
     assert md.startswith("<!-- reconcile-plan -->\n")
