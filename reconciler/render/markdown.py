@@ -274,7 +274,7 @@ def render_ci(doc: dict[str, Any], *, limit: int = MAX_CHARS) -> str:
         out.force("**The desired state is invalid: nothing was planned.**")
     out.section(":x: Problems", [f"- {inline(x)}" for x in problems], "problem(s)")
     out.section(":x: Errors", [item for p in planned for item in _errors(p)], "error(s)")
-    attention = [item for p in planned for item in _attention(p)]
+    attention = [item for p in planned + unchanged for item in _attention(p)]
     out.section(":warning: Needs attention", attention, "warning(s)")
     if acting:
         out.force("")

@@ -269,3 +269,14 @@ def test_a_long_fleet_stays_under_the_comment_limit() -> None:
     assert "host000" in rows and all(v == ["0", "1", "0", "0", "0"] for v in rows.values())
     full = markdown.render_ci(ci_doc(*plans), limit=10**7)
     assert len(table(to_html(full))) == 400 and to_html(full).tags.count("details") == 400
+
+
+def test_an_unchanged_hosts_warning_is_still_shown() -> None:
+    """The VM controller without a host file is unchanged, but its warning stays visible."""
+    ctl = plan_dict(Plan(host="ctl", warnings=[PlanWarning("host", "no hosts/ctl.yaml: ...")]))
+    ctl["status"] = "unchanged"
+    html = to_html(markdown.render_ci(ci_doc(ctl)))
+    text = html.all_text
+    assert "Needs attention (1)" in text and "ctl host: no hosts/ctl.yaml: ..." in text
+    assert "Unchanged since main, not planned (1): ctl." in text
+    assert html.rows == []  # no table: nothing planned
