@@ -218,6 +218,7 @@ def plan_all(
     changed: Collection[str] | None = None,
     shard: Shard | None = None,
     disk_cache: DesiredCache | None = None,
+    workers: int | None = None,
 ) -> CiResult:
     """Validate ``repo`` and plan every host in ``hosts`` (see the module docstring); with
     ``hosts=None`` every ``hosts/*.yaml`` and the VM controller named in ``vms.yaml`` (when
@@ -234,11 +235,98 @@ def plan_all(
     only their host files beside the shared ones. Every plan has ``status`` (``planned``
     or ``unchanged``) and ``basis``. ``disk_cache`` (``--cache-dir``) keeps validated files
     between runs, keyed by content (:mod:`reconciler.cache`); it never changes the result.
+    ``workers`` processes share the hosts (None: one per CPU this process may use, with at
+    least :data:`HOSTS_PER_WORKER` hosts each); the result is the same with any number.
     ``config`` is the host configuration what the repository asks of hosts is checked
     against (None: the defaults); nothing from the repository runs. Pure apart from
     reading those directories and the snapshot files.
     """
-    now = now or datetime.now(UTC)
+    kw: dict[str, Any] = {
+        "repo": repo, "hosts": hosts, "kinds": kinds, "commit": commit, "base": base,
+        "base_rev": base_rev, "snapshots": snapshots, "now": now or datetime.now(UTC),
+        "config": config, "changed": changed, "shard": shard, "disk_cache": disk_cache,
+    }  # fmt: skip
+    n = workers if workers is not None else _default_workers(repo)
+    parts = [_plan_part(**kw)] if n <= 1 else _in_workers(kw, n)
+    problems = set().union(*(p.problems for p in parts))
+    total = parts[0].total
+    if problems:
+        return CiResult(problems=sorted(problems), shard=shard, total_hosts=total)
+    plans = {h: d for p in parts for h, d in p.plans.items()}
+    return CiResult(plans=[plans[h] for h in parts[0].hosts], shard=shard, total_hosts=total)
+
+
+#: The CI dry-run uses a second process only for at least this many hosts per process.
+HOSTS_PER_WORKER = 150
+#: And never more processes than this.
+MAX_WORKERS = 8
+
+
+def _default_workers(repo: Path) -> int:
+    """One process per CPU this one may run on, with at least HOSTS_PER_WORKER hosts each;
+    one where ``fork`` is not available."""
+    import multiprocessing
+    import os
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    hosts = len(desired_mod.list_hosts(repo))
+    return max(1, min(cpus or 1, hosts // HOSTS_PER_WORKER, MAX_WORKERS))
+
+
+@dataclass
+class _Part:
+    """What one worker found: the planned hosts in order (all of them, the same in every
+    worker), its share of the plans, the problems it saw, and the hosts before sharding."""
+
+    hosts: list[str]
+    plans: dict[str, dict[str, Any]]
+    problems: set[Problem]
+    total: int
+
+
+#: The arguments of the run the forked workers share (set before they are forked).
+_WORK: dict[str, Any] = {}
+
+
+def _work(k: int, n: int) -> _Part:
+    return _plan_part(**_WORK, part=(k, n))
+
+
+def _in_workers(kw: dict[str, Any], n: int) -> list[_Part]:
+    """``_plan_part`` in ``n`` forked processes, part k of n each. The arguments reach them
+    by the fork, not pickled (the disk cache holds a directory descriptor)."""
+    import multiprocessing
+
+    _WORK.clear()
+    _WORK.update(kw)
+    try:
+        with multiprocessing.get_context("fork").Pool(n) as pool:
+            return pool.starmap(_work, [(k, n) for k in range(n)])
+    finally:
+        _WORK.clear()
+
+
+def _plan_part(
+    repo: Path,
+    hosts: Sequence[str] | None,
+    kinds: Sequence[str],
+    *,
+    commit: str | None,
+    base: Path | None,
+    base_rev: str | None,
+    snapshots: Path | None,
+    now: datetime,
+    config: HostConfig | None,
+    changed: Collection[str] | None,
+    shard: Shard | None,
+    disk_cache: DesiredCache | None,
+    part: tuple[int, int] = (0, 1),
+) -> _Part:
+    """:func:`plan_all`'s work for part ``k`` of ``n`` (``part``): the shared files, and
+    every k-th of the shard's hosts and host files in name order (each in exactly one
+    part)."""
     # fleet.yaml is kept, host files only while their host is planned (a file unchanged
     # since the base is parsed once): memory holds one host at a time, plus the plans.
     cache = desired_mod.LoadCache(max_host_files=2, disk_cache=disk_cache)
@@ -274,7 +362,8 @@ def plan_all(
     planned = set(hosts)
     # Every host file (of the shard) is validated, also those not planned: CI checks the
     # whole commit.
-    for host in sorted(planned | {h for h in host_files if in_shard(h, shard)}):
+    mine = sorted(planned | {h for h in host_files if in_shard(h, shard)})[part[0] :: part[1]]
+    for host in mine:
         kinds_here, note = wanted, None
         if host not in host_files and desired_mod.valid_host_name(host):
             if not _controls(vms, host):
@@ -307,9 +396,7 @@ def plan_all(
             base=base, base_rev=base_rev, snapshots=snapshots, commit=commit, now=now,
             config=config, note=note,
         )  # fmt: skip
-    if problems:
-        return CiResult(problems=sorted(problems), shard=shard, total_hosts=total)
-    return CiResult(plans=[plans[h] for h in hosts], shard=shard, total_hosts=total)
+    return _Part(list(hosts), plans, problems, total)
 
 
 def _snapshot_file(snapshots: Path | None, host: str) -> Path | None:

@@ -286,3 +286,36 @@ def test_a_cache_dir_changes_nothing_but_the_time(repo: Repo, tmp_path: Path) ->
     assert want.returncode == got.returncode == 1
     assert "hosts/a.yaml:3:" in got.stderr
     assert want.stderr == got.stderr
+
+
+# --- worker processes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shard", [None, ci.Shard(2, 3)])
+def test_worker_processes_give_the_same_result(
+    repo: Repo, tmp_path: Path, shard: ci.Shard | None
+) -> None:
+    base = many_hosts(repo)
+    head = git(repo.root, "rev-parse", "HEAD")
+    base_dir = tmp_path / "base"
+    base_dir.mkdir()
+    gittree.materialize(repo.root, base, "desired-state", base_dir)
+    kw: dict[str, Any] = {
+        "commit": head, "base": base_dir, "base_rev": base, "shard": shard,
+        "config": hostconfig_mod.load(repo.config), "now": datetime.now(UTC),
+    }  # fmt: skip
+    kinds = list(registry.NAMES)
+    one = ci.plan_all(repo.ds, None, kinds, workers=1, **kw)
+    assert one.plans and not one.problems
+    for n in (2, 3, 7):
+        many = ci.plan_all(repo.ds, None, kinds, workers=n, **kw)
+        got = (many.plans, many.problems, many.total_hosts)
+        assert got == (one.plans, one.problems, one.total_hosts)
+    # The same problems, whichever worker read the broken files.
+    (repo.ds / "hosts" / "h03.yaml").write_text("nics: {eth0: {rings: {rx: -1}}}\n")
+    (repo.ds / "hosts" / "h08.yaml").write_text("nics: {eth0: {rings: {rx: -2}}}\n")
+    one = ci.plan_all(repo.ds, None, kinds, workers=1, **kw)
+    many = ci.plan_all(repo.ds, None, kinds, workers=3, **kw)
+    assert (many.plans, many.problems) == (one.plans, one.problems)
+    if shard is None:  # (shard 2/3 holds neither of them)
+        assert len(one.problems) == 2 and not one.plans
