@@ -255,12 +255,22 @@ def test_the_header_keeps_dirty(tmp_path: Path) -> None:
 def test_the_ci_dry_run_claims_no_live_state_and_counts_errors(tmp_path: Path) -> None:
     repo = Repo(tmp_path / "repo")
     repo.write()
-    # Against the head itself the commit asks nothing of any host, and no host was read.
-    r = repo.plan("--against", "HEAD", "--config", str(repo.config))
+    # A commit that asks nothing of any host (a shared file changed: every host is planned),
+    # and no host was read.
+    (repo.ds / "README").write_text("docs only\n")
+    git(repo.root, "add", "-A")
+    git(repo.root, "commit", "-q", "-m", "docs")
+    r = repo.plan("--against", "HEAD~1", "--config", str(repo.config))
     assert r.returncode == 0, r.stderr
     assert "live state matches" not in r.stdout
-    assert r.stdout.count("No changes against HEAD") == 3
+    assert r.stdout.count("No changes against HEAD~1") == 3
     assert r.stdout.rstrip().endswith("0 change(s) on 0 host(s), 0 error(s)")
+    # Against the head itself nothing changed: every host unchanged, not planned.
+    r = repo.plan("--against", "HEAD", "--config", str(repo.config))
+    assert r.returncode == 0, r.stderr
+    assert "live state" not in r.stdout
+    assert r.stdout.count("unchanged since HEAD (not planned)") == 3
+    assert r.stdout.rstrip().endswith("0 error(s); 3 host(s) unchanged since HEAD")
     # Errors are counted: a host with nothing to compare with.
     snaps = tmp_path / "snaps"
     snaps.mkdir()
@@ -268,4 +278,5 @@ def test_the_ci_dry_run_claims_no_live_state_and_counts_errors(tmp_path: Path) -
     assert r.returncode == 1
     assert r.stdout.rstrip().endswith("0 change(s) on 0 host(s), 3 error(s) on 3 host(s)")
     r = repo.plan("--snapshots", str(snaps), "--config", str(repo.config), "--output", "json")
-    assert json.loads(r.stdout)["summary"] == {"hosts": 3, "changes": 0, "errors": 3}
+    summary = json.loads(r.stdout)["summary"]
+    assert summary == {"hosts": 3, "changes": 0, "errors": 3, "unchanged": 0}
