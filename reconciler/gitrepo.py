@@ -70,6 +70,10 @@ class GitRepo:
         self.working_tree_dir: str = str(top)
         self.git_dir: str = git_dir
         self.head = head
+        # Answers about immutable objects, asked again within a run (a full commit hash
+        # always names the same commit and tree): each is one git process less.
+        self._commits: dict[str, str | None] = {} if head is None else {head: head}
+        self._entries: dict[tuple[str, str], TreeEntry | None] = {}
 
     @classmethod
     def open(cls, top: Path) -> GitRepo:
@@ -111,11 +115,16 @@ class GitRepo:
         there is no such commit. A revision that looks like an option is never passed."""
         if not rev or rev.startswith("-"):
             return None
+        if rev in self._commits:
+            return self._commits[rev]
         try:
             out = self.git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
         except GitError:
             return None
-        return out.strip() or None
+        sha = out.strip() or None
+        if sha is not None and _is_full_hash(rev) and sha == rev.lower():
+            self._commits[rev] = sha  # a branch or tag may move; a commit's hash does not
+        return sha
 
     def is_dirty(self, path: str | None = None) -> bool:
         """Whether the work tree (below ``path``, relative to its top) differs from HEAD:
@@ -131,13 +140,19 @@ class GitRepo:
         path = path.strip("/")
         if not path:
             return None
+        if (commit, path) in self._entries:
+            return self._entries[(commit, path)]
         out = self.git_bytes("ls-tree", "-z", "-l", commit, "--", path)
+        found = None
         for record in out.split(b"\0"):
             meta, _, name = record.partition(b"\t")
             if name.decode(errors="replace") == path:
                 mode, kind, sha, size = meta.decode().split()
-                return TreeEntry(mode, kind, sha, None if size == "-" else int(size))
-        return None
+                found = TreeEntry(mode, kind, sha, None if size == "-" else int(size))
+                break
+        if _is_full_hash(commit):
+            self._entries[(commit, path)] = found
+        return found
 
     def blob(self, sha: str) -> bytes:
         """The content of the blob ``sha``."""
@@ -153,6 +168,11 @@ class GitRepo:
             return self.git("config", "--get", f"remote.{name}.url").strip() or None
         except GitError:
             return None
+
+
+def _is_full_hash(rev: str) -> bool:
+    """Whether ``rev`` is a full object id (SHA-1 or SHA-256 hex), which never moves."""
+    return len(rev) in (40, 64) and all(c in "0123456789abcdefABCDEF" for c in rev)
 
 
 def _git_raw(where: Path, args: tuple[str, ...], timeout: float) -> bytes:

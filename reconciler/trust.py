@@ -15,6 +15,8 @@ descendant of the last applied commit (a force-push, an old branch) is refused u
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +57,15 @@ def _fleet_data(raw: bytes, rel: str, cached: FleetReader | None) -> Any:
 
 
 def _fleet_verify(
-    repo: GitRepo, commit: str, subdir: str, cached: FleetReader | None = None
+    repo: GitRepo,
+    commit: str,
+    subdir: str,
+    cached: FleetReader | None = None,
+    tree: Path | None = None,
 ) -> dict[str, Any] | None:
     rel = f"{subdir}/fleet.yaml" if subdir else "fleet.yaml"
     try:
-        text = read_file_at(repo, commit, rel)
+        text = _read_written(tree) if tree is not None else read_file_at(repo, commit, rel)
     except SourceError as e:
         raise VerifyError(e.message, commit=commit) from e
     if text is None:
@@ -67,6 +73,21 @@ def _fleet_verify(
     data = _fleet_data(text.encode(), rel, cached)
     block = data.get("verify") if isinstance(data, dict) else None
     return block if isinstance(block, dict) else None
+
+
+def _read_written(tree: Path) -> str | None:
+    """The text of ``fleet.yaml`` in ``tree``, a commit's desired state already written out
+    from its own objects (:mod:`reconciler.gittree`: regular files only, none over its size
+    bound): the same text :func:`read_file_at` gives, without starting git again. None when
+    there is no such regular file."""
+    try:
+        fd = os.open(tree / "fleet.yaml", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None  # absent (or, never written by gittree, a link or unreadable)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return f.read().decode("utf-8", errors="replace")
 
 
 def _signers(blocks: list[dict[str, Any]], subdir: str) -> list[Signer]:
@@ -100,6 +121,7 @@ def decide(
     require_signed: bool = False,
     allow_rewind: bool = False,
     cached: FleetReader | None = None,
+    target_tree: Path | None = None,
 ) -> Decision:
     """Accept ``target`` or raise :class:`VerifyError` naming the offending commit.
 
@@ -107,12 +129,14 @@ def decide(
     ``require_signed`` or the host has a pins file at ``pins_path``. Reads git objects only; the
     work tree is not touched, so a refusal leaves the last applied checkout in place.
     ``cached`` may answer for a fleet.yaml already validated (the timer run on an unchanged
-    commit then parses nothing).
+    commit then parses nothing). ``target_tree``: the target's desired state already written
+    out from its git objects (:func:`reconciler.gittree.materialize`), where its fleet.yaml
+    is read instead of from git again.
     """
     require_signed = require_signed or host_requires_signatures(pins_path)
     # Each commit's verify: block is read once: it says both whether to verify and who signs.
     base_known = base is not None and commit_hash(repo, base) is not None
-    found = [_fleet_verify(repo, target, subdir, cached)]
+    found = [_fleet_verify(repo, target, subdir, cached, target_tree)]
     if base_known and base != target:
         assert base is not None
         found.append(_fleet_verify(repo, base, subdir, cached))

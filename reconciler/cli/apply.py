@@ -376,7 +376,8 @@ def _accept_source(
             commit=target,
         )
     if source.fetch_error is None:
-        refusal = _verify(args, source.repo, source.subdir, state, target)
+        written = _written(source) if source.commit == target else None
+        refusal = _verify(args, source.repo, source.subdir, state, target, written)
         if refusal is not None:
             return refusal
         if source.url is not None and source.commit != target:
@@ -391,11 +392,26 @@ def _accept_source(
     return None
 
 
+def _written(source: gitsource.Source) -> Path | None:
+    """The directory a local committed source was written out to from its commit's objects
+    (a private temporary directory, never the work tree), else None."""
+    if source.url is not None or source.dirty or source.repo is None or source.commit is None:
+        return None
+    top = Path(source.repo.working_tree_dir).resolve()
+    return None if source.path.resolve().is_relative_to(top) else source.path
+
+
 def _verify(
-    args: argparse.Namespace, repo: GitRepo, subdir: str, state: StateDir, target: str
+    args: argparse.Namespace,
+    repo: GitRepo,
+    subdir: str,
+    state: StateDir,
+    target: str,
+    written: Path | None = None,
 ) -> VerifyError | None:
     """Apply the rewind rule and the signature policy to ``target`` (:func:`trust.decide`);
-    returns the refusal, else None (the verified commits are logged)."""
+    returns the refusal, else None (the verified commits are logged). ``written``: the
+    target's desired state written out from its objects, where its fleet.yaml is read."""
     try:
         decision = trust.decide(
             repo,
@@ -406,6 +422,7 @@ def _verify(
             require_signed=args.require_signed,
             allow_rewind=args.allow_rewind,
             cached=_cached_fleet(common.disk_cache(args, state.path)),
+            target_tree=written,
         )
     except VerifyError as e:
         return e

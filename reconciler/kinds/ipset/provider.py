@@ -42,6 +42,7 @@ import errno
 import ipaddress
 import os
 import shlex
+import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -196,6 +197,18 @@ class IpsetProvider:
     # ----------------------------------------------------------------------------- read
     def read(self, desired: HostDesired) -> IpsetLive:
         """Dump every set (one netlink dump), list rules using sets, check desired rules."""
+        # The iptables-save processes run while this thread decodes the dump; a failure of
+        # the dump is still the one reported when both fail.
+        saved: list[tuple[list[firewall.Rule], dict[str, firewall.Chains]] | Exception] = []
+
+        def read_rules() -> None:
+            try:
+                saved.append(firewall.read_rules())
+            except Exception as e:  # raised below, in this thread
+                saved.append(e)
+
+        reader = threading.Thread(target=read_rules, daemon=True)
+        reader.start()
         try:
             with IpsetClient() as client:
                 sets = client.list_sets()
@@ -203,7 +216,11 @@ class IpsetProvider:
             if e.errno == errno.EPERM:
                 e.message += " (managing ipsets needs root, or CAP_NET_ADMIN)"
             raise
-        rules, chains = firewall.read_rules()
+        finally:
+            reader.join()
+        if isinstance(saved[0], Exception):
+            raise saved[0]
+        rules, chains = saved[0]
         present: dict[str, bool] = {}
         errors: dict[str, str] = {}
         for name, spec in desired.ipsets.items():
