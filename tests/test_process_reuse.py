@@ -86,12 +86,12 @@ def test_the_written_tree_is_what_trust_reads(repo: Path, tmp_path: Path) -> Non
     target = commit(repo, {"fleet.yaml": "verify: {}\n"}, "asks for verification")
     r = GitRepo.open(repo)
     pins = tmp_path / "no-pins"
-    with pytest.raises(VerifyError, match="lists no verify.signers") as from_git:
+    with pytest.raises(VerifyError, match=r"lists no verify\.signers") as from_git:
         trust.decide(r, "", None, target, pins_path=pins)
     tree = tmp_path / "tree"
     tree.mkdir()
     (tree / "fleet.yaml").write_text("verify: {}\n")
-    with pytest.raises(VerifyError, match="lists no verify.signers") as from_tree:
+    with pytest.raises(VerifyError, match=r"lists no verify\.signers") as from_tree:
         trust.decide(r, "", None, target, pins_path=pins, target_tree=tree)
     assert from_tree.value.message == from_git.value.message
     # Without a verify: block in the tree, nothing is asked (the tree is what is read).
@@ -113,7 +113,7 @@ def test_a_link_in_the_written_tree_is_not_followed(repo: Path, tmp_path: Path) 
 
 def test_saves_run_at_once_keep_their_order_and_first_failure() -> None:
     assert firewall._save_all(["pwd", "true"]) == [os.getcwd() + "\n", ""]
-    with pytest.raises(CommandError, match="^false failed") as failed:
+    with pytest.raises(CommandError, match=r"^false failed") as failed:
         firewall._save_all(["true", "false", "reconciler-no-such-program"])
     assert not isinstance(failed.value, CommandNotFound)
     with pytest.raises(CommandNotFound):
