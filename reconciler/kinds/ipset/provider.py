@@ -734,12 +734,13 @@ class IpsetProvider:
                     op = ops[i]
                     if op.op in ("add_member", "delete_member"):
                         timeout = op.args.get("timeout")
-                        j = i
-                        while (
-                            j < len(ops)
-                            and ops[j].op == op.op
-                            and ops[j].args.get("timeout") == timeout
-                        ):
+                        # The run of the same op (and timeout): one step per member, so
+                        # with nothing looked up twice.
+                        verb, j, end = op.op, i + 1, len(ops)
+                        while j < end:
+                            nxt = ops[j]
+                            if nxt.op != verb or nxt.args.get("timeout") != timeout:
+                                break
                             j += 1
                         members = [o.args["member"] for o in ops[i:j]]
                         if op.op == "add_member":
