@@ -8,6 +8,10 @@ seconds of YAML, schema and CIDR work. An entry holds what validating one ``flee
 when a message needs it), the results later steps reuse (an ipset's canonical members) and
 the digests of the other repository files the checks read (``members_from:`` lists).
 
+Beside each entry a small *verdict* (``<key>.valid``, :meth:`DesiredCache.get_verdict`) says
+the content was found valid and keeps only what the checks made on every load read, not the
+members: what a CI dry-run reads for a host it does not plan.
+
 Keys: SHA-256 of the file's bytes, the file's role (``fleet.yaml`` or a host file: the
 checks differ), the schema version (a hash of the composed host schema) and the reconciler
 version (``__version__`` and a hash of the package's source files, so a development change
@@ -48,6 +52,8 @@ from reconciler.safefs import check_private_dir
 from reconciler.yamlsrc import Pos, YamlDoc, YPath
 
 FORMAT = "reconciler-desired-cache/1"
+#: The small entry that says a file is valid, without its members (see ``get_verdict``).
+VERDICT_FORMAT = "reconciler-desired-verdict/1"
 #: The name of the cache directory inside the state dir.
 STATE_SUBDIR = "cache"
 #: An entry larger than this is not read (a 200,000-member set is ~15 MiB).
@@ -56,6 +62,9 @@ MAX_ENTRY_BYTES = 64 * 1024 * 1024
 MAX_ENTRIES = 10_000
 #: A hit refreshes its entry's time (what pruning goes by) when it is older than this.
 TOUCH_AFTER = 3600.0
+
+#: The file name of an entry is its key and this suffix.
+_SUFFIX = {FORMAT: ".json", VERDICT_FORMAT: ".valid"}
 
 FLEET_ROLE = "fleet"
 HOST_ROLE = "host"
@@ -98,9 +107,18 @@ def schema_version() -> str:
 def entry_key(role: str, content: bytes) -> str:
     """The key of the entry for a file of ``role`` (:data:`FLEET_ROLE` or
     :data:`HOST_ROLE`) holding ``content``, under this schema and reconciler version."""
+    return _key(FORMAT, role, hashlib.sha256(content).hexdigest())
+
+
+def verdict_key(role: str, content: bytes) -> str:
+    """The key of the *verdict* entry of the same file (:meth:`DesiredCache.get_verdict`):
+    made like :func:`entry_key`, under another format name, so the two never collide."""
+    return _key(VERDICT_FORMAT, role, hashlib.sha256(content).hexdigest())
+
+
+def _key(fmt: str, role: str, digest: str) -> str:
     h = hashlib.sha256()
-    for part in (FORMAT, role, hashlib.sha256(content).hexdigest(), schema_version(),
-                 reconciler_version()):  # fmt: skip
+    for part in (fmt, role, digest, schema_version(), reconciler_version()):
         b = part.encode()
         h.update(len(b).to_bytes(8, "big") + b)
     return h.hexdigest()
@@ -262,8 +280,30 @@ class DesiredCache:
         from ``content`` when asked for. ``root`` is the repository: the other files the
         entry was derived from are checked there (a changed ``members_from:`` list is a
         miss)."""
-        key = entry_key(role, content)
-        doc = self._read(key, content, file)
+        return self._answer(self._read(entry_key(role, content), content, file), root)
+
+    def get_verdict(
+        self, role: str, content: bytes, file: str, root: Path | None
+    ) -> YamlDoc | None:
+        """The *verdict* on a ``role`` file holding ``content``: a document that says the
+        file was found valid, holding only the part of its data ``put`` was given as
+        ``verdict`` (what the checks made on every load read: the host policy's sections),
+        no position and nothing derived; None (a miss) as :meth:`get`. Its positions are
+        parsed from ``content`` when a message needs one. It is not the file's full
+        document: use it only to answer "valid?", never to plan."""
+        key = verdict_key(role, content)
+        doc = None
+        payload = self._payload(key, VERDICT_FORMAT)
+        if payload is not None:
+            inputs = _inputs(payload)
+            if inputs is not None and isinstance(payload.get("data"), dict):
+                doc = YamlDoc(file, payload["data"], source=content)
+                doc.inputs = inputs
+        return self._answer(doc, root)
+
+    def _answer(self, doc: YamlDoc | None, root: Path | None) -> YamlDoc | None:
+        """``doc`` read from an entry, counted as a hit, when the files it was derived from
+        are unchanged in ``root``; else None, counted as a miss."""
         if doc is not None and root is not None and not _inputs_current(root, doc.inputs):
             doc = None
         if doc is None:
@@ -273,8 +313,10 @@ class DesiredCache:
         self.hits += 1
         return doc
 
-    def _read(self, key: str, content: bytes, file: str) -> YamlDoc | None:
-        raw = self._read_entry(f"{key}.json")
+    def _payload(self, key: str, fmt: str) -> dict[str, Any] | None:
+        """The payload of entry ``key`` when its header (``fmt``, the key, the payload's size
+        and SHA-256) checks out and it is a JSON object, else None."""
+        raw = self._read_entry(f"{key}{_SUFFIX[fmt]}")
         if raw is None:
             return None
         try:
@@ -282,19 +324,26 @@ class DesiredCache:
             header = json.loads(header_bytes)
             if not (
                 isinstance(header, dict)
-                and header.get("format") == FORMAT
+                and header.get("format") == fmt
                 and header.get("key") == key
                 and header.get("size") == len(payload_bytes)
                 and header.get("sha256") == hashlib.sha256(payload_bytes).hexdigest()
             ):
                 return None
             payload = json.loads(payload_bytes)
-            if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
+        except (ValueError, TypeError, RecursionError):
+            return None
+        return payload if isinstance(payload, dict) else None
+
+    def _read(self, key: str, content: bytes, file: str) -> YamlDoc | None:
+        payload = self._payload(key, FORMAT)
+        if payload is None:
+            return None
+        try:
+            if not isinstance(payload.get("data"), dict):
                 return None
-            inputs = payload.get("inputs")
-            if not isinstance(inputs, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in inputs.items()
-            ):
+            inputs = _inputs(payload)
+            if inputs is None:
                 return None
             doc = YamlDoc(
                 file,
@@ -304,7 +353,7 @@ class DesiredCache:
                 source=content,
             )
             doc.derived = _decode_derived(payload.get("derived"))
-            doc.inputs = dict(inputs)
+            doc.inputs = inputs
         except (ValueError, TypeError, RecursionError):
             return None
         return doc
@@ -337,11 +386,15 @@ class DesiredCache:
             os.close(fd)
 
     # ------------------------------------------------------------------------- writing
-    def put(self, role: str, content: bytes, doc: YamlDoc) -> bool:
+    def put(
+        self, role: str, content: bytes, doc: YamlDoc, verdict: dict[str, Any] | None = None
+    ) -> bool:
         """Store ``doc``, the validated document of a ``role`` file holding ``content``.
         Only a document with no problem may be stored (ValueError otherwise); one whose
         data or derived results JSON cannot carry unchanged (a YAML date) is not stored.
-        Returns whether an entry was written."""
+        With ``verdict`` (part of ``doc.data``), a verdict entry holding it is stored too
+        (:meth:`get_verdict`), once the full entry is. Returns whether an entry was
+        written."""
         if doc.problems:
             raise ValueError("DesiredCache.put: a document with problems is never cached")
         if self.read_only or self._fd < 0 or not isinstance(doc.data, dict):
@@ -363,17 +416,27 @@ class DesiredCache:
             ensure_ascii=False,
             separators=(",", ":"),
         ).encode()
-        key = entry_key(role, content)
+        if not self._put_entry(FORMAT, entry_key(role, content), payload):
+            return False
+        self.written += 1  # entries of documents: a verdict goes with its entry
+        if verdict is not None and _plain(verdict):
+            small = {"data": verdict, "inputs": doc.inputs}
+            text = json.dumps(small, ensure_ascii=False, separators=(",", ":")).encode()
+            self._put_entry(VERDICT_FORMAT, verdict_key(role, content), text)
+        return True
+
+    def _put_entry(self, fmt: str, key: str, payload: bytes) -> bool:
+        """Write entry ``key``: a header (``fmt``, the key, the payload's size and SHA-256),
+        a newline, the payload."""
         header = json.dumps(
             {
-                "format": FORMAT,
+                "format": fmt,
                 "key": key,
                 "size": len(payload),
                 "sha256": hashlib.sha256(payload).hexdigest(),
             }
         ).encode()
-        if self._write_entry(f"{key}.json", header + b"\n" + payload):
-            self.written += 1
+        if self._write_entry(f"{key}{_SUFFIX[fmt]}", header + b"\n" + payload):
             self._prune()
             return True
         return False
@@ -422,7 +485,7 @@ class DesiredCache:
         """Keep at most :data:`MAX_ENTRIES` entries: past that, remove the tenth least
         recently used (by modification time, which a hit refreshes)."""
         try:
-            names = [n for n in os.listdir(self._fd) if n.endswith(".json")]
+            names = [n for n in os.listdir(self._fd) if n.endswith(tuple(_SUFFIX.values()))]
             if len(names) <= MAX_ENTRIES:
                 return
             aged = []
@@ -449,6 +512,16 @@ def _read_fd(fd: int) -> bytes | None:
         if size > MAX_ENTRY_BYTES:
             return None
     return b"".join(chunks)
+
+
+def _inputs(payload: dict[str, Any]) -> dict[str, str] | None:
+    """A payload's ``inputs`` (path -> SHA-256), None when it is not that shape."""
+    inputs = payload.get("inputs")
+    if not isinstance(inputs, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in inputs.items()
+    ):
+        return None
+    return dict(inputs)
 
 
 def _inputs_current(root: Path, inputs: dict[str, str]) -> bool:
@@ -494,4 +567,5 @@ __all__ = [
     "entry_key",
     "reconciler_version",
     "schema_version",
+    "verdict_key",
 ]

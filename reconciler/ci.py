@@ -375,21 +375,28 @@ def _plan_part(
             kinds_here = set(cluster)
             skipped = sorted(wanted - kinds_here, key=registry.NAMES.index)
             note = desired_mod.controller_without_file(host, skipped) if skipped else None
-        try:
-            desired = desired_mod.load_host(repo, host, cache, config=config)
-        except ValidationError as e:
-            problems.update(e.problems)
-            continue
-        if problems or host not in planned:
-            continue  # once anything is invalid nothing is planned; keep collecting problems
-        if (
+        unchanged = (
             base is not None
             and changed is not None
             and host not in changed
             and _snapshot_file(snapshots, host) is None
-        ):
-            # Same inputs at base_rev: the plan against it is empty by construction.
-            plans[host] = _unchanged(host, commit, base_rev, note)
+        )
+        if problems or host not in planned or unchanged:
+            # Not planned (or nothing will be, once anything is invalid): its files are
+            # only validated, the same problems without building its desired state.
+            try:
+                desired_mod.validate_host(repo, host, cache, config=config)
+            except ValidationError as e:
+                problems.update(e.problems)
+                continue
+            if unchanged and not problems and host in planned:
+                # Same inputs at base_rev: the plan against it is empty by construction.
+                plans[host] = _unchanged(host, commit, base_rev, note)
+            continue
+        try:
+            desired = desired_mod.load_host(repo, host, cache, config=config)
+        except ValidationError as e:
+            problems.update(e.problems)
             continue
         plans[host] = _plan_host(
             host, desired, kinds_here, vms, vms_before, base_vms_problem, repo, cache, memo,

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -300,18 +301,85 @@ class LoadCache:
         self.disk_cache = disk_cache
         self.docs: OrderedDict[tuple[str, bytes], YamlDoc] = OrderedDict()
         self._host_keys: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        # What a document asks of the host, checked once per document and configuration
+        # (fleet.yaml is loaded with every host, at two revisions in CI); dropped with it.
+        self._policy: weakref.WeakKeyDictionary[
+            YamlDoc, tuple[HostConfig | None, list[Problem]]
+        ] = weakref.WeakKeyDictionary()
+        # fleet.yaml's bytes and digest, by its stat (read once, not once per host).
+        self._fleet_raw: dict[Path, tuple[tuple[int, ...], bytes | None, bytes]] = {}
+
+    def policy_problems(self, doc: YamlDoc, config: HostConfig | None) -> list[Problem]:
+        """:func:`_check_host_policy` of ``doc``, computed once per document and
+        configuration object while this cache lives (one run)."""
+        known = self._policy.get(doc)
+        if known is not None and known[0] is config:
+            return known[1]
+        problems = _check_host_policy(doc, config)
+        self._policy[doc] = (config, problems)
+        return problems
+
+    def _read(self, repo: Path, rel: str) -> tuple[bytes | None, bytes]:
+        """The bytes of ``rel`` (None: no regular file) and their SHA-256; fleet.yaml's are
+        read again only when its stat (inode, size, times) changed."""
+        path = repo / rel
+        if rel != FLEET_FILE:
+            raw = _read_file(path)
+            return raw, hashlib.sha256(raw if raw is not None else b"").digest()
+        try:
+            st = path.lstat()
+            sig: tuple[int, ...] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                    st.st_ctime_ns, st.st_mode)  # fmt: skip
+        except OSError:
+            sig = ()
+        known = self._fleet_raw.get(path)
+        if known is not None and sig and known[0] == sig:
+            return known[1], known[2]
+        raw = _read_file(path)
+        digest = hashlib.sha256(raw if raw is not None else b"").digest()
+        if sig:
+            self._fleet_raw[path] = (sig, raw, digest)
+        return raw, digest
+
+    def _lookup(
+        self, repo: Path, rel: str, digest: bytes
+    ) -> tuple[tuple[str, bytes], YamlDoc | None]:
+        key = (rel, digest)
+        cached = self.docs.get(key)
+        if cached is not None and cached.inputs and cached.root != repo:
+            # Its checks read other files of its repository (members_from lists), which
+            # may differ in this one (a CI dry-run's base): one document per repository.
+            key = (rel, digest + os.fsencode(repo))
+            cached = self.docs.get(key)
+        return key, cached
+
+    def verdict(self, repo: Path, rel: str) -> YamlDoc:
+        """A document of ``rel`` of ``repo`` good for one question only: its problems
+        (``problems``, and :func:`_check_host_policy` of it). The full document when it is
+        in memory, else the disk cache's verdict on the content
+        (:meth:`reconciler.cache.DesiredCache.get_verdict`: no members decoded), else the
+        full validation (kept as :meth:`load` keeps it). The same problems as :meth:`load`
+        gives; never for planning."""
+        raw, digest = self._read(repo, rel)
+        if raw is not None:
+            _, cached = self._lookup(repo, rel, digest)
+            if cached is not None:
+                return cached
+            if self.disk_cache is not None:
+                role = FLEET_ROLE if rel == FLEET_FILE else HOST_ROLE
+                doc = self.disk_cache.get_verdict(role, raw, rel, repo)
+                if doc is not None:
+                    doc.problems += _key_file_problems(repo, doc)
+                    return doc
+        return self.load(repo, rel)
 
     def load(self, repo: Path, rel: str) -> YamlDoc:
         """The validated document ``rel`` of ``repo``, from the cache when its content was
         loaded before."""
-        raw = _read_file(repo / rel)
-        key = (rel, hashlib.sha256(raw if raw is not None else b"").digest())
-        cached = self.docs.get(key) if raw is not None else None
-        if cached is not None and cached.inputs and cached.root != repo:
-            # Its checks read other files of its repository (members_from lists), which
-            # may differ in this one (a CI dry-run's base): one document per repository.
-            key = (rel, key[1] + os.fsencode(repo))
-            cached = self.docs.get(key)
+        raw, digest = self._read(repo, rel)
+        key, cached = self._lookup(repo, rel, digest)
+        if raw is None:
+            cached = None
         if cached is None:
             cached = _validated_host_file(repo, rel, raw, self.disk_cache)
             if raw is None:
@@ -366,7 +434,7 @@ def _validated_host_file(
         doc = _checked_fast(repo, rel, raw)
         if doc is not None:
             if disk_cache is not None:
-                disk_cache.put(role, raw, doc)
+                disk_cache.put(role, raw, doc, _verdict_data(doc.data))
             return doc
     doc = load_yaml(repo / rel, rel) if raw is None else parse_yaml(raw, rel)
     doc.root = repo
@@ -376,8 +444,19 @@ def _validated_host_file(
     doc.problems += _verify_problems(repo, rel, doc)
     doc.problems += _check_host_semantics(repo / rel, doc)
     if raw is not None and disk_cache is not None and not doc.problems:
-        disk_cache.put(role, raw, doc)  # valid, but beyond the fast parser (merge keys)
+        # Valid, but beyond the fast parser (merge keys).
+        disk_cache.put(role, raw, doc, _verdict_data(doc.data))
     return doc
+
+
+def _verdict_data(data: dict[str, Any]) -> dict[str, Any]:
+    """What a cached verdict on a valid file keeps of its data: what the checks made on
+    every load read (:func:`_check_host_policy`: each kind's ``check_host`` its section,
+    ``check_host_file`` the settings sections; :func:`_key_file_problems`: ``verify``).
+    Only the sections of kinds that have no ``check_host`` are left out (``ipsets``,
+    ``nics``: the bulk of a file)."""
+    skip = {k.section for k in registry.KINDS if k.section and k.check_host is None}
+    return {k: v for k, v in data.items() if k not in skip}
 
 
 def _checked_fast(repo: Path, rel: str, raw: bytes) -> YamlDoc | None:
@@ -602,17 +681,7 @@ def load_host(
     host (programs, host files, :mod:`reconciler.hostconfig`) is checked against
     ``config`` (None: the defaults) on every call.
     """
-    if not _HOST_NAME.match(host):
-        raise ValidationError([Problem(f"{HOSTS_DIR}/{host}.yaml", 0, 0, "", "invalid host name")])
-    docs: list[YamlDoc] = []
-    if (repo / FLEET_FILE).exists():
-        docs.append(_load_host_file(repo, FLEET_FILE, cache, disk_cache))
-    host_rel = f"{HOSTS_DIR}/{host}.yaml"
-    if (repo / host_rel).exists():
-        docs.append(_load_host_file(repo, host_rel, cache, disk_cache))
-    problems = [p for d in docs for p in (*d.problems, *_check_host_policy(d, config))]
-    if problems:
-        raise ValidationError(problems)
+    docs = _host_docs(repo, host, cache, config=config, disk_cache=disk_cache)
 
     typed: dict[str, dict[str, Any]] = {}
     raw: dict[str, Any] = {}
@@ -653,6 +722,47 @@ def load_host(
     )
 
 
+def _host_docs(
+    repo: Path,
+    host: str,
+    cache: LoadCache | None,
+    *,
+    config: HostConfig | None,
+    disk_cache: DesiredCache | None,
+    verdict: bool = False,
+) -> list[YamlDoc]:
+    """``fleet.yaml`` and ``hosts/<host>.yaml`` (those that exist), validated, or
+    ValidationError with every problem of both (:func:`load_host`). ``verdict`` (with a
+    ``cache``): the host file may come as a verdict (:meth:`LoadCache.verdict`), good for
+    its problems only."""
+    if not _HOST_NAME.match(host):
+        raise ValidationError([Problem(f"{HOSTS_DIR}/{host}.yaml", 0, 0, "", "invalid host name")])
+    docs: list[YamlDoc] = []
+    if (repo / FLEET_FILE).exists():
+        docs.append(_load_host_file(repo, FLEET_FILE, cache, disk_cache))
+    host_rel = f"{HOSTS_DIR}/{host}.yaml"
+    if (repo / host_rel).exists():
+        if verdict and cache is not None:
+            docs.append(cache.verdict(repo, host_rel))
+        else:
+            docs.append(_load_host_file(repo, host_rel, cache, disk_cache))
+    policy = cache.policy_problems if cache is not None else _check_host_policy
+    problems = [p for d in docs for p in (*d.problems, *policy(d, config))]
+    if problems:
+        raise ValidationError(problems)
+    return docs
+
+
+def validate_host(
+    repo: Path, host: str, cache: LoadCache, *, config: HostConfig | None = None
+) -> None:
+    """What :func:`load_host` checks, without building the desired state: ValidationError
+    with the same problems when it would raise, else None. A host file unchanged since the
+    disk cache validated it is answered by its verdict (no members decoded); for a host
+    that is not planned (the CI dry-run's unchanged hosts)."""
+    _host_docs(repo, host, cache, config=config, disk_cache=None, verdict=True)
+
+
 def load_vms(repo: Path, *, config: HostConfig | None = None) -> dict[str, Any] | None:
     """Validated ``vms.yaml`` as plain data, or ``None`` when the file does not exist.
 
@@ -688,6 +798,7 @@ __all__ = [
     "load_vms",
     "missing_host_file",
     "valid_host_name",
+    "validate_host",
     "validate_repo",
     "vms_controller",
 ]
