@@ -8,9 +8,10 @@ host's own network is touched.
 Each row runs the two commands in turn (A B A B ...) and takes the median of the per-pair ratios,
 so a drift in machine speed moves both. The package is byte-compiled first and the commands run
 without ``PYTHONDONTWRITEBYTECODE``, as an installed package runs (pip compiles it). Peak memory
-is each child's own maximum resident size (``wait4``). The desired state is a committed git work
-tree (``--repo DIR``), as a host that pulls its repository has it; its state dir is private to
-the benchmark.
+is each child's own maximum resident size (``wait4``), and its CPU time (user + sys, its own
+child processes included) is shown beside the wall time: on a loaded machine it moves less.
+The desired state is a committed git work tree (``--repo DIR``), as a host that pulls its
+repository has it; its state dir is private to the benchmark.
 
 Rows (issue 15's targets):
 
@@ -37,7 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SEED = 20261129
@@ -56,15 +57,23 @@ class Row:
     ratios: list[float]
     peak_mb: float
     target: float | None
+    #: CPU seconds (user + sys, the child processes included) of each run, ours and the tool's
+    ours_cpu: list[float] = field(default_factory=list)
+    tool_cpu: list[float] = field(default_factory=list)
 
     def line(self) -> str:
-        """The row as printed: medians in ms, the median ratio, the target and a verdict."""
+        """The row as printed: medians in ms, the median ratio, the target and a verdict,
+        then the CPU medians (user + sys) in ms and their ratio, which a loaded machine
+        moves less than the wall time."""
         ratio = statistics.median(self.ratios)
         verdict = "" if self.target is None else ("PASS" if ratio <= self.target else "MISS")
         target = f"<= {self.target:g}" if self.target else ""
+        ours_cpu = statistics.median(self.ours_cpu)
+        tool_cpu = statistics.median(self.tool_cpu)
         return (f"{self.label:<52} {statistics.median(self.ours) * 1000:9.1f} "
                 f"{statistics.median(self.tool) * 1000:9.1f} {ratio:7.2f} {target:>7} "
-                f"{self.peak_mb:8.1f}  {verdict}")  # fmt: skip
+                f"{self.peak_mb:8.1f} {ours_cpu * 1000:8.1f} {tool_cpu * 1000:8.1f} "
+                f"{ours_cpu / tool_cpu if tool_cpu else float('inf'):6.2f}  {verdict}")  # fmt: skip
 
 
 def _networks(rng: random.Random, count: int) -> list[str]:
@@ -85,8 +94,9 @@ def _networks(rng: random.Random, count: int) -> list[str]:
     return out
 
 
-def _timed(argv: Sequence[str], ok: Sequence[int] = (0,)) -> tuple[float, float]:
-    """Run ``argv`` to completion; return (wall seconds, the child's peak RSS in MB)."""
+def _timed(argv: Sequence[str], ok: Sequence[int] = (0,)) -> tuple[float, float, float]:
+    """Run ``argv`` to completion; return (wall seconds, the child's peak RSS in MB, its CPU
+    seconds: user + sys, its own children included)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_ENV)
     assert proc.stderr is not None
@@ -96,7 +106,7 @@ def _timed(argv: Sequence[str], ok: Sequence[int] = (0,)) -> tuple[float, float]
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode not in ok:
         raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: {err.decode()[-800:]}")
-    return wall, usage.ru_maxrss / 1024
+    return wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def _pairs(
@@ -114,13 +124,15 @@ def _pairs(
     row = Row(label, [], [], [], 0.0, target)
     for i in range(runs + 1):
         before_ours()
-        t_ours, peak = _timed(ours, ok)
+        t_ours, peak, cpu_ours = _timed(ours, ok)
         before_tool()
-        t_tool, _ = _timed(tool)
+        t_tool, _, cpu_tool = _timed(tool)
         if i == 0:
             continue
         row.ours.append(t_ours)
         row.tool.append(t_tool)
+        row.ours_cpu.append(cpu_ours)
+        row.tool_cpu.append(cpu_tool)
         row.ratios.append(t_ours / t_tool)
         row.peak_mb = max(row.peak_mb, peak)
     return row
@@ -224,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     package = str(Path(reconciler.__file__).parent)
     subprocess.run([sys.executable, "-m", "compileall", "-q", package], check=True, env=_ENV)
     rng = random.Random(SEED)
+    load_before = os.getloadavg()[0]
     ns = f"bench-proc-{os.getpid()}"
     tmp = Path(tempfile.mkdtemp(prefix="bench-process-"))
     os.chmod(tmp, 0o700)
@@ -241,7 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nwhole processes, medians of {runs} pairs (ip netns exec for both), seed {SEED}")
     print(f"{'case':<52} {'ours ms':>9} {'tool ms':>9} {'ratio':>7} {'target':>7} "
-          f"{'peak MB':>8}")  # fmt: skip
+          f"{'peak MB':>8} {'ours cpu':>8} {'tool cpu':>8} {'cpu x':>6}")  # fmt: skip
+    print(f"(cpu: user + sys ms, child processes included; 1-minute load average "
+          f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after)")  # fmt: skip
     for row in rows:
         print(row.line())
     return 0
