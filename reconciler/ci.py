@@ -40,7 +40,7 @@ from reconciler import desired as desired_mod
 from reconciler import kinds as registry
 from reconciler.errors import Problem, SnapshotError, ValidationError
 from reconciler.fielddiff import Memo
-from reconciler.hostconfig import HostConfig
+from reconciler.hostconfig import HostConfig, paths_resolved_once
 from reconciler.kinds import base
 from reconciler.kinds.base import Context
 from reconciler.model import HostDesired
@@ -247,7 +247,8 @@ def plan_all(
         "config": config, "changed": changed, "shard": shard, "disk_cache": disk_cache,
     }  # fmt: skip
     n = workers if workers is not None else _default_workers(repo)
-    parts = [_plan_part(**kw)] if n <= 1 else _in_workers(kw, n)
+    with paths_resolved_once():  # the same host paths for every host: resolved once
+        parts = [_plan_part(**kw)] if n <= 1 else _in_workers(kw, n)
     problems = set().union(*(p.problems for p in parts))
     total = parts[0].total
     if problems:

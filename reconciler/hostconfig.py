@@ -20,8 +20,10 @@ path the repository names.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,10 +114,10 @@ class HostConfig:
             )
         lexical = os.path.normpath(value)
         try:
-            resolved = os.path.realpath(value)
+            resolved = _realpath(value)
         except (OSError, ValueError) as e:
             return f"{show(value)} cannot be resolved ({e}): not a path the host allows"
-        real_roots = [os.path.realpath(r) for r in roots]
+        real_roots = [_realpath(r) for r in roots]
         if not any(_under(lexical, r) for r in (*roots, *real_roots)):
             return f"{show(value)} is outside the directories the host allows: {where}"
         if not any(_under(resolved, r) for r in real_roots):
@@ -124,6 +126,34 @@ class HostConfig:
                 f"host allows (a symbolic link leaves them): {where}"
             )
         return None
+
+
+#: ``os.path.realpath`` answers while :func:`paths_resolved_once` is active (else None).
+_RESOLVED: dict[str, str] | None = None
+
+
+def _realpath(path: str) -> str:
+    memo = _RESOLVED
+    if memo is None:
+        return os.path.realpath(path)
+    found = memo.get(path)
+    if found is None:
+        found = memo[path] = os.path.realpath(path)
+    return found
+
+
+@contextlib.contextmanager
+def paths_resolved_once() -> Iterator[None]:
+    """Within the block, :meth:`HostConfig.path_problem` resolves each path once (its
+    symlinks as they were the first time): for one run that checks the same host paths for
+    many files (the CI dry-run: ``allowed_dirs`` and a password file for every host)."""
+    global _RESOLVED
+    outer = _RESOLVED
+    _RESOLVED = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _RESOLVED = outer
 
 
 def show(value: str) -> str:
