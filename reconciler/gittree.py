@@ -150,6 +150,7 @@ def materialize(
 
     writer = threading.Thread(target=feed, daemon=True)
     writer.start()
+    made: set[Path] = set()  # directories created so far (1,000 host files share one)
     try:
         for e in entries:
             header = proc.stdout.readline().split()
@@ -159,7 +160,7 @@ def materialize(
             proc.stdout.read(1)  # the newline after each object
             if len(data) != e.size:
                 raise SourceError(f"cannot read {e.path} at {commit[:12]}: git stopped")
-            _write(dest, e.path, data)
+            _write(dest, e.path, data, made)
     finally:
         timer.cancel()
         proc.stdout.close()
@@ -169,9 +170,11 @@ def materialize(
         writer.join(timeout=5)
 
 
-def _write(dest: Path, rel: str, data: bytes) -> None:
+def _write(dest: Path, rel: str, data: bytes, made: set[Path]) -> None:
     path = dest / rel
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.parent not in made:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        made.add(path.parent)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(path, flags, 0o600)
     with os.fdopen(fd, "wb") as f:
