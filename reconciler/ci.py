@@ -330,7 +330,9 @@ def _plan_part(
     part)."""
     # fleet.yaml is kept, host files only while their host is planned (a file unchanged
     # since the base is parsed once): memory holds one host at a time, plus the plans.
-    cache = desired_mod.LoadCache(max_host_files=2, disk_cache=disk_cache)
+    # The desired states are only read (planned against each other): a document's
+    # resources are made once and shared.
+    cache = desired_mod.LoadCache(max_host_files=2, disk_cache=disk_cache, share_loaded=True)
     problems: set[Problem] = set()
     if (repo / desired_mod.FLEET_FILE).exists():
         problems.update(cache.load(repo, desired_mod.FLEET_FILE).problems)

@@ -289,16 +289,28 @@ class LoadCache:
     """
 
     def __init__(
-        self, *, max_host_files: int | None = None, disk_cache: DesiredCache | None = None
+        self,
+        *,
+        max_host_files: int | None = None,
+        disk_cache: DesiredCache | None = None,
+        share_loaded: bool = False,
     ) -> None:
         """``fleet.yaml`` (shared by every host) is always kept; with ``max_host_files`` only
         that many host files are (the most recent): a caller that loads each host at two
         revisions in turn reuses an unchanged file and holds one host at a time, not the
         whole fleet (1,000 hosts with 5,000-CIDR sets: gigabytes). With ``disk_cache`` a
         file not in memory is looked up there before it is parsed, and stored there once
-        validated (:class:`reconciler.cache.DesiredCache`)."""
+        validated (:class:`reconciler.cache.DesiredCache`). With ``share_loaded`` (a caller
+        that only reads what :func:`load_host` returns, the CI dry-run) each resource of a
+        document is made into its typed and plain form once, and shared by every
+        :class:`HostDesired` built from that document (fleet.yaml's by every host, an
+        unchanged host file's by both revisions)."""
         self.max_host_files = max_host_files
         self.disk_cache = disk_cache
+        self.share_loaded = share_loaded
+        self._loaded: weakref.WeakKeyDictionary[YamlDoc, dict[tuple[str, str], Any]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.docs: OrderedDict[tuple[str, bytes], YamlDoc] = OrderedDict()
         self._host_keys: OrderedDict[tuple[str, bytes], None] = OrderedDict()
         # What a document asks of the host, checked once per document and configuration
@@ -696,15 +708,23 @@ def load_host(
             raw[settings] = {}
     for doc in docs:
         data: dict[str, Any] = doc.data
+        shared = cache._loaded.setdefault(doc, {}) if cache and cache.share_loaded else None
         for kind in registry.KINDS:
             if kind.section is None:
                 continue
             # A host file's resource replaces the fleet's resource of that name as a whole.
             for name, spec in (data.get(kind.section) or {}).items():
+                if shared is not None and (kind.section, name) in shared:
+                    loaded = shared[(kind.section, name)]
+                elif kind.load is None:
+                    loaded = plain_copy(spec)
+                else:
+                    loaded = kind.load(doc, name, spec)
+                if shared is not None:
+                    shared[(kind.section, name)] = loaded
                 if kind.load is None:
-                    raw[kind.section][name] = plain_copy(spec)
+                    raw[kind.section][name] = loaded
                     continue
-                loaded = kind.load(doc, name, spec)
                 if kind.keeps_raw:
                     loaded, raw[kind.section][name] = loaded
                 typed[kind.section][name] = loaded
