@@ -60,6 +60,8 @@ STATE_SUBDIR = "cache"
 MAX_ENTRY_BYTES = 64 * 1024 * 1024
 #: Entries kept; past this the least recently used tenth is removed when one is written.
 MAX_ENTRIES = 10_000
+#: The directory is listed to count its entries at least every this many writes.
+RECOUNT_EVERY = 256
 #: A hit refreshes its entry's time (what pruning goes by) when it is older than this.
 TOUCH_AFTER = 3600.0
 
@@ -223,6 +225,9 @@ class DesiredCache:
         self.hits = 0
         self.misses = 0
         self.written = 0
+        # Entry files at the last listing (None: not listed yet), and writes since.
+        self._known: int | None = None
+        self._since_count = 0
         if create and not read_only:
             try:
                 path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -483,9 +488,21 @@ class DesiredCache:
 
     def _prune(self) -> None:
         """Keep at most :data:`MAX_ENTRIES` entries: past that, remove the tenth least
-        recently used (by modification time, which a hit refreshes)."""
+        recently used (by modification time, which a hit refreshes). The directory is
+        listed again only every :data:`RECOUNT_EVERY` writes or when this process's count
+        (the last listing plus its writes since) passes the limit, not on every write (a
+        cold CI run writes 2,000 entries: listing a growing directory each time was
+        quadratic); other processes' writes are seen at the next listing."""
+        self._since_count += 1
+        if (
+            self._known is not None
+            and self._known + self._since_count <= MAX_ENTRIES
+            and self._since_count < RECOUNT_EVERY
+        ):
+            return
         try:
             names = [n for n in os.listdir(self._fd) if n.endswith(tuple(_SUFFIX.values()))]
+            self._known, self._since_count = len(names), 0
             if len(names) <= MAX_ENTRIES:
                 return
             aged = []
@@ -498,6 +515,7 @@ class DesiredCache:
             for _, n in aged[: len(aged) - MAX_ENTRIES + MAX_ENTRIES // 10]:
                 with contextlib.suppress(OSError):
                     os.unlink(n, dir_fd=self._fd)
+            self._known = None  # listed afresh at the next write
         except OSError:
             return
 

@@ -131,3 +131,22 @@ def test_an_invalid_file_has_no_verdict_and_the_same_problems(tmp_path: Path) ->
     ]
     assert _problems(repo, desired.LoadCache(disk_cache=cache)) == expected
     assert not _verdict(tmp_path / "c", repo).exists()
+
+
+def test_the_directory_keeps_at_most_max_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pruning, with the directory counted only now and then: never more than
+    MAX_ENTRIES files in it after a write, the least recently written removed first."""
+    from reconciler.yamlsrc import YamlDoc
+
+    monkeypatch.setattr(cache_mod, "MAX_ENTRIES", 20)
+    monkeypatch.setattr(cache_mod, "RECOUNT_EVERY", 5)
+    cache = DesiredCache(tmp_path / "c")
+    first = cache_mod.entry_key(cache_mod.HOST_ROLE, b"0")
+    for i in range(60):
+        assert cache.put(cache_mod.HOST_ROLE, str(i).encode(), YamlDoc("f", {"n": i}))
+        assert len(list((tmp_path / "c").iterdir())) <= 20
+    assert not (tmp_path / "c" / f"{first}.json").exists()
+    last = cache_mod.entry_key(cache_mod.HOST_ROLE, b"59")
+    assert (tmp_path / "c" / f"{last}.json").exists()
