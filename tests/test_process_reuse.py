@@ -7,7 +7,6 @@ read from the tree already written from its objects (:func:`reconciler.trust.dec
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,24 +15,7 @@ from reconciler import trust
 from reconciler.errors import CommandError, CommandNotFound, VerifyError
 from reconciler.gitrepo import GitRepo
 from reconciler.kinds.ipset import firewall
-
-GIT_ENV = {
-    **os.environ,
-    "GIT_AUTHOR_NAME": "Test",
-    "GIT_AUTHOR_EMAIL": "test@example.org",
-    "GIT_COMMITTER_NAME": "Test",
-    "GIT_COMMITTER_EMAIL": "test@example.org",
-    "GIT_CONFIG_GLOBAL": "/dev/null",
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
-
-
-def git(cwd: Path, *args: str) -> str:
-    out = subprocess.run(
-        ["git", "-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main", *args],
-        cwd=cwd, env=GIT_ENV, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return out.stdout.strip()
+from tests.test_gitsource import git
 
 
 def commit(repo: Path, files: dict[str, str], message: str) -> str:
