@@ -41,6 +41,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.bench_ipset import _networks
+
 SEED = 20261129
 SET = "bench"
 RECONCILE = str(Path(sys.executable).with_name("reconcile"))
@@ -74,24 +76,6 @@ class Row:
                 f"{statistics.median(self.tool) * 1000:9.1f} {ratio:7.2f} {target:>7} "
                 f"{self.peak_mb:8.1f} {ours_cpu * 1000:8.1f} {tool_cpu * 1000:8.1f} "
                 f"{ours_cpu / tool_cpu if tool_cpu else float('inf'):6.2f}  {verdict}")  # fmt: skip
-
-
-def _networks(rng: random.Random, count: int) -> list[str]:
-    """``count`` distinct /24 and /32 IPv4 networks in ordinary unicast space."""
-    out: list[str] = []
-    seen: set[str] = set()
-    while len(out) < count:
-        n = rng.getrandbits(32)
-        if n >> 24 in (0, 127) or n >> 28 >= 14:
-            continue
-        if rng.random() < 0.5:
-            net = f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.0/24"
-        else:
-            net = f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}/32"
-        if net not in seen:
-            seen.add(net)
-            out.append(net)
-    return out
 
 
 def _timed(argv: Sequence[str], ok: Sequence[int] = (0,)) -> tuple[float, float, float]:
@@ -244,11 +228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     try:
         if args.only in (None, "yaml"):
-            rows += _case(ns, tmp, "yaml", _networks(rng, 65_536), from_list=False, runs=runs,
-                          targets=(2.0, 3.0))  # fmt: skip
+            members = _networks(rng, 65_536, set())
+            rows += _case(ns, tmp, "yaml", members, from_list=False, runs=runs, targets=(2.0, 3.0))
         if args.only in (None, "list"):
-            rows += _case(ns, tmp, "list", _networks(rng, 200_000), from_list=True, runs=runs,
-                          targets=(1.5, 2.0))  # fmt: skip
+            members = _networks(rng, 200_000, set())
+            rows += _case(ns, tmp, "list", members, from_list=True, runs=runs, targets=(1.5, 2.0))
     finally:
         subprocess.run(["ip", "netns", "delete", ns], check=False)
         shutil.rmtree(tmp, ignore_errors=True)
