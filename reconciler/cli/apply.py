@@ -20,7 +20,6 @@ from reconciler import __version__, engine, gitsource, journal, log, metrics, pl
 from reconciler.cli import ci_dryrun, common
 from reconciler.cli.codes import EXIT_CHANGES, EXIT_ERROR, EXIT_OK
 from reconciler.errors import (
-    HostConfigError,
     PlanFileError,
     ReconcilerError,
     StateError,
@@ -223,10 +222,8 @@ def run(argv: Sequence[str]) -> int:
     common.configure_log(args.log_format)
     _check_combinations(parser, args)
     if ci_dryrun.requested(args):
-        try:
-            config = common.host_config(args)
-        except HostConfigError as e:
-            print(f"reconcile: {e}", file=sys.stderr)
+        config = common.host_config_or_report(args, "reconcile")
+        if config is None:
             return EXIT_ERROR
         return ci_dryrun.run(args, config)
     try:
@@ -238,11 +235,9 @@ def run(argv: Sequence[str]) -> int:
     if why is not None:
         print(f"reconcile: {why}", file=sys.stderr)
         return EXIT_ERROR
-    try:
-        # The host decides what runs and which host files may be named: read once, first.
-        config = common.host_config(args)
-    except HostConfigError as e:
-        print(f"reconcile: {e}", file=sys.stderr)
+    # The host decides what runs and which host files may be named: read once, first.
+    config = common.host_config_or_report(args, "reconcile")
+    if config is None:
         return EXIT_ERROR
     try:
         return _reconcile(args, scope, config)

@@ -21,7 +21,7 @@ from reconciler import kinds as registry
 from reconciler.cli.codes import EXIT_CHANGES as EXIT_CHANGES  # re-exported
 from reconciler.cli.codes import EXIT_ERROR
 from reconciler.cli.codes import EXIT_OK as EXIT_OK  # re-exported
-from reconciler.errors import RepositoryError, ValidationError
+from reconciler.errors import HostConfigError, RepositoryError, ValidationError
 from reconciler.hostconfig import HostConfig
 from reconciler.kinds.base import Context, Provider
 from reconciler.model import HostDesired
@@ -254,11 +254,16 @@ def disk_cache(args: argparse.Namespace, state_dir: Path | None) -> DesiredCache
     return DesiredCache.in_state_dir(state_dir, read_only=bool(getattr(args, "dry_run", False)))
 
 
-def host_config(args: argparse.Namespace) -> HostConfig:
-    """The host configuration ``--config`` names (:func:`reconciler.hostconfig.load`);
-    raises :class:`~reconciler.errors.HostConfigError` when it cannot be used."""
+def host_config_or_report(args: argparse.Namespace, prog: str) -> HostConfig | None:
+    """The host configuration ``--config`` names (:func:`reconciler.hostconfig.load`), or
+    None when it cannot be used, after saying why on stderr as ``PROG: reason`` (the command
+    then exits :data:`EXIT_ERROR`)."""
     config: Path | None = args.config
-    return hostconfig.load(config)
+    try:
+        return hostconfig.load(config)
+    except HostConfigError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return None
 
 
 def configure_log(log_format: str) -> None:

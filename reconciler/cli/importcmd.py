@@ -23,7 +23,7 @@ from reconciler import importing
 from reconciler import kinds as registry
 from reconciler.cli import common
 from reconciler.cli.codes import EXIT_ERROR, EXIT_OK
-from reconciler.errors import HostConfigError, ReconcilerError, ValidationError
+from reconciler.errors import ReconcilerError, ValidationError
 from reconciler.importing import Found, ImportContext
 
 
@@ -95,10 +95,8 @@ def run(argv: Sequence[str]) -> int:
     naming its file and line (exit 1), and nothing is written."""
     mods = importers()
     args = build_parser(mods).parse_args(argv)
-    try:
-        config = common.host_config(args)
-    except HostConfigError as e:
-        print(f"reconcile import: {e}", file=sys.stderr)
+    config = common.host_config_or_report(args, "reconcile import")
+    if config is None:
         return EXIT_ERROR
     host = args.host or common.short_hostname()
     if not desired_mod.valid_host_name(host):

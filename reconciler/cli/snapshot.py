@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from reconciler import __version__, gitsource
 from reconciler.cli import common
 from reconciler.cli.codes import EXIT_ERROR, EXIT_OK
-from reconciler.errors import HostConfigError, ReconcilerError, ValidationError
+from reconciler.errors import ReconcilerError, ValidationError
 from reconciler.hostconfig import HostConfig
 from reconciler.kinds import base
 from reconciler.kinds.base import Context
@@ -61,10 +61,8 @@ def run(argv: Sequence[str]) -> int:
 
     args = build_parser().parse_args(argv)
     common.configure_log(args.log_format)
-    try:
-        config = common.host_config(args)
-    except HostConfigError as e:
-        print(f"reconcile snapshot: {e}", file=sys.stderr)
+    config = common.host_config_or_report(args, "reconcile snapshot")
+    if config is None:
         return EXIT_ERROR
     host = args.host or common.short_hostname()
     kinds = args.only or list(common.KINDS)

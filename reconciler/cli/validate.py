@@ -11,7 +11,7 @@ from reconciler import gitsource
 from reconciler import kinds as registry
 from reconciler.cli import common
 from reconciler.cli.codes import EXIT_ERROR, EXIT_OK
-from reconciler.errors import HostConfigError, ReconcilerError, RepositoryError
+from reconciler.errors import ReconcilerError, RepositoryError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,10 +57,8 @@ def run(argv: Sequence[str]) -> int:
     # Imported once the options are parsed: ``validate --help`` loads no schema code.
     from reconciler import desired as desired_mod
 
-    try:
-        config = common.host_config(args)
-    except HostConfigError as e:
-        print(f"reconcile: {e}", file=sys.stderr)
+    config = common.host_config_or_report(args, "reconcile")
+    if config is None:
         return EXIT_ERROR
     shown = Path(args.repo)
     try:
