@@ -30,6 +30,7 @@ from tests import hostcfg
 from tests.clirun import ROOT
 from tests.kinds.backup import test_tarsnap
 from tests.kinds.backup.test_tarsnap import Account, run
+from tests.resticlock import held_by_another_restic
 from tests.simclock import Clock
 
 acct = test_tarsnap.acct  # the emulator's account, as the tarsnap tests use it
@@ -226,23 +227,8 @@ def test_a_live_lock_is_still_busy(restic_repo: ResticBackend, tmp_path: Path) -
     backend = restic_repo
     backend.create("etc-20200101-000000", [str(tmp_path / "data")],
                    when=datetime(2020, 1, 1, tzinfo=UTC))  # fmt: skip
-    holder = subprocess.Popen(
-        ["restic", "backup", "--stdin", "--stdin-filename", "x", "--host", "other"],
-        env=backend._env(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        locks = tmp_path / "repo" / "locks"
-        deadline = time.monotonic() + 30
-        while not [p for p in locks.iterdir() if "-tmp-" not in p.name]:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        with pytest.raises(ResticBusy):
-            backend.delete(["etc-20200101-000000"])
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(timeout=30)
+    with held_by_another_restic(backend._env(), tmp_path / "repo"), pytest.raises(ResticBusy):
+        backend.delete(["etc-20200101-000000"])
     assert json.loads(
         subprocess.run(["restic", "snapshots", "--json", "--no-lock", "--tag", "reconciler"],
                        env=backend._env(), capture_output=True, text=True, check=True).stdout

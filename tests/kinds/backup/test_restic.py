@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +35,7 @@ from reconciler.plan import Plan
 from reconciler.render import text as render_text
 from reconciler.state import StateDir
 from tests import hostcfg
+from tests.resticlock import held_by_another_restic
 from tests.simclock import Clock
 
 pytestmark = pytest.mark.skipif(shutil.which("restic") is None, reason="restic is not installed")
@@ -293,23 +293,8 @@ def test_locked_repository_is_retried_next_run(site: Site) -> None:
         )
     desired = site.write({"etc": site.restic_set(every="1h", keep={"last": 1})})
     provider = BackupProvider(clock=Clock(datetime(2020, 1, 2, 0, 30, tzinfo=UTC)))
-    holder = subprocess.Popen(
-        ["restic", "backup", "--stdin", "--stdin-filename", "x", "--host", "other"],
-        env=backend._env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        locks = site.repo("repo") / "locks"
-        deadline = time.monotonic() + 10
-        while not any(locks.iterdir()) and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with held_by_another_restic(backend._env(), site.repo("repo")):
         _, result = run(desired, provider)
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(timeout=30)
     assert [e.address for e in result.errors] == ["backup/etc"]
     assert "locked" in result.errors[0].message
     assert "retried on the next run" in result.errors[0].message
@@ -507,23 +492,8 @@ def test_a_locked_repository_is_not_a_failed_check(site: Site, tmp_path: Path) -
     )
     state = StateDir(tmp_path / "state")
     provider = BackupProvider(clock=Clock(datetime(2020, 1, 3, 1, tzinfo=UTC)), state=state)
-    holder = subprocess.Popen(
-        ["restic", "backup", "--stdin", "--stdin-filename", "x", "--host", "other"],
-        env=site.backend()._env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        locks = site.repo("repo") / "locks"
-        deadline = time.monotonic() + 10
-        while not any(locks.iterdir()) and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with held_by_another_restic(site.backend()._env(), site.repo("repo")):
         _, result = run(desired, provider)
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.close()
-        holder.wait(timeout=30)
     assert [e.address for e in result.errors] == ["backup/etc"]
     assert "locked" in result.errors[0].message and "retried" in result.errors[0].message
     assert checkstate.load(state.path) == {}
