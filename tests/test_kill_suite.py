@@ -758,19 +758,10 @@ def libvirt_running() -> int:
 @pytest.fixture(scope="module")
 def vm_nodes() -> Iterator[dict[str, Any]]:
     """Two real libvirtd daemons for the module (lab/libvirtd.py), or a skip saying why."""
-    from lab.libvirtd import libvirt_daemons, reason_unavailable
+    from tests.libvirtnodes import started_nodes
 
-    reason = reason_unavailable()
-    if reason is not None:
-        pytest.skip(f"cannot start real libvirt daemons: {reason}")
-    import libvirt
-
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    try:
-        with libvirt_daemons(VM_NODES) as started:
-            yield started
-    finally:
-        libvirt.registerErrorHandler(None, None)
+    with started_nodes(VM_NODES) as started:
+        yield started
 
 
 def _link_nodes(nodes: Mapping[str, Any]) -> str:

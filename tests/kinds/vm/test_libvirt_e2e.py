@@ -30,8 +30,9 @@ from typing import Any
 import pytest
 import yaml
 
-from lab.libvirtd import Node, libvirt_daemons, reason_unavailable, small_domain_xml
+from lab.libvirtd import Node, small_domain_xml
 from tests import hostcfg
+from tests.libvirtnodes import started_nodes
 
 # libvirt's own allocator already holds the port for another domain of the same daemon:
 #   "internal error: Failed to reserve port 5901"
@@ -58,19 +59,8 @@ class Cluster:
 @pytest.fixture(scope="module")
 def nodes() -> Iterator[dict[str, Node]]:
     """Two real daemons for the whole module: starting them costs ~4 s (QEMU probing)."""
-    reason = reason_unavailable()
-    if reason is not None:
-        pytest.skip(f"cannot start real libvirt daemons: {reason}")
-    import libvirt
-
-    # libvirt-python prints every error to stderr by default; the tests expect some errors
-    # and report the ones they do not.
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    try:
-        with libvirt_daemons(NODE_NAMES) as started:
-            yield started
-    finally:
-        libvirt.registerErrorHandler(None, None)
+    with started_nodes(NODE_NAMES) as started:
+        yield started
 
 
 @pytest.fixture
