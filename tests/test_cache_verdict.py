@@ -150,3 +150,20 @@ def test_the_directory_keeps_at_most_max_entries(
     assert not (tmp_path / "c" / f"{first}.json").exists()
     last = cache_mod.entry_key(cache_mod.HOST_ROLE, b"59")
     assert (tmp_path / "c" / f"{last}.json").exists()
+
+
+def test_the_trust_check_reads_fleet_yaml_from_its_verdict(tmp_path: Path) -> None:
+    """The target's ``verify:`` block is read from fleet.yaml's verdict (which keeps it)
+    without decoding the members; content the cache does not know is left to the parser."""
+    from reconciler.cli.apply import _cached_fleet
+
+    repo = _repo(tmp_path)
+    desired.load_host(repo, "h1", disk_cache=DesiredCache(tmp_path / "c"))
+    cache = DesiredCache(tmp_path / "c")
+    read = _cached_fleet(cache)
+    assert read is not None
+    raw = (repo / "fleet.yaml").read_bytes()
+    assert read(raw, "fleet.yaml") == {}  # the verdict of FLEET: its ipsets left out
+    assert cache.hits == 1
+    assert read(raw + b"# changed\n", "fleet.yaml") is None
+    assert _cached_fleet(None) is None
