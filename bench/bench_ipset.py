@@ -176,7 +176,7 @@ def main() -> int:
             rows.append(("no-op read get()+diff", t_ours, t_tool, TARGETS["read"]))
 
             # The product path: the engine's plan + apply + re-read/verify, with the ipset
-            # provider, state dir and structlog (rendering JSON lines to /dev/null).
+            # provider, state dir and the logger (rendering JSON lines to /dev/null).
             rows.extend(
                 _engine_rows(c, desired, after_churn, churn_add, churn_del, destroy_all, tmp)
             )

@@ -35,7 +35,7 @@ with open(sys.argv[1], "w") as f:
 """
 
 #: Third-party packages a command that does not use them must not load.
-HEAVY = ("pyroute2", "libvirt", "git", "jsonschema", "structlog")
+HEAVY = ("pyroute2", "libvirt", "git", "jsonschema")
 PROVIDER = re.compile(r"reconciler\.kinds\.\w+\.provider")
 
 
