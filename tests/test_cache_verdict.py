@@ -159,11 +159,42 @@ def test_the_trust_check_reads_fleet_yaml_from_its_verdict(tmp_path: Path) -> No
 
     repo = _repo(tmp_path)
     desired.load_host(repo, "h1", disk_cache=DesiredCache(tmp_path / "c"))
+    desired._VALIDATED_FLEET.clear()  # another process: only the cache knows the file
     cache = DesiredCache(tmp_path / "c")
     read = _cached_fleet(cache)
-    assert read is not None
     raw = (repo / "fleet.yaml").read_bytes()
     assert read(raw, "fleet.yaml") == {}  # the verdict of FLEET: its ipsets left out
     assert cache.hits == 1
     assert read(raw + b"# changed\n", "fleet.yaml") is None
-    assert _cached_fleet(None) is None
+    assert _cached_fleet(None)(raw, "fleet.yaml") is None
+
+
+def test_the_trust_check_reads_the_fleet_yaml_this_run_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trust reads ``verify:`` after the desired state is loaded: with nothing cached (a
+    first run), the fleet.yaml the load validated is not parsed again; other bytes are."""
+    from reconciler import yamlparse
+    from reconciler.cli.apply import _cached_fleet
+
+    repo = _repo(tmp_path)
+    verify = {"signers": [{"name": "alice", "ssh": "keys/alice.pub"}]}
+    (repo / "keys").mkdir()
+    (repo / "keys" / "alice.pub").write_text("ssh-ed25519 AAAA alice\n")
+    (repo / "fleet.yaml").write_text(
+        FLEET + "verify:\n  signers:\n    - {name: alice, ssh: keys/alice.pub}\n"
+    )
+    desired.load_host(repo, "h1")
+    parsed: list[str] = []
+    real_parse = yamlparse.parse_fast
+
+    def counted(raw: bytes, name: str) -> object:
+        parsed.append(name)
+        return real_parse(raw, name)
+
+    monkeypatch.setattr(yamlparse, "parse_fast", counted)
+    read = _cached_fleet(None)
+    raw = (repo / "fleet.yaml").read_bytes()
+    assert read(raw, "fleet.yaml") == {"verify": verify}
+    assert read(raw + b"# changed\n", "fleet.yaml") is None  # left to the parser
+    assert parsed == []

@@ -431,13 +431,16 @@ def _verify(
     return None
 
 
-def _cached_fleet(cache: DesiredCache | None) -> trust.FleetReader | None:
-    """A reader of fleet.yaml data from the desired-state cache (a hit only), or None."""
-    if cache is None:
-        return None
+def _cached_fleet(cache: DesiredCache | None) -> trust.FleetReader:
+    """A reader of fleet.yaml data that knows the files already validated: this run's
+    desired-state load, then the desired-state cache (a hit only); None otherwise."""
     from reconciler.cache import FLEET_ROLE
+    from reconciler.desired import validated_fleet
 
     def read(raw: bytes, rel: str) -> dict[str, Any] | None:
+        data = validated_fleet(raw)
+        if data is not None or cache is None:
+            return data
         # The verdict keeps ``verify:`` and leaves out the members: nothing big is decoded.
         doc = cache.get_verdict(FLEET_ROLE, raw, rel, None)
         return doc.data if doc is not None else None
