@@ -55,6 +55,10 @@ class IpsetSpec:
     members: frozenset[str] = frozenset()
     firewall: FirewallRule | None = None
     source: Location | None = field(default=None, compare=False)
+    #: a digest of what ``members`` were made of (family, inline members, list contents):
+    #: the same digest, the same members; None when unknown
+    #: (:mod:`reconciler.kinds.ipset.dumpmemo`).
+    members_digest: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

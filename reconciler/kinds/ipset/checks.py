@@ -4,6 +4,7 @@ networks of the lists its ``members_from:`` names (:mod:`reconciler.kinds.ipset.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,7 @@ def check(doc: YamlDoc, name: str, spec: dict[str, Any]) -> list[Problem]:
     merged = from_lists.union(seen) if seen else from_lists
     if not out and seen is not None:
         doc.derived[("ipset_members", name)] = merged
+        doc.derived[("ipset_members_digest", name)] = _members_digest(doc, name, spec, seen)
     count = len(merged) if from_lists or not isinstance(members, list) else len(members)
     maxelem = spec.get("maxelem")
     if isinstance(maxelem, int) and not isinstance(maxelem, bool) and count > maxelem:
@@ -87,6 +89,18 @@ def check(doc: YamlDoc, name: str, spec: dict[str, Any]) -> list[Problem]:
             )
         )
     return out
+
+
+def _members_digest(doc: YamlDoc, name: str, spec: dict[str, Any], seen: dict[str, int]) -> str:
+    """A digest of what the set's members are made of: its family, its inline members
+    (canonical, in order) and the content of each list it reads. The same digest, the same
+    members (for one reconciler version); computed here, where the members are in order,
+    and kept with the document (the cache keeps it too)."""
+    h = hashlib.sha256(f"{spec.get('family', 'inet')}\0".encode())
+    h.update("\n".join(seen).encode())
+    for _, rel in _list_paths(("ipsets", name), spec):
+        h.update(f"\0{rel}\0{doc.inputs.get(rel, '')}".encode())
+    return h.hexdigest()
 
 
 def _check_inline(
@@ -194,12 +208,17 @@ def _check_lists(
 
 
 def _ipset_spec(
-    name: str, spec: dict[str, Any], location: Location, known: frozenset[str] | None = None
+    name: str,
+    spec: dict[str, Any],
+    location: Location,
+    known: frozenset[str] | None = None,
+    digest: str | None = None,
 ) -> IpsetSpec:
     if known is not None:
         members = known  # canonicalised by _check_ipset already
     else:
         members = frozenset(canonical_network(m.strip())[2] for m in spec.get("members") or ())
+        digest = None  # it describes the derived members only
     fw = spec.get("firewall")
     firewall = None
     if fw is not None:
@@ -217,6 +236,7 @@ def _ipset_spec(
         members=members,
         firewall=firewall,
         source=location,
+        members_digest=digest,
     )
 
 
@@ -238,6 +258,9 @@ def load(doc: YamlDoc, name: str, spec: dict[str, Any]) -> IpsetSpec:
                 known = doc.derived.get(("ipset_members", name))
                 if known is None:
                     raise ValidationError(problems)
-            typed = _ipset_spec(name, spec, location, known)
+            digest = doc.derived.get(("ipset_members_digest", name))
+            typed = _ipset_spec(
+                name, spec, location, known, digest if isinstance(digest, str) else None
+            )
         doc.derived[("ipset_spec", name)] = typed
     return typed

@@ -40,12 +40,13 @@ from __future__ import annotations
 
 import contextlib
 import errno as _errno
+import hashlib
 import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 
 from reconciler.errors import NetlinkError, ProviderError
@@ -326,6 +327,9 @@ class LiveSet:
     members: frozenset[str] | None
     nomatch: frozenset[str] = frozenset()
     expiring: frozenset[str] = frozenset()
+    #: the SHA-256 (hex) of the dump's entries, with what their decoding depends on (type,
+    #: family, netmask): the same digest, the same members (:mod:`.dumpmemo`).
+    dump_digest: str | None = field(default=None, compare=False)
 
 
 def _nla_str(nla_type: int, value: str) -> bytes:
@@ -366,10 +370,16 @@ class _KernelError(Exception):
         self.lineno = lineno
 
 
+#: Sets whose members are known without decoding: name -> (the digest of a dump, the
+#: members that dump decodes to) (:mod:`.dumpmemo`).
+Known = Mapping[str, tuple[str, frozenset[str]]]
+
+
 class _Acc:
     """A set being assembled from the messages of a dump."""
 
     __slots__ = (
+        "chunks",
         "decodable",
         "elements",
         "expiring",
@@ -403,9 +413,28 @@ class _Acc:
         self.timeout: int | None = None
         self.flags = 0
         self.decodable = True
+        self.chunks: list[bytes] = []
 
-    def finish(self) -> LiveSet:
-        members = frozenset(self.members) if self.decodable else None
+    def digest(self) -> str:
+        """The SHA-256 of the entries (every ADT nest, in order) and the header fields their
+        decoding depends on."""
+        h = hashlib.sha256(f"{self.type}\0{self.family}\0{self.netmask}\0".encode())
+        for chunk in self.chunks:
+            h.update(len(chunk).to_bytes(4, "big"))
+            h.update(chunk)
+        return h.hexdigest()
+
+    def finish(self, known: Known) -> LiveSet:
+        """The set, its entries decoded now, or taken from ``known`` when it has this set's
+        digest (the members those very bytes were found to decode to)."""
+        digest = self.digest()
+        hit = known.get(self.name)
+        if hit is not None and hit[0] == digest:
+            members: frozenset[str] | None = hit[1]
+        else:
+            for chunk in self.chunks:
+                _decode_adt(self, memoryview(chunk), 0, len(chunk))
+            members = frozenset(self.members) if self.decodable else None
         options = tuple(sorted(n for n, bit in SET_OPTIONS.items() if self.flags & bit))
         elements = self.elements
         if elements is None:
@@ -423,12 +452,13 @@ class _Acc:
             options=options,
         )
         if members is None:
-            return LiveSet(header=header, members=None)
+            return LiveSet(header=header, members=None, dump_digest=digest)
         return LiveSet(
             header=header,
             members=members,
             nomatch=frozenset(self.nomatch),
             expiring=frozenset(self.expiring),
+            dump_digest=digest,
         )
 
 
@@ -593,7 +623,10 @@ def _decode_error(buf: memoryview, start: int, end: int) -> _KernelError | None:
 
 
 def decode_list_dump(
-    datagrams: Iterable[bytes | memoryview], seq: int, name: str | None = None
+    datagrams: Iterable[bytes | memoryview],
+    seq: int,
+    name: str | None = None,
+    known: Known | None = None,
 ) -> dict[str, LiveSet]:
     """Decode the kernel's answer to an ``IPSET_CMD_LIST`` dump request into sets, by name.
 
@@ -603,14 +636,16 @@ def decode_list_dump(
     named (None for a dump of every set): an ``ENOENT`` error for it means that set does not
     exist and gives ``{}``; any other error raises :class:`NetlinkError` in ipset(8)'s words.
     Pure: the same bytes always give the same sets (this is :meth:`IpsetClient.list_sets`'s
-    and :meth:`IpsetClient.get`'s decoding, without the socket).
+    and :meth:`IpsetClient.get`'s decoding, without the socket). A set whose entries have
+    the digest ``known`` gives for it takes the members ``known`` gives, undecoded.
     """
+    known = known or {}
     sets: dict[str, _Acc] = {}
     for datagram in datagrams:
         view = memoryview(datagram)
         for mtype, _flags, start, end in _split_messages(view, seq):
             if mtype == NLMSG_DONE:
-                return {n: a.finish() for n, a in sets.items()}
+                return {n: a.finish(known) for n, a in sets.items()}
             if mtype == NLMSG_ERROR:
                 err = _decode_error(view, start, end)
                 if err is None:
@@ -625,7 +660,7 @@ def decode_list_dump(
             if mtype != (NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_LIST:
                 continue
             _decode_list_message(sets, view, start, end)
-    return {n: a.finish() for n, a in sets.items()}
+    return {n: a.finish(known) for n, a in sets.items()}
 
 
 def _decode_list_message(sets: dict[str, _Acc], view: memoryview, start: int, end: int) -> None:
@@ -656,7 +691,9 @@ def _decode_list_message(sets: dict[str, _Acc], view: memoryview, start: int, en
     if data is not None:
         _decode_header(acc, view, *data)
     if adt is not None:
-        _decode_adt(acc, view, *adt)
+        # Kept (copied: the receive buffer is reused) and decoded, if need be, when the
+        # dump is complete (:meth:`_Acc.finish`).
+        acc.chunks.append(bytes(view[adt[0] : adt[1]]))
 
 
 def _encode_members(
@@ -823,21 +860,22 @@ class IpsetClient:
 
     # --- reading -------------------------------------------------------------------------------
 
-    def _dump(self, name: str | None) -> dict[str, LiveSet]:
+    def _dump(self, name: str | None, known: Known | None = None) -> dict[str, LiveSet]:
         attrs = _nla_u8(IPSET_ATTR_PROTOCOL, IPSET_PROTOCOL)
         if name is not None:
             _check_name(name)
             attrs += _nla_str(IPSET_ATTR_SETNAME, name)
         seq = self._send(IPSET_CMD_LIST, NLM_F_REQUEST | NLM_F_DUMP, attrs)
-        return decode_list_dump(self._datagrams(), seq, name)
+        return decode_list_dump(self._datagrams(), seq, name, known)
 
-    def list_sets(self) -> dict[str, LiveSet]:
+    def list_sets(self, known: Known | None = None) -> dict[str, LiveSet]:
         """Every set of the namespace, headers and members, read with ONE LIST dump.
 
-        Members of a set are collected from all messages of the (multi-part) dump.
-        Returns ``{}`` when the namespace has no sets.
+        Members of a set are collected from all messages of the (multi-part) dump; a set
+        whose entries have the digest ``known`` gives takes its members from there
+        (:func:`decode_list_dump`). Returns ``{}`` when the namespace has no sets.
         """
-        return self._dump(None)
+        return self._dump(None, known)
 
     def get(self, name: str) -> LiveSet | None:
         """The set ``name`` (header and members, from a dump of that set), or None if absent."""

@@ -38,6 +38,7 @@ Safety rules (the ipset kind in ``docs/kinds.md``), each enforced here and teste
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
@@ -50,7 +51,7 @@ from typing import Any
 
 from reconciler.cidr import sort_key
 from reconciler.errors import NetlinkError, ProviderError, StateError
-from reconciler.kinds.ipset import firewall
+from reconciler.kinds.ipset import dumpmemo, firewall
 from reconciler.kinds.ipset.against import spec_summary
 from reconciler.kinds.ipset.checks import is_tombstone
 from reconciler.kinds.ipset.netlink import IpsetClient, LiveSet
@@ -193,6 +194,10 @@ class IpsetProvider:
         self.allow_empty = allow_empty
         # Changes applied by this provider in this run: what a require_applied op checks.
         self._applied: set[str] = set()
+        # The desired members of the last read, by set (members digest, members), and the
+        # dump memo it found (:mod:`.dumpmemo`): what forget_vanished records.
+        self._wanted: dict[str, tuple[str, frozenset[str]]] = {}
+        self._memo: dict[str, tuple[str, str]] = {}
 
     # ----------------------------------------------------------------------------- read
     def read(self, desired: HostDesired) -> IpsetLive:
@@ -209,9 +214,10 @@ class IpsetProvider:
 
         reader = threading.Thread(target=read_rules, daemon=True)
         reader.start()
+        known = self._known(desired)
         try:
             with IpsetClient() as client:
-                sets = client.list_sets()
+                sets = client.list_sets(known)
         except NetlinkError as e:
             if e.errno == errno.EPERM:
                 e.message += " (managing ipsets needs root, or CAP_NET_ADMIN)"
@@ -238,6 +244,38 @@ class IpsetProvider:
                 errors[name] = e.message
         ours = _checked_ours(self.state) if self.state else {}
         return IpsetLive(sets, tuple(rules), present, ours, ssh_client_address(), errors, chains)
+
+    def _known(self, desired: HostDesired) -> dict[str, tuple[str, frozenset[str]]]:
+        """The sets whose dump need not be decoded if it is the one the memo names: those
+        whose desired members have the digest the memo recorded them equal to."""
+        self._wanted = {
+            name: (spec.members_digest, spec.members)
+            for name, spec in desired.ipsets.items()
+            if spec.members_digest is not None and not is_tombstone(spec)
+        }
+        self._memo = dumpmemo.load(self.state.path) if self.state is not None else {}
+        known: dict[str, tuple[str, frozenset[str]]] = {}
+        for name, (digest, members) in self._wanted.items():
+            entry = self._memo.get(name)
+            if entry is not None and entry[1] == digest:
+                known[name] = (entry[0], members)
+        return known
+
+    def _remember_dumps(self, live: IpsetLive) -> None:
+        """Record each set whose re-read dump holds exactly its desired members (plain
+        members: no nomatch or expiring entries) in the memo; a memo that cannot be
+        written costs only time (the next run decodes)."""
+        memo: dict[str, tuple[str, str]] = {}
+        for name, (digest, members) in self._wanted.items():
+            got = live.sets.get(name)
+            if got is None or got.dump_digest is None or got.nomatch or got.expiring:
+                continue
+            if got.members is members or got.members == members:
+                memo[name] = (got.dump_digest, digest)
+        if memo != self._memo and self.state is not None:
+            with contextlib.suppress(StateError):
+                dumpmemo.save(self.state.path, memo)
+                self._memo = memo
 
     # ----------------------------------------------------------------------------- diff
     def diff(self, desired: HostDesired, live: IpsetLive) -> tuple[list[Change], list[PlanError]]:
@@ -862,9 +900,11 @@ class IpsetProvider:
     def forget_vanished(self, live: IpsetLive) -> None:
         """After the apply (``live`` is the re-read): drop the ownership records of sets that
         no longer exist (removed by hand, or a create a killed run announced and never made),
-        and confirm the intents of those that do (a killed run's create that happened)."""
+        and confirm the intents of those that do (a killed run's create that happened); and
+        remember which dumps hold exactly the desired members (:mod:`.dumpmemo`)."""
         if self.state is None:
             return
+        self._remember_dumps(live)
         ours = self.state.ours(KIND)
         kept = {
             n: {k: v for k, v in r.items() if k != INTENT}
