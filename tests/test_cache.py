@@ -100,6 +100,40 @@ def test_a_hit_gives_the_same_desired_state_sources_included(tmp_path: Path) -> 
     )
 
 
+def test_long_lists_are_stored_as_lines_and_read_back_the_same(tmp_path: Path) -> None:
+    """A set of 300 members (past PACK_MIN): its data list and canonical members are stored
+    as strings of lines and read back equal; a packed path that names nothing is a miss."""
+    members = [f"10.{i // 256}.{i % 256}.0/24" for i in range(300)] + ["192.0.2.7"]
+    fleet = "ipsets:\n  big:\n    type: hash:net\n    members:\n" + "".join(
+        f"      - {m}\n" for m in members
+    )
+    repo = _repo(tmp_path, fleet=fleet, host="{}\n")
+    plain = desired.load_host(repo, "h1")
+    desired.load_host(repo, "h1", disk_cache=DesiredCache(tmp_path / "cache"))
+    entry = _fleet_entry(tmp_path / "cache", repo)
+    payload = json.loads(entry.read_bytes().partition(b"\n")[2])
+    assert payload["packed"] == [["ipsets", "big", "members"]]
+    assert payload["data"]["ipsets"]["big"]["members"] == "\n".join(members)
+    assert [how for _, how, _ in payload["derived"]] == ["lines", "plain"]
+    warm = DesiredCache(tmp_path / "cache")
+    doc = warm.get(cache_mod.FLEET_ROLE, (repo / "fleet.yaml").read_bytes(), "fleet.yaml", repo)
+    assert doc is not None and doc.data["ipsets"]["big"]["members"] == members
+    again = desired.load_host(repo, "h1", disk_cache=DesiredCache(tmp_path / "cache"))
+    assert again == plain and len(again.ipsets["big"].members) == 301
+    assert again.ipsets["big"].members_digest == plain.ipsets["big"].members_digest
+
+    # Rewritten with a matching digest, packing a path that holds no string: a miss.
+    header, _, _ = entry.read_bytes().partition(b"\n")
+    payload["packed"].append(["ipsets", "big", "type", "nothing"])
+    body = json.dumps(payload).encode()
+    head = json.loads(header)
+    head["size"], head["sha256"] = len(body), __import__("hashlib").sha256(body).hexdigest()
+    entry.write_bytes(json.dumps(head).encode() + b"\n" + body)
+    raw = (repo / "fleet.yaml").read_bytes()
+    cold = DesiredCache(tmp_path / "cache")
+    assert cold.get(cache_mod.FLEET_ROLE, raw, "fleet.yaml", repo) is None
+
+
 def test_a_hit_locates_a_later_problem_exactly(tmp_path: Path) -> None:
     """A position the entry does not hold (a list item) is parsed from the unchanged file."""
     repo = _repo(tmp_path)
