@@ -321,6 +321,35 @@ def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return {**env, **(extra or {})}
 
 
+def cli_args(repo: Path, root: Path, kind: str, host: str = "h1") -> list[str]:
+    """The command line of a run of ``host`` limited to ``kind``, its state under ``root``."""
+    return [
+        "--repo", str(repo), "--host", host, "--state-dir", str(root / "state"),
+        "--lock-file", str(root / "lock"), "--log-format", "json", "--only", kind,
+    ]  # fmt: skip
+
+
+def no_writes(scenario: Scenario, log: Path) -> list[str]:
+    """No needless write: a run through the wrapper on the converged host (``log`` lists
+    its boundary calls) succeeds and makes no call at all."""
+    proc = scenario.run(wrapper_env([scenario.kind], log=log))
+    if proc.returncode != 0:
+        return [f"a run on the converged host failed: {output(proc)}"]
+    if log.exists() and log.read_text().strip():
+        return [f"a run on the converged host wrote: {log.read_text().split()}"]
+    return []
+
+
+def ethtool_features(text: str) -> dict[str, str]:
+    """``ethtool -k IFNAME``'s output as feature -> on/off (``[fixed]`` dropped)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines()[1:]:
+        name, _, value = line.strip().partition(": ")
+        if value:
+            out[name] = value.split()[0]
+    return out
+
+
 def lines_of(text: str) -> Iterator[str]:
     """Non-empty lines."""
     return (ln for ln in text.splitlines() if ln.strip())

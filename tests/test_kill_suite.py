@@ -17,15 +17,17 @@ and judged:
 Kinds and what a namespace allows: ipset (set create, member batches, swap, rename, destroy,
 rule insert and delete) and nic offloads (veth) in network namespaces; nic ring writes need a
 driver with rings, which no virtual device in a namespace has (veth, dummy, bridge, tap all
-answer EOPNOTSUPP), so they are not covered here: the test VM's e1000 has rings, but there
-one ``reconcile`` run takes 30-50 s under TCG (``python -c pass`` 10 s) and the boot ~50 s,
-so four ring points would take ~10 minutes, beyond this suite's few minutes in CI. backup
-against the tarsnap emulator and a real restic repository, killed before, during (the
-emulator dies mid-call; restic is killed once it holds its repository's lock) and after;
-vm against two real libvirtd daemons (QEMU under TCG) when they can be started, with define,
-undefine, start and live migration (before, 0.3 s into it, after) under kill; a graceful
-stop is not covered (the test domains boot no OS: nothing answers the ACPI shutdown). The
-number of points per kind is asserted (README, "Crash safety").
+answer EOPNOTSUPP), so their points run inside the test VM on a real e1000, with this
+harness (``tests/vm_inner/test_nic_ring_kills.py``, run by ``tests/lab/test_lab_vm.py`` in
+its one boot). backup against the tarsnap emulator and a real restic repository, killed
+before, during (the emulator dies mid-call; restic is killed once it holds its repository's
+lock) and after; vm against two real libvirtd daemons when they can be started: with their
+QEMU driver (under TCG) define, undefine, start and live migration (before, 0.3 s into it,
+after) under kill; the graceful stop (a move with ``allow_stop`` and a VM stopped in place)
+with the test driver the same daemons serve on the same sockets
+(``test+unix:///default?socket=...``), because the QEMU test domains boot no OS and nothing
+would answer the ACPI shutdown, while a test-driver guest stops at once. The number of
+points per kind is asserted (README, "Crash safety").
 """
 
 from __future__ import annotations
@@ -289,7 +291,7 @@ class IpsetScenario:
         (self.repo / "fleet.yaml").write_text(text)
 
     def run(self, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        args = _cli_args(self.repo, self.root, "ipset")
+        args = killsuite.cli_args(self.repo, self.root, "ipset")
         return self.ns.run([*python_argv(env), *args], check=False, env=base_env(env))
 
     def _foreign_intact(self) -> list[str]:
@@ -441,13 +443,8 @@ NIC_POINTS = 4
 
 
 def _features(ns: Netns, ifname: str) -> dict[str, str]:
-    """``ethtool -k IFNAME``: feature -> on/off (``[fixed]`` dropped)."""
-    out: dict[str, str] = {}
-    for line in ns.run(["ethtool", "-k", ifname]).stdout.splitlines()[1:]:
-        name, _, value = line.strip().partition(": ")
-        if value:
-            out[name] = value.split()[0]
-    return out
+    """``ethtool -k IFNAME`` in the namespace: feature -> on/off."""
+    return killsuite.ethtool_features(ns.run(["ethtool", "-k", ifname]).stdout)
 
 
 class NicScenario:
@@ -467,7 +464,7 @@ class NicScenario:
         self.foreign = _features(self.ns, "vx")
 
     def run(self, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        args = _cli_args(self.repo, self.root, "nic")
+        args = killsuite.cli_args(self.repo, self.root, "nic")
         return self.ns.run([*python_argv(env), *args], check=False, env=base_env(env))
 
     def check_killed(self) -> list[str]:
@@ -486,13 +483,7 @@ class NicScenario:
 
     def check_ours_kept(self) -> list[str]:
         """No needless write: a converged host gets no ethtool write at all."""
-        log = self.root / "noop.log"
-        proc = self.run(killsuite.wrapper_env(["nic"], log=log))
-        if proc.returncode != 0:
-            return [f"a run on the converged host failed: {output(proc)}"]
-        if log.exists() and log.read_text().strip():
-            return [f"a run on the converged host wrote: {log.read_text().split()}"]
-        return []
+        return killsuite.no_writes(self, self.root / "noop.log")
 
     def close(self) -> None:
         self.ns.delete()
@@ -500,7 +491,7 @@ class NicScenario:
 
 @pytest.mark.kernel
 def test_nic_offloads_killed_at_every_boundary(tmp_path: Path) -> None:
-    """Offload writes on veth (rings: no virtual driver has them, see the module doc)."""
+    """Offload writes on veth (ring writes: in the test VM, see the module doc)."""
     require_kernel_lab(("ip", "ethtool"))
 
     @contextmanager
@@ -616,7 +607,7 @@ class BackupScenario:
         )
 
     def run(self, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        args = _cli_args(self.repo, self.root, "backup")
+        args = killsuite.cli_args(self.repo, self.root, "backup")
         return subprocess.run(
             [*python_argv(env), *args], cwd=killsuite.PROJECT_ROOT, env=self.env(env),
             capture_output=True, text=True, check=False,
@@ -743,9 +734,13 @@ VM_NODES = ("kvm1", "kvm2")
 WEB_UUID = "6b1d0e2a-4c3f-4e7b-9a10-1f2e3d4c5b6a"
 MAIL_UUID = "0c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f"
 LEGACY_UUID = "5e4d3c2b-1a09-4f8e-9d7c-6b5a49382716"
+DB_UUID = "3a2b1c0d-9e8f-4a7b-8c6d-5e4f3a2b1c0d"
 #: move: mail defined from its file; web moved from kvm1 to kvm2 (define, undefine, start).
 #: migrate: web running on kvm1, live-migrated to kvm2 (killed before, during and after).
-VM_POINTS = {"move": 7, "migrate": 3}
+#: stop: on the same daemons' test driver, whose guests shut down at once: web running on
+#: kvm1 moved to kvm2 with allow_stop (graceful shutdown, define, undefine, start) and db
+#: running on kvm2 stopped (shutdown), killed before and after each shutdown.
+VM_POINTS = {"move": 7, "migrate": 3, "stop": 9}
 
 
 def libvirt_running() -> int:
@@ -777,6 +772,15 @@ def _link_nodes(nodes: Mapping[str, Any]) -> str:
             subprocess.run(node.nsenter_net(["ip", "addr", "add", addr, "dev", dev]), check=True)
             subprocess.run(node.nsenter_net(["ip", "link", "set", dev, "up"]), check=True)
     return "tcp://10.251.0.2"
+
+
+def _node_uri(node: Any, variant: str) -> str:
+    """The URI the scenario names for ``node``: its QEMU driver, or for ``stop`` the test
+    driver the same daemon serves over the same socket. The QEMU domains here boot no OS,
+    so nothing would answer a graceful shutdown; the test driver's guests stop at once."""
+    if variant == "stop":
+        return f"test+unix:///default?socket={node.socket}"
+    return str(node.uri)
 
 
 def _clear(conn: Any, timeout: float = 30.0) -> None:
@@ -814,7 +818,10 @@ class VmScenario:
         self.nodes = nodes
         self.root = root
         self.variant = variant
-        self.conns = {n: libvirt.open(node.uri) for n, node in nodes.items()}
+        uris = {n: _node_uri(node, variant) for n, node in nodes.items()}
+        # The scenario's connections stay open until close(): the test driver keeps a
+        # daemon's domains only while some connection to it is open.
+        self.conns = {n: libvirt.open(uri) for n, uri in uris.items()}
         for conn in self.conns.values():
             _clear(conn)
         k1, k2 = self.conns["kvm1"], self.conns["kvm2"]
@@ -826,11 +833,12 @@ class VmScenario:
         (self.repo / "hosts").mkdir()
         (self.repo / "fleet.yaml").write_text("{}\n")
         (self.repo / "hosts" / "master.yaml").write_text("{}\n")
-        self.config = hostcfg.write(root, allowed_dirs=[n.root for n in nodes.values()])
+        self.config = hostcfg.write(root, allowed_dirs=[n.root for n in nodes.values()],
+                                    allow_test_driver=variant == "stop")  # fmt: skip
         doc: dict[str, Any] = {
             "controller": "master",
             "storage": "shared",
-            "nodes": {n: {"uri": node.uri} for n, node in nodes.items()},
+            "nodes": {n: {"uri": uri} for n, uri in uris.items()},
         }
         if variant == "move":
             k2.defineXML(small_domain_xml("db", vnc_port=5901))
@@ -842,6 +850,14 @@ class VmScenario:
                 "web": {"node": "kvm2", "vnc_port": "auto", "state": "running"},
                 "mail": {"node": "kvm1", "vnc_port": 5910, "state": "shutoff",
                          "definition": "vms/mail.xml"},
+            }  # fmt: skip
+        elif variant == "stop":
+            web.create()
+            k2.defineXML(small_domain_xml("db", vnc_port=5902, domain_uuid=DB_UUID)).create()
+            doc["vms"] = {
+                "web": {"node": "kvm2", "vnc_port": "auto", "state": "running",
+                        "allow_stop": True},
+                "db": {"node": "kvm2", "vnc_port": 5902, "state": "shutoff"},
             }  # fmt: skip
         else:
             doc["nodes"]["kvm2"]["migration_uri"] = _link_nodes(nodes)
@@ -881,7 +897,7 @@ class VmScenario:
                    if dom.name() == "web" and dom.state()[0] == libvirt_running()]  # fmt: skip
         if len(running) > 1:
             problems.append(f"web is running on {running}")
-        if self.variant == "move" and set(found.get("db", {})) != {"kvm2"}:
+        if self.variant != "migrate" and set(found.get("db", {})) != {"kvm2"}:
             problems.append(f"db moved or vanished: {found.get('db')}")
         if len(found.get("mail", {})) > 1:
             problems.append(f"mail is defined on two nodes: {found['mail']}")
@@ -906,6 +922,8 @@ class VmScenario:
             problems.append(f"web is {found.get('web')}, expected running on kvm2 only")
         if self.variant == "move" and found.get("mail") != {"kvm1": (MAIL_UUID, False)}:
             problems.append(f"mail is {found.get('mail')}, expected defined on kvm1, shut off")
+        if self.variant == "stop" and found.get("db") != {"kvm2": (DB_UUID, False)}:
+            problems.append(f"db is {found.get('db')}, expected defined on kvm2, shut off")
         return problems
 
     def check_ours_kept(self) -> list[str]:
@@ -922,12 +940,14 @@ class VmScenario:
             conn.close()
 
 
-@pytest.mark.parametrize("variant", ["move", "migrate"])
+@pytest.mark.parametrize("variant", ["move", "migrate", "stop"])
 def test_vm_killed_at_every_boundary(
     vm_nodes: dict[str, Any], tmp_path: Path, variant: str
 ) -> None:
-    """define / undefine / start (a move, a definition from git) and a live migration on two
-    real libvirtd daemons; the points run one at a time (the nodes are shared)."""
+    """define / undefine / start (a move, a definition from git), a live migration, and
+    graceful shutdowns (a move with allow_stop, a VM stopped in place; the daemons' test
+    driver) on two real libvirtd daemons; the points run one at a time (the nodes are
+    shared)."""
 
     @contextmanager
     def fresh(root: Path) -> Iterator[killsuite.Scenario]:
@@ -940,7 +960,7 @@ def test_vm_killed_at_every_boundary(
     outcome = killsuite.exercise(
         fresh,
         tmp_path,
-        after=lambda label: ":define" in label,
+        after=lambda label: ":define" in label or ":shutdown" in label,
         during=lambda label: ":migrate_live" in label,
         workers=1,
     )
@@ -956,12 +976,3 @@ def _report(kind: str, scenario: str, outcome: Outcome) -> None:
     print(f"\n{kind}/{scenario}: {n} boundaries, {points} kill points")
     for point in outcome.points:
         print(f"  {point}")
-
-
-def _cli_args(repo: Path, root: Path, kind: str) -> list[str]:
-    """The command line of a run of host h1 limited to ``kind``, its state under ``root``."""
-    return [
-        "--repo", str(repo), "--host", HOST, "--state-dir", str(root / "state"),
-        "--lock-file", str(root / "lock"), "--log-format", "json", "--only", kind,
-    ]  # fmt: skip
-
