@@ -21,9 +21,9 @@ Some behaviour can only be tested on real NIC drivers: veth has no ring sizes, w
   their driver's default ring sizes (256 for e1000).
 
 Everything is slow in the guest (TCG runs code ~7x slower, and every file access is a 9p round
-trip: ``python -c pass`` from the venv takes ~8 s). Booting to the command takes 25-50 s on
-two cores depending on host load, and a pytest run of a dozen tests ~100 s in all, so run a
-whole group of tests in one boot with :func:`run_pytest_in_vm`. Set
+trip: ``python -c pass`` from the venv takes 3-4 s, a ``reconcile`` run of the nic kind 7-10 s,
+more under load; 2026-11-29, two cores). Booting to the command takes 10-20 s, so run a whole
+group of tests in one boot with :func:`run_pytest_in_vm`. Set
 ``RECONCILER_VM_KERNEL=/boot/vmlinuz-…`` to choose the kernel; by default it is the newest
 ``/boot/vmlinuz-*`` whose modules include the NIC driver.
 """

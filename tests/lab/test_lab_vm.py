@@ -2,8 +2,10 @@
 
 Ring sizes need real NIC drivers (veth has none), and bond/VLAN port resolution needs kernel
 support the host kernel lacks; the VM has both. One boot serves the whole group because
-booting under software emulation costs ~40 s. Skips only when no VM can be booted here,
-saying what is missing; scripts/setup installs everything needed.
+booting under software emulation costs 10-20 s and every process started in the guest a few
+seconds more (the ring kill points, tests/vm_inner/test_nic_ring_kills.py, start 14
+``reconcile`` runs). Skips only when no VM can be booted here, saying what is missing;
+scripts/setup installs everything needed.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def test_inner_tests_pass_inside_one_vm() -> None:
     reason = vm_unavailable_reason()
     if reason is not None:
         pytest.skip(f"cannot boot the test VM: {reason}")
-    result = run_pytest_in_vm(["tests/vm_inner"], nics=2, extra_args=["-rA"], timeout=600)
+    result = run_pytest_in_vm(["tests/vm_inner"], nics=2, extra_args=["-rA"], timeout=900)
     output = f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
     assert result.returncode == 0, f"in-VM pytest exited {result.returncode}\n{output}"
     # Exit 0 would also cover a module that skipped itself: insist every test really passed.
