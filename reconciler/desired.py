@@ -38,7 +38,6 @@ from reconciler import kinds as registry
 from reconciler.cache import FLEET_ROLE, HOST_ROLE, DesiredCache
 from reconciler.errors import Problem, RepositoryError, ValidationError
 from reconciler.hostconfig import HostConfig
-from reconciler.kinds.vm.checks import check_vms
 from reconciler.model import HostDesired
 from reconciler.schema import host_schema
 from reconciler.yamlsrc import (
@@ -55,6 +54,8 @@ from reconciler.yamlsrc import (
 if TYPE_CHECKING:
     import jsonschema
     from jsonschema import Draft202012Validator
+
+    from reconciler.kinds.base import Kind
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
@@ -232,6 +233,15 @@ def _schema_problems(doc: YamlDoc, schema: str, top_unknown: str | None) -> list
 # --------------------------------------------------------------------------------------------
 
 
+def _has_sections(data: dict[str, Any], kind: Kind) -> bool:
+    """Whether a file's ``data`` has ``kind``'s section or one of its settings sections:
+    the files its whole-file checks look at (the others would give them nothing, and
+    would import the kind's checks for nothing)."""
+    return (kind.section is not None and kind.section in data) or any(
+        s in data for s in kind.settings
+    )
+
+
 def _check_host_semantics(path: Path, doc: YamlDoc) -> list[Problem]:
     """Every kind's semantic checks of its section (and of the file as a whole)."""
     data = doc.data
@@ -239,7 +249,7 @@ def _check_host_semantics(path: Path, doc: YamlDoc) -> list[Problem]:
     if not isinstance(data, dict):
         return out
     for kind in registry.KINDS:
-        if kind.check_file is not None:
+        if kind.check_file is not None and _has_sections(data, kind):
             out += kind.check_file(path, doc)
         section = data.get(kind.section) if kind.section else None
         if kind.check is None or not isinstance(section, dict):
@@ -261,7 +271,7 @@ def _check_host_policy(doc: YamlDoc, config: HostConfig | None) -> list[Problem]
         return out
     host = config or HostConfig()
     for kind in registry.KINDS:
-        if kind.check_host_file is not None:
+        if kind.check_host_file is not None and _has_sections(data, kind):
             out += kind.check_host_file(doc, host)
         section = data.get(kind.section) if kind.section else None
         if kind.check_host is None or not isinstance(section, dict):
@@ -536,6 +546,8 @@ def _load_vms_file(repo: Path, config: HostConfig | None = None) -> YamlDoc:
     if doc.data is None:
         return doc
     doc.problems += _schema_problems(doc, "vms.schema.json", None)
+    from reconciler.kinds.vm.checks import check_vms  # the vm kind's, imported when used
+
     doc.problems += check_vms(doc, repo)
     for kind in registry.KINDS:
         if kind.check_host_cluster is not None:

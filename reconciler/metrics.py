@@ -42,14 +42,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler import atomicfile, journal
 from reconciler import kinds as registry
 from reconciler.errors import StateError
-from reconciler.kinds.backup import checkstate
-from reconciler.kinds.backup.checkstate import CheckRecord
-from reconciler.kinds.backup.duration import parse_duration
+
+if TYPE_CHECKING:
+    from reconciler.kinds.backup.checkstate import CheckRecord
 
 #: node_exporter's textfile directories: the Debian/Ubuntu package's, then upstream's docs.
 TEXTFILE_DIRS = (
@@ -134,6 +134,12 @@ def _not_converged(record: dict[str, Any] | None) -> list[tuple[str, str]]:
     return sorted(out)
 
 
+def _seconds(every: str) -> float:
+    from reconciler.kinds.backup.duration import parse_duration  # the backup kind's
+
+    return parse_duration(every).total_seconds()
+
+
 def _backup_checks(w: _Writer, checks: Mapping[str, CheckRecord]) -> None:
     """The backup check metrics, one series per set with a check record."""
     names = sorted(checks)
@@ -152,7 +158,7 @@ def _backup_checks(w: _Writer, checks: Mapping[str, CheckRecord]) -> None:
     intervals = []
     for n in names:
         try:
-            intervals.append(({"set": n}, parse_duration(checks[n].every).total_seconds()))
+            intervals.append(({"set": n}, _seconds(checks[n].every)))
         except ValueError:
             continue  # a record written without its every: no interval to report
     w.metric(
@@ -283,6 +289,8 @@ def read_backup_checks(state_dir: Path) -> dict[str, CheckRecord]:
     """The backup check records of ``state_dir``, for :func:`render`; {} when there are none
     or they cannot be read (the backup sets' own plan errors report that)."""
     try:
+        from reconciler.kinds.backup import checkstate  # imported when there are checks
+
         return checkstate.load(state_dir)
     except StateError:
         return {}

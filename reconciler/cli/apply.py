@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reconciler import __version__, engine, gitsource, journal, log, metrics, planfile, trust
+from reconciler import __version__, engine, gitsource, journal, log, metrics, trust
 from reconciler.cli import ci_dryrun, common
 from reconciler.cli.codes import EXIT_CHANGES, EXIT_ERROR, EXIT_OK
 from reconciler.errors import (
@@ -39,6 +39,7 @@ from reconciler.state import StateDir
 if TYPE_CHECKING:
     from reconciler.cache import DesiredCache
     from reconciler.gitrepo import GitRepo
+    from reconciler.planfile import SavedPlan
 
 
 USAGE = """reconcile [--dry-run] [--repo PATH|URL] [--host NAME] [--only KINDS] [options]
@@ -64,7 +65,7 @@ class Scope:
     targets: tuple[str, ...] = ()
     force: bool = False
     allow_empty: bool = False
-    saved: planfile.SavedPlan | None = None
+    saved: SavedPlan | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,6 +297,8 @@ def _scope(args: argparse.Namespace) -> Scope:
             # Only the targets' kinds are read.
             kinds = [k for k in kinds if any(t.split("/", 1)[0] == k for t in targets)]
         return Scope(host, kinds, targets, args.force, args.allow_empty)
+    from reconciler import planfile
+
     saved = planfile.read(Path(args.plan))
     if saved.host != host:
         raise PlanFileError(
@@ -502,7 +505,7 @@ def _run(
         repo=source.path,
         host=config,
     )
-    providers = common.providers(loaded.kinds, ctx)
+    providers = common.providers(loaded.kinds, ctx, desired)
     plan = _plan(desired, providers, source)
     if loaded.note is not None:
         plan.warnings.insert(0, PlanWarning("host", loaded.note))
@@ -517,6 +520,8 @@ def _run(
     plan_dict = plan.to_dict()
     paint = common.colour(sys.stdout)
     if scope.saved is not None:
+        from reconciler import planfile
+
         stale += planfile.stale_reasons(
             scope.saved, plan_dict, commit=source.commit, digest=_digest(source)
         )
@@ -567,6 +572,8 @@ def _save(
             file=sys.stderr,
         )
         return EXIT_ERROR
+    from reconciler import planfile
+
     against = planfile.made_against(
         host=scope.host,
         commit=source.commit,

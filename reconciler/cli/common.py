@@ -23,7 +23,7 @@ from reconciler.cli.codes import EXIT_ERROR
 from reconciler.cli.codes import EXIT_OK as EXIT_OK  # re-exported
 from reconciler.errors import HostConfigError, RepositoryError, ValidationError
 from reconciler.hostconfig import HostConfig
-from reconciler.kinds.base import Context, Provider
+from reconciler.kinds.base import Context, IdleProvider, Provider
 from reconciler.model import HostDesired
 
 if TYPE_CHECKING:
@@ -333,16 +333,24 @@ def load_desired(
     return Loaded(desired, vms, kinds, note)
 
 
-def providers(kinds: Sequence[str], ctx: Context) -> list[Provider]:
+def providers(
+    kinds: Sequence[str], ctx: Context, desired: HostDesired | None = None
+) -> list[Provider]:
     """The providers of ``kinds``, in registry order; a kind with nothing to do here (vm
     off the controller) has none. Each kind imports its provider's modules only now, so a
-    run limited to one kind pays only for that kind's imports."""
+    run limited to one kind pays only for that kind's imports. With ``desired`` (a run
+    that plans it), a kind idle for it (:attr:`Kind.idle`) gets an
+    :class:`~reconciler.kinds.base.IdleProvider`, importing nothing of the kind."""
     out: list[Provider] = []
     for kind in registry.KINDS:
-        if kind.name in kinds:
-            provider = kind.provider(ctx)
-            if provider is not None:
-                out.append(provider)
+        if kind.name not in kinds:
+            continue
+        if desired is not None and kind.idle is not None and kind.idle(desired, ctx):
+            out.append(IdleProvider(kind.name))
+            continue
+        provider = kind.provider(ctx)
+        if provider is not None:
+            out.append(provider)
     return out
 
 

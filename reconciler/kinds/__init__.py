@@ -8,7 +8,7 @@ one line below.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from reconciler.kinds import backup, ipset, nic, vm
 from reconciler.kinds.base import Kind, OpLine
@@ -30,15 +30,24 @@ def get(name: str) -> Kind:
     return _BY_NAME[name]
 
 
-def _op_lines() -> dict[str, OpLine]:
-    out: dict[str, OpLine] = {}
-    for kind in KINDS:
-        for op, line in kind.op_lines.items():
-            if op in out:
-                raise RuntimeError(f"op {op!r} is rendered by two kinds")  # a registry bug
-            out[op] = line
-    return out
+class _OpLines(Mapping[str, OpLine]):
+    """Every kind's op lines by op name. A lookup asks the kinds in order and imports their
+    renderers only until one has the op, so a plan of ipset ops loads no other kind's
+    renderer. An op belongs to one kind (tests/test_registry.py checks it)."""
+
+    def __getitem__(self, op: str) -> OpLine:
+        for kind in KINDS:
+            line = kind.op_lines.get(op)
+            if line is not None:
+                return line
+        raise KeyError(op)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({op: None for kind in KINDS for op in kind.op_lines})
+
+    def __len__(self) -> int:
+        return len({op for kind in KINDS for op in kind.op_lines})
 
 
 #: How every kind's ops read in the text plan, by op name.
-OP_LINES: Mapping[str, OpLine] = _op_lines()
+OP_LINES: Mapping[str, OpLine] = _OpLines()

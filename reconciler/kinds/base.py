@@ -176,6 +176,71 @@ Load = Callable[["YamlDoc", str, dict[str, Any]], Any]
 Against = Callable[[HostDesired, HostDesired, "Memo | None"], list[Change]]
 ClusterAgainst = Callable[[Mapping[str, Any] | None, Mapping[str, Any]], list[Change]]
 LogEvents = Callable[[Sequence[Op]], Iterator[dict[str, Any]]]
+Idle = Callable[[HostDesired, Context], bool]
+
+
+def lazy(module: str, name: str) -> Any:
+    """A stand-in for the function ``module.name`` that imports ``module`` when it is first
+    called: a kind's descriptor names its checks, renderers and diffs without loading them,
+    so a run pays only for the kinds its desired state uses."""
+    import importlib
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"{module}.{name}, imported when first called."
+    setattr(call, "lazy_target", (module, name))  # noqa: B010 (for the registry's test)
+    return call
+
+
+class LazyMapping(Mapping[str, Any]):
+    """The mapping ``module.name``, imported when first read (see :func:`lazy`)."""
+
+    def __init__(self, module: str, name: str) -> None:
+        """Nothing is imported yet."""
+        self.lazy_target = (module, name)
+        self._where = (module, name)
+        self._mapping: Mapping[str, Any] | None = None
+
+    def _target(self) -> Mapping[str, Any]:
+        if self._mapping is None:
+            import importlib
+
+            module, name = self._where
+            self._mapping = getattr(importlib.import_module(module), name)
+        return self._mapping
+
+    def __getitem__(self, key: str) -> Any:
+        return self._target()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._target())
+
+    def __len__(self) -> int:
+        return len(self._target())
+
+
+class IdleProvider:
+    """The provider of a kind with nothing to do on this host (:attr:`Kind.idle`): it reads
+    nothing and plans nothing, and its kind's modules are not imported. It keeps the kind
+    in the run (the journal lists the kinds a run converged)."""
+
+    def __init__(self, kind: str) -> None:
+        """The provider of ``kind``."""
+        self.kind = kind
+
+    def read(self, desired: HostDesired) -> None:
+        """Nothing to read."""
+        return None
+
+    def diff(self, desired: HostDesired, live: Any) -> tuple[list[Change], list[PlanError]]:
+        """Nothing to change."""
+        return [], []
+
+    def apply(self, change: Change) -> list[Op]:
+        """Never called: an idle kind plans no change."""
+        raise RuntimeError(f"{self.kind} is idle: it has no change to apply")
 
 
 @dataclass(frozen=True)
@@ -183,7 +248,11 @@ class Kind:
     """Everything the rest of reconciler needs to know about one kind.
 
     Heavy modules (the provider's I/O: netlink, libvirt) are imported only when
-    ``provider`` or ``live_class`` is called, so listing kinds costs nothing.
+    ``provider`` or ``live_class`` is called, so listing kinds costs nothing; the other
+    functions and ``op_lines`` name their modules with :func:`lazy` and
+    :class:`LazyMapping`, imported when first used. The whole-file checks (``check_file``,
+    ``check_host_file``) run only on files that have the kind's section or one of its
+    ``settings`` sections.
     """
 
     #: the address prefix (``ipset/mgmt``) and the ``--only`` value.
@@ -232,3 +301,8 @@ class Kind:
     #: any user with access to what the desired state names (a backup repository, a
     #: libvirt socket).
     needs_root: bool = True
+    #: True when the kind certainly has nothing to read, plan or record for this desired
+    #: state on this host (nothing desired, nothing of its own in the state dir): a run
+    #: then uses :class:`IdleProvider` and never imports the kind's provider. None: never
+    #: idle.
+    idle: Idle | None = None

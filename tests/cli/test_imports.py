@@ -116,6 +116,9 @@ def test_ipset_dry_run_loads_neither_libvirt_nor_pyroute2(
     if only:
         assert providers == ["reconciler.kinds.ipset.provider"]
     else:
-        # Every kind runs (the nic provider reads the links: no NIC is declared), but vm
-        # has no vms.yaml here, so libvirt's side is never built.
-        assert "reconciler.kinds.vm.provider" not in providers
+        # Every kind is in the run, but nic and backup are idle (nothing declared, nothing
+        # recorded: IdleProvider) and vm has no vms.yaml here: no provider of theirs is
+        # built, and nothing of backup or vm beyond their descriptors is imported.
+        assert providers == ["reconciler.kinds.ipset.provider"]
+        for kind in ("backup", "vm"):
+            assert _loaded(modules, f"reconciler.kinds.{kind}") == [f"reconciler.kinds.{kind}"]

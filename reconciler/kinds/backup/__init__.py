@@ -7,10 +7,11 @@ names ``<set>-YYYYMMDD-HHMMSS``) that every backend obeys; the backends (``tarsn
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from reconciler.kinds.backup import against, checks, render
-from reconciler.kinds.base import Context, Kind, Provider
+from reconciler.kinds.base import Context, Kind, LazyMapping, Provider, lazy
+from reconciler.model import HostDesired
 
 
 def _provider(ctx: Context) -> Provider:
@@ -26,6 +27,19 @@ def _provider(ctx: Context) -> Provider:
     )
 
 
+#: The state dir's record of backup checks (:mod:`.checkstate`), named here so that
+#: :func:`_idle` needs nothing else of the kind.
+CHECKS_FILE = "backup-checks.json"
+
+
+def _idle(desired: HostDesired, ctx: Context) -> bool:
+    """No set desired, and no check record a run would drop (the provider's
+    ``forget_vanished`` drops those of sets gone from git)."""
+    if desired.raw.get("backups"):
+        return False
+    return ctx.state is None or not os.path.lexists(ctx.state.path / CHECKS_FILE)
+
+
 def _live_class() -> type[Any]:
     from reconciler.kinds.backup.provider import BackupLive
 
@@ -37,14 +51,15 @@ KIND = Kind(
     provider=_provider,
     live_class=_live_class,
     section="backups",
-    check=checks.check,
-    check_host=checks.check_host,
-    check_host_file=checks.check_host_file,
+    check=lazy("reconciler.kinds.backup.checks", "check"),
+    check_host=lazy("reconciler.kinds.backup.checks", "check_host"),
+    check_host_file=lazy("reconciler.kinds.backup.checks", "check_host_file"),
     # ``command`` stays a key of the settings (a repository may still write the host's own
     # command); the command run is always the host configuration's.
     settings={"tarsnap": {"command": "tarsnap"}},
-    op_lines=render.OP_LINES,
-    against=against.changes,
+    op_lines=LazyMapping("reconciler.kinds.backup.render", "OP_LINES"),
+    against=lazy("reconciler.kinds.backup.against", "changes"),
     scheduled=True,
     needs_root=False,  # tarsnap/restic with what the host configuration allows
+    idle=_idle,
 )

@@ -23,9 +23,10 @@ from typing import Any
 
 from reconciler import atomicfile
 from reconciler.errors import StateError
+from reconciler.kinds.backup import CHECKS_FILE
 from reconciler.safefs import read_state_file
 
-FILE_NAME = "backup-checks.json"
+FILE_NAME = CHECKS_FILE
 #: The largest check record file read (a few hundred bytes per set).
 MAX_SIZE = 4 * 1024 * 1024
 

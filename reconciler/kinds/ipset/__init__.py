@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.kinds.base import Context, Kind, Provider
-from reconciler.kinds.ipset import against, checks, render
+from reconciler.kinds.base import Context, Kind, LazyMapping, Provider, lazy
 
 
 def _provider(ctx: Context) -> Provider:
@@ -27,9 +26,9 @@ KIND = Kind(
     provider=_provider,
     live_class=_live_class,
     section="ipsets",
-    check=checks.check,
-    load=checks.load,
-    op_lines=render.OP_LINES,
-    log_events=render.log_events,
-    against=against.changes,
+    check=lazy("reconciler.kinds.ipset.checks", "check"),
+    load=lazy("reconciler.kinds.ipset.checks", "load"),
+    op_lines=LazyMapping("reconciler.kinds.ipset.render", "OP_LINES"),
+    log_events=lazy("reconciler.kinds.ipset.render", "log_events"),
+    against=lazy("reconciler.kinds.ipset.against", "changes"),
 )

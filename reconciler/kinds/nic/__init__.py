@@ -5,14 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.kinds.base import Context, Kind, Provider
-from reconciler.kinds.nic import against, checks, render
+from reconciler.kinds.base import Context, Kind, LazyMapping, Provider, lazy
+from reconciler.model import HostDesired
 
 
 def _provider(ctx: Context) -> Provider:
     from reconciler.kinds.nic.provider import NicProvider
 
     return NicProvider()
+
+
+def _idle(desired: HostDesired, ctx: Context) -> bool:
+    """No NIC desired: nothing is read (the provider records nothing of its own)."""
+    return not desired.nics
 
 
 def _live_class() -> type[Any]:
@@ -26,10 +31,11 @@ KIND = Kind(
     provider=_provider,
     live_class=_live_class,
     section="nics",
-    check=checks.check,
-    check_file=checks.check_file,
-    load=checks.load,
+    check=lazy("reconciler.kinds.nic.checks", "check"),
+    check_file=lazy("reconciler.kinds.nic.checks", "check_file"),
+    load=lazy("reconciler.kinds.nic.checks", "load"),
     keeps_raw=True,
-    op_lines=render.OP_LINES,
-    against=against.changes,
+    op_lines=LazyMapping("reconciler.kinds.nic.render", "OP_LINES"),
+    against=lazy("reconciler.kinds.nic.against", "changes"),
+    idle=_idle,
 )

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reconciler.kinds.base import Context, Kind, Provider
-from reconciler.kinds.vm import against, checks, render
+from reconciler.kinds.base import Context, Kind, LazyMapping, Provider, lazy
 
 
 def _provider(ctx: Context) -> Provider | None:
@@ -32,9 +31,9 @@ KIND = Kind(
     name="vm",
     provider=_provider,
     live_class=_live_class,
-    op_lines=render.OP_LINES,
-    check_host_cluster=checks.check_host_cluster,
-    cluster_against=against.vm_changes,
+    op_lines=LazyMapping("reconciler.kinds.vm.render", "OP_LINES"),
+    check_host_cluster=lazy("reconciler.kinds.vm.checks", "check_host_cluster"),
+    cluster_against=lazy("reconciler.kinds.vm.against", "vm_changes"),
     cluster=True,
     error_heads=("node",),
     needs_root=False,  # libvirt's own access rules decide (qemu+ssh://, the libvirt group)
