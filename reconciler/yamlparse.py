@@ -9,6 +9,8 @@ no PyYAML import (~40 ms): a run whose files all come from the desired-state cac
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 import yaml
@@ -265,6 +267,47 @@ _MAP_END = yaml.MappingEndEvent
 _SEQ_END = yaml.SequenceEndEvent
 
 
+#: A run of block-sequence items that are plain network strings, one per line at one
+#: indentation: a CIDR (any text of hex digits, dots and colons, a ``/`` and a prefix
+#: length: a string by :class:`_Loader`'s rule) or a dotted quad (never an int, float or
+#: date by YAML 1.1's patterns, so a string too), nothing else on the line.
+_ITEM = r"(?:[0-9A-Fa-f:.]+/[0-9]+|[0-9]{1,3}(?:\.[0-9]{1,3}){3})"
+_RUN = re.compile(rf"^( *)- {_ITEM}[ \t]*\n(?:\1- {_ITEM}[ \t]*\n){{63,}}", re.M)
+
+
+def _fold_runs(text: str) -> tuple[str, dict[str, list[str]]]:
+    """``text`` with each run of at least 64 network items (:data:`_RUN`) replaced by one
+    item, a placeholder, followed by a comment line per item folded (so every later line
+    keeps its number), and the items of each placeholder. libyaml then makes one event for
+    the run instead of one per item (65,536 CIDRs: ~0.1 s of Python objects).
+    :func:`_events_to_data` splices the items back where it meets the placeholder as a
+    plain sequence item, and bails when a placeholder is met anywhere else (a run inside
+    a block scalar's text) or not at all."""
+    runs: dict[str, list[str]] = {}
+    if "- " not in text:
+        return text, runs
+    prefix = f"/reconciler-run/{os.urandom(8).hex()}/"
+    if prefix in text:
+        return text, runs
+    parts: list[str] = []
+    at = 0
+    for m in _RUN.finditer(text):
+        indent = m.group(1)
+        # Every line is ``indent- ITEM``, maybe with trailing blanks: C-speed string work.
+        body = m.group(0)[len(indent) + 2 : -1].replace(f"\n{indent}- ", "\n")
+        items = body.split("\n")
+        if " " in body or "\t" in body:
+            items = [item.rstrip(" \t") for item in items]
+        token = f"{prefix}{len(runs)}"
+        runs[token] = items
+        parts += [text[at : m.start()], f"{indent}- {token}\n", "#\n" * (len(items) - 1)]
+        at = m.end()
+    if not runs:
+        return text, runs
+    parts.append(text[at:])
+    return "".join(parts), runs
+
+
 def parse_fast(raw: bytes, display_name: str) -> YamlDoc | None:
     """The data :func:`parse_yaml` gives for ``raw``, built straight from libyaml's events
     (no nodes, positions for mapping keys and values only), or None: then only
@@ -285,9 +328,10 @@ def parse_fast(raw: bytes, display_name: str) -> YamlDoc | None:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    loader: Any = _Loader(text.removeprefix("\ufeff"))
+    folded, runs = _fold_runs(text.removeprefix("\ufeff"))
+    loader: Any = _Loader(folded)
     try:
-        data, values, keys = _events_to_data(loader)
+        data, values, keys = _events_to_data(loader, runs)
     except (_Bail, yaml.YAMLError, ValueError, TypeError, OverflowError):
         return None
     finally:
@@ -306,9 +350,12 @@ def _resolved(ev: Any, resolve: Any, construct: Any) -> Any:
     )
 
 
-def _events_to_data(loader: Any) -> tuple[dict[str, Any], dict[YPath, Pos], dict[YPath, Pos]]:
+def _events_to_data(
+    loader: Any, runs: dict[str, list[str]]
+) -> tuple[dict[str, Any], dict[YPath, Pos], dict[YPath, Pos]]:
     """(data, values, keys) of a single-document stream whose top level is a mapping;
-    _Bail for anything :func:`parse_fast` leaves to the line-aware loader."""
+    _Bail for anything :func:`parse_fast` leaves to the line-aware loader. ``runs``: the
+    items folded by :func:`_fold_runs`, by placeholder (consumed here)."""
     get = loader.get_event
     resolve = loader.resolve
     construct = loader.construct_object
@@ -366,6 +413,15 @@ def _events_to_data(loader: Any) -> tuple[dict[str, Any], dict[YPath, Pos], dict
             value = ev.value
             if "/" not in value:  # with a "/" it is a string (_Loader.resolve)
                 value = _resolved(ev, resolve, construct)
+            elif runs and value in runs:
+                if is_map or ev.style or len(path) >= MAX_DEPTH:
+                    raise _Bail  # a placeholder anywhere but as a plain item
+                folded = runs.pop(value)
+                count += len(folded) - 1
+                if count > MAX_VALUES:
+                    raise _Bail
+                container.extend(folded)
+                continue
             if is_map:
                 mark = ev.start_mark
                 values[pending] = (mark.line + 1, mark.column + 1)
@@ -405,9 +461,21 @@ def _events_to_data(loader: Any) -> tuple[dict[str, Any], dict[YPath, Pos], dict
                 value = ev.value
                 if "/" not in value:
                     value = _resolved(ev, resolve, construct)
+                elif runs and value in runs:
+                    if ev.style:  # quoted or a block scalar ("" or None: plain)
+                        raise _Bail
+                    folded = runs.pop(value)
+                    count += len(folded) - 1
+                    if count > MAX_VALUES:
+                        raise _Bail
+                    new.extend(folded)
+                    ev = get()
+                    continue
                 append(value)
                 ev = get()
             held = ev
     if not isinstance(get(), yaml.DocumentEndEvent) or not isinstance(get(), yaml.StreamEndEvent):
         raise _Bail  # a second document: the loader says so
+    if runs:
+        raise _Bail  # a folded run was not a sequence's items (it was inside a text)
     return root, values, keys

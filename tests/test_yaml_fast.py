@@ -47,7 +47,8 @@ def _block(draw: st.DrawFn, indent: int, depth: int) -> str:
     for _ in range(draw(st.integers(1, 4))):
         key = draw(st.sampled_from(KEYS))
         pad = " " * indent
-        kind = draw(st.sampled_from(["scalar", "flow", "list", "map"] if depth < 4 else ["scalar"]))
+        kinds = ["scalar", "flow", "list", "run", "text", "map"]
+        kind = draw(st.sampled_from(kinds if depth < 4 else ["scalar", "run"]))
         if kind == "scalar":
             lines.append(f"{pad}{key}: {draw(st.sampled_from(SCALARS))}")
         elif kind == "flow":
@@ -57,10 +58,32 @@ def _block(draw: st.DrawFn, indent: int, depth: int) -> str:
             lines.append(f"{pad}{key}:")
             for _ in range(draw(st.integers(0, 3))):
                 lines.append(f"{pad}  - {draw(st.sampled_from(SCALARS))}")
+        elif kind in ("run", "text"):
+            # A long list of networks (what the fast parser folds), with what may break a
+            # run; or the same lines as the text of a block scalar, where they are no list.
+            lines.append(f"{pad}{key}:" + (" |" if kind == "text" else ""))
+            lines += _run_lines(draw, pad + "  ")
         else:
             lines.append(f"{pad}{key}:")
             lines.append(_block(draw, indent + 2, depth + 1))
     return "\n".join(lines)
+
+
+NETWORKS = ["10.0.0.0/8", "192.0.2.7", "192.0.2.0/24", "2001:db8::/32", "1.2.3.4/32",
+            "999.1.1.1", "fe80::1/64", "0.0.0.0/0"]  # fmt: skip
+BREAKERS = ["# a comment", "'192.0.2.9/32'", "192.0.2.10/32   # office", "x/y", "12:30",
+            "192.0.2.11/32  ", "1.5", "", "&a 10.9.0.0/16"]  # fmt: skip
+
+
+def _run_lines(draw: st.DrawFn, pad: str) -> list[str]:
+    out = []
+    for _ in range(draw(st.integers(60, 140))):
+        if draw(st.integers(0, 40)) == 0:
+            item = draw(st.sampled_from(BREAKERS))
+            out.append(f"{pad}{item}" if item.startswith("#") else f"{pad}- {item}")
+        else:
+            out.append(f"{pad}- {draw(st.sampled_from(NETWORKS))}")
+    return out
 
 
 @st.composite
@@ -93,6 +116,30 @@ def test_every_yaml_file_of_the_repository_agrees() -> None:
         _agrees(path.read_bytes())
         answered += parse_fast(path.read_bytes(), "f.yaml") is not None
     assert answered > 50  # the common case is the fast one
+
+
+def test_a_long_list_of_networks_is_read_as_the_loader_reads_it() -> None:
+    """The fold of long network lists (yamlparse._fold_runs): the same data, and the keys
+    after a list keep their lines; the same lines as a block scalar's text stay text."""
+    items = [f"10.{i // 256}.{i % 256}.0/24" for i in range(500)] + ["192.0.2.7"] * 2
+    listed = "".join(f"    - {m}\n" for m in items)
+    text = f"a:\n  members:\n{listed}  after: 1\nz: {{k: v}}\n"
+    fast = parse_fast(text.encode(), "f.yaml")
+    assert fast is not None and fast.data["a"]["members"] == items
+    assert fast.pos(("a", "after"), key=True) == (505, 3)
+    assert fast.pos(("z",), key=True) == (506, 1)
+    _agrees(text.encode())
+    block = f"a:\n  note: |\n{listed}z: 1\n"
+    assert parse_yaml(block.encode(), "f.yaml").data["a"]["note"].startswith("- 10.0.0.0/24\n")
+    _agrees(block.encode())  # the fast parser gives that same text, or leaves it to the loader
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 999), min_size=4, max_size=4))
+def test_a_dotted_quad_is_a_string(parts: list[int]) -> None:
+    """The fold takes a dotted quad for a string without asking YAML: so does the loader."""
+    quad = ".".join(map(str, parts))
+    assert parse_yaml(f"a: {quad}\n".encode(), "f.yaml").data == {"a": quad}
 
 
 def test_what_only_the_loader_reports_is_left_to_it() -> None:
