@@ -116,13 +116,16 @@ def _check_inline(
     for i, m in enumerate(members):
         if not isinstance(m, str):
             continue  # the schema reported it
-        mpath = (*base, "members", i)
         text = m.strip()
         try:
             version, prefixlen, canon, host = parse_network(text)
         except ValueError:
-            out.append(doc.problem(mpath, f"not a valid IP network: {m!r}"))
+            out.append(doc.problem((*base, "members", i), f"not a valid IP network: {m!r}"))
             continue
+        if version == want_version and prefixlen and host is None and canon not in seen:
+            seen[canon] = i  # the common case, first: a valid new member
+            continue
+        mpath = (*base, "members", i)
         if version != want_version:
             out.append(doc.problem(mpath, wrong_family_message(version, m, family)))
             continue

@@ -66,18 +66,30 @@ def log_events(ops: Sequence[Op]) -> Iterator[dict[str, Any]]:
             return None
         return (op.op, args.get("timeout"))
 
+    n = len(ops)
     i = 0
-    while i < len(ops):
+    while i < n:
         op = ops[i]
         group = key(op)
         if group is not None:
-            j = i
-            while j < len(ops) and key(ops[j]) == group:
+            # The run's end, with key() inlined (it runs once per member of a big load).
+            name, timeout = group
+            j = i + 1
+            while j < n:
+                o = ops[j]
+                a = o.args
+                if o.op != name or "member" not in a:
+                    break
+                if len(a) == 1:
+                    if timeout is not None:
+                        break
+                elif len(a) != 2 or "timeout" not in a or a["timeout"] != timeout:
+                    break
                 j += 1
-            extra = {} if group[1] is None else {"timeout": group[1]}
+            extra = {} if timeout is None else {"timeout": timeout}
             for k in range(i, j, MEMBERS_PER_EVENT):
                 chunk = [o.args["member"] for o in ops[k : min(j, k + MEMBERS_PER_EVENT)]]
-                yield {"op": op.op, "count": len(chunk), "members": chunk, **extra}
+                yield {"op": name, "count": len(chunk), "members": chunk, **extra}
             i = j
             continue
         event = op.to_dict()
