@@ -1,4 +1,4 @@
-"""Boot ONE VM with e1000 NICs (reconciler/testvm.py) and run every test in tests/vm_inner/.
+"""Boot ONE VM with e1000 NICs (lab/testvm.py) and run every test in tests/vm_inner/.
 
 Ring sizes need real NIC drivers (veth has none), and bond/VLAN port resolution needs kernel
 support the host kernel lacks; the VM has both. One boot serves the whole group because

@@ -33,7 +33,10 @@ from pathlib import Path
 import pytest
 
 if os.environ.get("RECONCILER_IN_VM") != "1":
-    pytest.skip("runs only inside the test VM (reconciler/testvm.py)", allow_module_level=True)
+    pytest.skip(
+        "runs only inside the test VM (lab/testvm.py; tests/lab/test_lab_vm.py boots it)",
+        allow_module_level=True,
+    )
 
 from tests import killsuite
 from tests.vm_inner.test_nic_rings import ethtool_g, set_with_ethtool
