@@ -35,6 +35,7 @@ from reconciler import runner
 from reconciler.errors import CommandError, CommandNotFound, CommandTimeout, VerifyError
 from reconciler.gitrepo import GitError, GitRepo
 from reconciler.gitsource import commit_hash
+from reconciler.rewind import check_rewind_resolved, describe_commit, raw_commit_bytes
 
 OPENPGP = "openpgp"
 SSH = "ssh"
@@ -373,53 +374,6 @@ def _last_line(stderr: bytes) -> str:
 # -- commits ----------------------------------------------------------------------------------
 
 
-def _is_ancestor(repo: GitRepo, ancestor: str, descendant: str) -> bool:
-    try:
-        repo.git("merge-base", "--is-ancestor", ancestor, descendant)
-    except GitError as exc:
-        if exc.status == 1:  # the documented "no" answer; anything else is a real failure
-            return False
-        raise VerifyError(f"git merge-base failed: {exc.stderr.strip()}") from None
-    return True
-
-
-def check_rewind(repo: GitRepo, base: str, target: str, *, allow_rewind: bool) -> bool:
-    """The rewind rule, for verifying and non-verifying runs alike: whether ``target``
-    descends from ``base``, the last applied commit (True also when they are the same).
-    When it does not (a force-push, an older branch, or ``base`` gone from the
-    repository), False if ``allow_rewind``, else VerifyError naming both commits."""
-    target_sha = commit_hash(repo, target)
-    if target_sha is None:
-        raise VerifyError(f"{target!r} is not a commit in the repository")
-    return _check_rewind(repo, base, commit_hash(repo, base), target_sha, allow_rewind)
-
-
-def _check_rewind(
-    repo: GitRepo, base: str, base_sha: str | None, target_sha: str, allow_rewind: bool
-) -> bool:
-    """:func:`check_rewind` for revisions already resolved (``base_sha`` None: ``base`` is
-    not in the repository)."""
-    if base_sha is not None and (
-        base_sha == target_sha or _is_ancestor(repo, base_sha, target_sha)
-    ):
-        return True
-    if allow_rewind:
-        return False
-    gone = "" if base_sha is not None else " (it is no longer in the repository)"
-    raise VerifyError(
-        f"target {_describe(_raw(repo, target_sha), target_sha)} is not a descendant of the "
-        f"last applied commit {base[:12]}{gone}: the branch was rewound (force-pushed) or an "
-        "older branch was named; refusing a rewind; pass --allow-rewind to accept it",
-        commit=target_sha,
-    )
-
-
-def _raw(repo: GitRepo, sha: str) -> bytes:
-    # The raw object, byte for byte: a parsed and re-encoded commit, or text with trailing
-    # newlines stripped, would change the signed payload.
-    return repo.raw_commit(sha)
-
-
 def _split_signature(raw: bytes) -> tuple[bytes, bytes | None]:
     """(signed payload, signature or None): the payload is the commit object without its
     signature headers and their space-indented continuation lines, as git signs it."""
@@ -447,16 +401,6 @@ def _split_signature(raw: bytes) -> tuple[bytes, bytes | None]:
         # Two gpgsig headers is not something git writes; refuse rather than pick one.
         return payload, b""
     return payload, (b"\n".join(ours[0]) + b"\n") if ours else None
-
-
-def _describe(raw: bytes, sha: str) -> str:
-    """'commit <short hash> (<subject>)' for messages."""
-    end = raw.find(b"\n\n")
-    message = raw[end + 2 :] if end >= 0 else b""
-    subject = message.decode("utf-8", errors="replace").strip().split("\n", 1)[0].strip()
-    if len(subject) > 72:
-        subject = subject[:69] + "..."
-    return f"commit {sha[:12]} ({subject or 'no subject'})"
 
 
 # -- verify -----------------------------------------------------------------------------------
@@ -503,7 +447,7 @@ def verify_range(
 
     if base is None:
         todo = [target_sha]
-    elif _check_rewind(repo, base, base_sha, target_sha, allow_rewind):
+    elif check_rewind_resolved(repo, base, base_sha, target_sha, allow_rewind):
         assert base_sha is not None  # a descendant of base: base is in the repository
         listing = repo.git("rev-list", "--topo-order", "--reverse", f"{base_sha}..{target_sha}")
         todo = listing.split()
@@ -529,7 +473,7 @@ def verify_range(
     try:
         names: dict[str, str] = {}
         for sha in todo:
-            names[sha] = checker.check(sha, _raw(repo, sha))
+            names[sha] = checker.check(sha, raw_commit_bytes(repo, sha))
     finally:
         checker.close()
     return Verified(tuple(todo), names)
@@ -562,7 +506,7 @@ class _Checker:
 
     def check(self, sha: str, raw: bytes) -> str:
         """The name of the trusted signer of commit ``sha``, or VerifyError."""
-        what = _describe(raw, sha)
+        what = describe_commit(raw, sha)
         payload, sig = _split_signature(raw)
         if sig == b"":
             raise VerifyError(

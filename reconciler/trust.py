@@ -20,14 +20,16 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reconciler import gitverify
 from reconciler.errors import SourceError, VerifyError
 from reconciler.gitrepo import GitRepo
 from reconciler.gitsource import commit_hash, read_file_at
-from reconciler.gitverify import Signer
+from reconciler.rewind import check_rewind
 from reconciler.yamlsrc import parse_fast, parse_yaml
+
+if TYPE_CHECKING:
+    from reconciler.gitverify import Signer
 
 DEFAULT_PINS = "/etc/reconciler/signers.pin"
 
@@ -93,6 +95,8 @@ def _read_written(tree: Path) -> str | None:
 def _signers(blocks: list[dict[str, Any]], subdir: str) -> list[Signer]:
     """The ``verify.signers`` of the given ``verify:`` blocks (the target's first), each key
     once, with key paths made relative to the repository root."""
+    from reconciler.gitverify import Signer
+
     out: dict[tuple[str, str], Signer] = {}
     for block in blocks:
         for s in block.get("signers") or []:
@@ -143,7 +147,7 @@ def decide(
     blocks = [b for b in found if b is not None]
     if not (blocks or require_signed):
         if base is not None:  # the same rule and message as a verifying run's
-            gitverify.check_rewind(repo, base, target, allow_rewind=allow_rewind)
+            check_rewind(repo, base, target, allow_rewind=allow_rewind)
         return Decision(target)
     signers = _signers(blocks, subdir)
     if not signers:
@@ -153,6 +157,8 @@ def decide(
             f"{where} at {target[:12]} lists no verify.signers",
             commit=target,
         )
+    from reconciler import gitverify  # only runs that verify need keys, gpg and ssh-keygen
+
     pins = gitverify.read_pins(pins_path)
     result = gitverify.verify_range(repo, base, target, signers, pins, allow_rewind=allow_rewind)
     return Decision(
