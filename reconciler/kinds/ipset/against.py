@@ -8,7 +8,7 @@ from typing import Any
 
 from reconciler.cidr import sort_key
 from reconciler.fielddiff import Memo, field_ops
-from reconciler.kinds.ipset.checks import is_tombstone
+from reconciler.kinds.ipset.spec import is_tombstone
 from reconciler.model import HostDesired, IpsetSpec
 from reconciler.plan import Action, Change, Op
 

@@ -53,8 +53,8 @@ from reconciler.cidr import sort_key
 from reconciler.errors import NetlinkError, ProviderError, StateError
 from reconciler.kinds.ipset import dumpmemo, firewall
 from reconciler.kinds.ipset.against import spec_summary
-from reconciler.kinds.ipset.checks import is_tombstone
 from reconciler.kinds.ipset.netlink import IpsetClient, LiveSet
+from reconciler.kinds.ipset.spec import is_tombstone
 from reconciler.model import HostDesired, IpsetSpec
 from reconciler.plan import Change, Op, PlanError, PlanWarning
 from reconciler.state import INTENT, StateDir
