@@ -51,7 +51,7 @@ from reconciler.errors import StateError
 from reconciler.safefs import check_private_dir
 from reconciler.yamlsrc import Pos, YamlDoc, YPath
 
-FORMAT = "reconciler-desired-cache/2"
+FORMAT = "reconciler-desired-cache/3"
 #: The small entry that says a file is valid, without its members (see ``get_verdict``).
 VERDICT_FORMAT = "reconciler-desired-verdict/1"
 #: The name of the cache directory inside the state dir.
@@ -147,8 +147,9 @@ def _plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
-#: A list of at least this many strings is stored as one string of lines (:func:`_lines`):
-#: JSON decodes one long string several times faster than 65,536 short ones.
+#: A list of at least this many strings is stored as one string of lines (:func:`_lines`),
+#: outside the JSON, after it (a *blob*): reading it back is a slice and a split, where
+#: JSON decodes 65,536 short strings, or scans one long one, character by character.
 PACK_MIN = 256
 
 
@@ -162,24 +163,25 @@ def _lines(items: Any) -> str | None:
     return text if text.count("\n") == len(items) - 1 else None
 
 
-def _pack(value: Any, path: list[Any], packed: list[list[Any]]) -> Any:
-    """``value`` (plain data) with every long list of strings replaced by its
-    :func:`_lines`, each replaced list's path appended to ``packed``; ``value`` itself is
-    not changed."""
+def _pack(value: Any, path: list[Any], packed: list[list[Any]], blobs: list[bytes]) -> Any:
+    """``value`` (plain data) with every long list of strings replaced by the index of its
+    :func:`_lines` in ``blobs`` (appended there, encoded), each replaced list's path
+    appended to ``packed``; ``value`` itself is not changed."""
     if isinstance(value, dict):
-        return {k: _pack(v, [*path, k], packed) for k, v in value.items()}
+        return {k: _pack(v, [*path, k], packed, blobs) for k, v in value.items()}
     if isinstance(value, list):
         text = _lines(value)
         if text is not None:
             packed.append(path)
-            return text
-        return [_pack(v, [*path, i], packed) for i, v in enumerate(value)]
+            blobs.append(text.encode())
+            return len(blobs) - 1
+        return [_pack(v, [*path, i], packed, blobs) for i, v in enumerate(value)]
     return value
 
 
-def _unpack(data: Any, packed: Any) -> None:
+def _unpack(data: Any, packed: Any, blobs: list[str]) -> None:
     """Undo :func:`_pack` in ``data``, in place; ValueError when ``packed`` does not name
-    strings in ``data`` (an entry that cannot be trusted)."""
+    blob indexes in ``data`` (an entry that cannot be trusted)."""
     if not isinstance(packed, list):
         raise ValueError("packed")
     for path in packed:
@@ -188,21 +190,41 @@ def _unpack(data: Any, packed: Any) -> None:
         parent = data
         for step in path[:-1]:
             parent = parent[step]
-        if not isinstance(parent, dict | list) or not isinstance(parent[path[-1]], str):
-            raise ValueError("packed value")
-        parent[path[-1]] = parent[path[-1]].split("\n")
+        parent[path[-1]] = _blob(blobs, parent[path[-1]]).split("\n")
 
 
-def _encode_derived(derived: dict[tuple[str, ...], Any]) -> list[Any] | None:
-    """The derived results that JSON can carry (a frozenset of strings, plain data), or
-    None when one cannot be carried: then the document is not stored (its later steps
-    would need what the entry lacks)."""
+def _blob(blobs: list[str], index: Any) -> str:
+    if type(index) is not int or not 0 <= index < len(blobs):
+        raise ValueError("blob index")
+    return blobs[index]
+
+
+def _split_blobs(region: bytes, sizes: Any) -> list[str]:
+    """The blobs stored after an entry's JSON (``sizes``: their lengths in bytes, which
+    must add up to the region's); ValueError otherwise."""
+    if not isinstance(sizes, list) or not all(type(n) is int and n >= 0 for n in sizes):
+        raise ValueError("blob sizes")
+    if sum(sizes) != len(region):
+        raise ValueError("blob region")
+    out: list[str] = []
+    at = 0
+    for n in sizes:
+        out.append(region[at : at + n].decode("utf-8"))
+        at += n
+    return out
+
+
+def _encode_derived(derived: dict[tuple[str, ...], Any], blobs: list[bytes]) -> list[Any] | None:
+    """The derived results that JSON can carry (a frozenset of strings, plain data; a long
+    frozenset as a blob, appended to ``blobs``), or None when one cannot be carried: then
+    the document is not stored (its later steps would need what the entry lacks)."""
     out: list[Any] = []
     for key, value in derived.items():
         if not all(isinstance(k, str) for k in key):
             return None
         if type(value) is frozenset and (text := _lines(value)) is not None:
-            out.append([list(key), "lines", text])
+            blobs.append(text.encode())
+            out.append([list(key), "lines", len(blobs) - 1])
         elif type(value) is frozenset and set(map(type, value)) <= {str}:
             out.append([list(key), "frozenset", list(value)])
         elif _plain(value):
@@ -212,7 +234,7 @@ def _encode_derived(derived: dict[tuple[str, ...], Any]) -> list[Any] | None:
     return out
 
 
-def _decode_derived(items: Any) -> dict[tuple[str, ...], Any]:
+def _decode_derived(items: Any, blobs: list[str]) -> dict[tuple[str, ...], Any]:
     if not isinstance(items, list):
         raise ValueError("derived")
     out: dict[tuple[str, ...], Any] = {}
@@ -223,9 +245,7 @@ def _decode_derived(items: Any) -> dict[tuple[str, ...], Any]:
         if not key or not all(isinstance(k, str) for k in key):
             raise ValueError("derived key")
         if how == "lines":
-            if not isinstance(value, str):
-                raise ValueError("derived lines")
-            out[tuple(key)] = frozenset(value.split("\n"))
+            out[tuple(key)] = frozenset(_blob(blobs, value).split("\n"))
         elif how == "frozenset":
             if not (isinstance(value, list) and set(map(type, value)) <= {str}):
                 raise ValueError("derived frozenset")
@@ -350,8 +370,9 @@ class DesiredCache:
         document: use it only to answer "valid?", never to plan."""
         key = verdict_key(role, content)
         doc = None
-        payload = self._payload(key, VERDICT_FORMAT)
-        if payload is not None:
+        found = self._payload(key, VERDICT_FORMAT)
+        if found is not None and not found[1]:
+            payload = found[0]
             inputs = _inputs(payload)
             if inputs is not None and isinstance(payload.get("data"), dict):
                 doc = YamlDoc(file, payload["data"], source=content)
@@ -370,9 +391,10 @@ class DesiredCache:
         self.hits += 1
         return doc
 
-    def _payload(self, key: str, fmt: str) -> dict[str, Any] | None:
+    def _payload(self, key: str, fmt: str) -> tuple[dict[str, Any], bytes] | None:
         """The payload of entry ``key`` when its header (``fmt``, the key, the payload's size
-        and SHA-256) checks out and it is a JSON object, else None."""
+        and SHA-256) checks out and it is a JSON object, else None; with the bytes after
+        the JSON (the blobs, when the header's ``json`` says where the JSON ends)."""
         raw = self._read_entry(f"{key}{_SUFFIX[fmt]}")
         if raw is None:
             return None
@@ -387,22 +409,27 @@ class DesiredCache:
                 and header.get("sha256") == hashlib.sha256(payload_bytes).hexdigest()
             ):
                 return None
-            payload = json.loads(payload_bytes)
+            end = header.get("json", len(payload_bytes))
+            if type(end) is not int or not 0 <= end <= len(payload_bytes):
+                return None
+            payload = json.loads(payload_bytes[:end])
         except (ValueError, TypeError, RecursionError):
             return None
-        return payload if isinstance(payload, dict) else None
+        return (payload, payload_bytes[end:]) if isinstance(payload, dict) else None
 
     def _read(self, key: str, content: bytes, file: str) -> YamlDoc | None:
-        payload = self._payload(key, FORMAT)
-        if payload is None:
+        found = self._payload(key, FORMAT)
+        if found is None:
             return None
+        payload, region = found
         try:
+            blobs = _split_blobs(region, payload.get("blobs", []))
             if not isinstance(payload.get("data"), dict):
                 return None
             inputs = _inputs(payload)
             if inputs is None:
                 return None
-            _unpack(payload["data"], payload.get("packed", []))
+            _unpack(payload["data"], payload.get("packed", []), blobs)
             doc = YamlDoc(
                 file,
                 payload["data"],
@@ -410,9 +437,9 @@ class DesiredCache:
                 keys=_decode_positions(payload.get("keys")),
                 source=content,
             )
-            doc.derived = _decode_derived(payload.get("derived"))
+            doc.derived = _decode_derived(payload.get("derived"), blobs)
             doc.inputs = inputs
-        except (ValueError, TypeError, LookupError, RecursionError):
+        except (ValueError, TypeError, LookupError, RecursionError, UnicodeDecodeError):
             return None
         return doc
 
@@ -459,12 +486,13 @@ class DesiredCache:
             return False
         if not _plain(doc.data):
             return False
-        derived = _encode_derived(doc.derived)
+        blobs: list[bytes] = []
+        derived = _encode_derived(doc.derived, blobs)
         if derived is None:
             return False
         values, keys = doc.known_positions()
         packed: list[list[Any]] = []
-        data = _pack(doc.data, [], packed)
+        data = _pack(doc.data, [], packed, blobs)
         payload = json.dumps(
             {
                 "data": data,
@@ -473,11 +501,13 @@ class DesiredCache:
                 "keys": _encode_positions(keys),
                 "derived": derived,
                 "inputs": doc.inputs,
+                "blobs": [len(b) for b in blobs],
             },
             ensure_ascii=False,
             separators=(",", ":"),
         ).encode()
-        if not self._put_entry(FORMAT, entry_key(role, content), payload):
+        entry = payload + b"".join(blobs)
+        if not self._put_entry(FORMAT, entry_key(role, content), entry, json_size=len(payload)):
             return False
         self.written += 1  # entries of documents: a verdict goes with its entry
         if verdict is not None and _plain(verdict):
@@ -486,17 +516,21 @@ class DesiredCache:
             self._put_entry(VERDICT_FORMAT, verdict_key(role, content), text)
         return True
 
-    def _put_entry(self, fmt: str, key: str, payload: bytes) -> bool:
-        """Write entry ``key``: a header (``fmt``, the key, the payload's size and SHA-256),
-        a newline, the payload."""
-        header = json.dumps(
-            {
-                "format": fmt,
-                "key": key,
-                "size": len(payload),
-                "sha256": hashlib.sha256(payload).hexdigest(),
-            }
-        ).encode()
+    def _put_entry(
+        self, fmt: str, key: str, payload: bytes, *, json_size: int | None = None
+    ) -> bool:
+        """Write entry ``key``: a header (``fmt``, the key, the payload's size and SHA-256,
+        and with ``json_size`` where the payload's JSON ends and its blobs begin), a
+        newline, the payload."""
+        head: dict[str, Any] = {
+            "format": fmt,
+            "key": key,
+            "size": len(payload),
+            "sha256": hashlib.sha256(payload).hexdigest(),
+        }
+        if json_size is not None:
+            head["json"] = json_size
+        header = json.dumps(head).encode()
         if self._write_entry(f"{key}{_SUFFIX[fmt]}", header + b"\n" + payload):
             self._prune()
             return True

@@ -9,11 +9,13 @@ command line (a dry-run in a network namespace the test creates).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -102,7 +104,8 @@ def test_a_hit_gives_the_same_desired_state_sources_included(tmp_path: Path) -> 
 
 def test_long_lists_are_stored_as_lines_and_read_back_the_same(tmp_path: Path) -> None:
     """A set of 300 members (past PACK_MIN): its data list and canonical members are stored
-    as strings of lines and read back equal; a packed path that names nothing is a miss."""
+    as blobs of lines after the entry's JSON and read back equal; a packed path that names
+    no blob, or blob sizes that do not add up, are a miss."""
     members = [f"10.{i // 256}.{i % 256}.0/24" for i in range(300)] + ["192.0.2.7"]
     fleet = "ipsets:\n  big:\n    type: hash:net\n    members:\n" + "".join(
         f"      - {m}\n" for m in members
@@ -111,27 +114,38 @@ def test_long_lists_are_stored_as_lines_and_read_back_the_same(tmp_path: Path) -
     plain = desired.load_host(repo, "h1")
     desired.load_host(repo, "h1", disk_cache=DesiredCache(tmp_path / "cache"))
     entry = _fleet_entry(tmp_path / "cache", repo)
-    payload = json.loads(entry.read_bytes().partition(b"\n")[2])
+    header_line, _, body = entry.read_bytes().partition(b"\n")
+    head = json.loads(header_line)
+    payload = json.loads(body[: head["json"]])
+    blobs = body[head["json"] :]
     assert payload["packed"] == [["ipsets", "big", "members"]]
-    assert payload["data"]["ipsets"]["big"]["members"] == "\n".join(members)
+    index = payload["data"]["ipsets"]["big"]["members"]
     assert [how for _, how, _ in payload["derived"]] == ["lines", "plain"]
-    warm = DesiredCache(tmp_path / "cache")
-    doc = warm.get(cache_mod.FLEET_ROLE, (repo / "fleet.yaml").read_bytes(), "fleet.yaml", repo)
+    assert sum(payload["blobs"]) == len(blobs) and len(payload["blobs"]) == 2
+    start = sum(payload["blobs"][:index])
+    assert blobs[start : start + payload["blobs"][index]].decode() == "\n".join(members)
+    raw = (repo / "fleet.yaml").read_bytes()
+    doc = DesiredCache(tmp_path / "cache").get(cache_mod.FLEET_ROLE, raw, "fleet.yaml", repo)
     assert doc is not None and doc.data["ipsets"]["big"]["members"] == members
     again = desired.load_host(repo, "h1", disk_cache=DesiredCache(tmp_path / "cache"))
     assert again == plain and len(again.ipsets["big"].members) == 301
     assert again.ipsets["big"].members_digest == plain.ipsets["big"].members_digest
 
-    # Rewritten with a matching digest, packing a path that holds no string: a miss.
-    header, _, _ = entry.read_bytes().partition(b"\n")
-    payload["packed"].append(["ipsets", "big", "type", "nothing"])
-    body = json.dumps(payload).encode()
-    head = json.loads(header)
-    head["size"], head["sha256"] = len(body), __import__("hashlib").sha256(body).hexdigest()
-    entry.write_bytes(json.dumps(head).encode() + b"\n" + body)
-    raw = (repo / "fleet.yaml").read_bytes()
-    cold = DesiredCache(tmp_path / "cache")
-    assert cold.get(cache_mod.FLEET_ROLE, raw, "fleet.yaml", repo) is None
+    def rewrite(change: dict[str, Any]) -> None:
+        # Rewritten with matching digests (a consistent forgery, not a torn file).
+        forged = json.dumps({**payload, **change}).encode()
+        full = forged + blobs
+        head2 = {**head, "json": len(forged), "size": len(full),
+                 "sha256": hashlib.sha256(full).hexdigest()}  # fmt: skip
+        entry.write_bytes(json.dumps(head2).encode() + b"\n" + full)
+
+    for change in (
+        {"packed": [["ipsets", "big", "type"]]},  # names a string, not a blob index
+        {"blobs": [payload["blobs"][0], payload["blobs"][1] + 1]},  # sizes do not add up
+    ):
+        rewrite(change)
+        cold = DesiredCache(tmp_path / "cache")
+        assert cold.get(cache_mod.FLEET_ROLE, raw, "fleet.yaml", repo) is None, change
 
 
 def test_a_hit_locates_a_later_problem_exactly(tmp_path: Path) -> None:
