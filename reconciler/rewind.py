@@ -15,6 +15,7 @@ __all__ = ["check_rewind", "check_rewind_resolved", "describe_commit", "raw_comm
 
 
 def _is_ancestor(repo: GitRepo, ancestor: str, descendant: str) -> bool:
+    """Whether commit ``ancestor`` is an ancestor of ``descendant`` (git merge-base)."""
     try:
         repo.git("merge-base", "--is-ancestor", ancestor, descendant)
     except GitError as exc:
@@ -57,8 +58,8 @@ def check_rewind_resolved(
 
 
 def raw_commit_bytes(repo: GitRepo, sha: str) -> bytes:
-    # The raw object, byte for byte: a parsed and re-encoded commit, or text with trailing
-    # newlines stripped, would change the signed payload.
+    """The commit object ``sha`` of ``repo``, byte for byte (a parsed and re-encoded commit,
+    or text with trailing newlines stripped, would change the signed payload)."""
     return repo.raw_commit(sha)
 
 
