@@ -512,3 +512,21 @@ def test_a_read_only_cache_reads_and_writes_nothing(tmp_path: Path) -> None:
     assert (reader.hits, reader.misses, reader.written) == (1, 1, 0)
     assert len(_entries(tmp_path / "state" / "cache")) == 2
     assert entry.stat().st_mtime == 0
+
+
+def test_a_run_opens_one_cache_per_directory(tmp_path: Path) -> None:
+    """``common.disk_cache`` asked twice in a run (the load, then the trust check) gives the
+    same cache; a state dir that does not exist yet gives none, and a cache once it does."""
+    import argparse
+
+    from reconciler.cli import common
+
+    args = argparse.Namespace(no_cache=False, cache_dir=None, dry_run=False)
+    state = tmp_path / "state"
+    assert common.disk_cache(args, state) is None  # not created for this
+    state.mkdir(mode=0o700)
+    first = common.disk_cache(args, state)
+    assert first is not None and common.disk_cache(args, state) is first
+    explicit = argparse.Namespace(no_cache=False, cache_dir=str(tmp_path / "ci"), dry_run=True)
+    assert common.disk_cache(explicit, None) is common.disk_cache(explicit, state)
+    assert common.disk_cache(argparse.Namespace(no_cache=True), state) is None

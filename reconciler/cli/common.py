@@ -242,16 +242,28 @@ def disk_cache(args: argparse.Namespace, state_dir: Path | None) -> DesiredCache
 
     if getattr(args, "no_cache", False):
         return None
+    # One cache per run and directory: asked again (the load, then the trust check), the
+    # same one, its counts whole. Kept on ``args``, whose life is the run's.
+    opened: dict[Path | None, DesiredCache] = args.__dict__.setdefault("_disk_caches", {})
     explicit: str | None = getattr(args, "cache_dir", None)
+    where = Path(explicit) if explicit else state_dir
+    if where in opened:
+        return opened[where]
+    cache: DesiredCache | None
     if explicit:
         try:
-            return DesiredCache(Path(explicit))
+            cache = DesiredCache(Path(explicit))
         except StateError as e:
             print(f"reconcile: warning: desired-state cache not used: {e}", file=sys.stderr)
             return None
-    if state_dir is None:
+    elif state_dir is None:
         return None
-    return DesiredCache.in_state_dir(state_dir, read_only=bool(getattr(args, "dry_run", False)))
+    else:
+        dry_run = bool(getattr(args, "dry_run", False))
+        cache = DesiredCache.in_state_dir(state_dir, read_only=dry_run)
+    if cache is not None:  # None (no state dir yet): asked again once it exists
+        opened[where] = cache
+    return cache
 
 
 def host_config_or_report(args: argparse.Namespace, prog: str) -> HostConfig | None:
