@@ -32,8 +32,6 @@ def configure(
     ``json_lines=None`` picks JSON lines unless stderr is a terminal. Until this is called,
     events go to stderr with that same default choice.
     """
-    if json_lines is None:
-        json_lines = not sys.stderr.isatty()
     _settings.update(json_lines=json_lines, level=level, file=file)
 
 
@@ -58,7 +56,7 @@ def _emit(level: str, event: str, fields: dict[str, Any]) -> None:
     if _LEVELS[level] < _settings.get("level", INFO):
         return
     json_lines = _settings.get("json_lines")
-    if json_lines is None:
+    if json_lines is None:  # the default, configured or not: JSON unless stderr is a terminal
         json_lines = not sys.stderr.isatty()
     line = (_json_line if json_lines else _console_line)(level, event, fields)
     out = _settings.get("file") or sys.stderr  # looked up now: tests swap sys.stderr

@@ -350,6 +350,16 @@ def _resolved(ev: Any, resolve: Any, construct: Any) -> Any:
     )
 
 
+def _splice(folded: list[str], container: list[Any], count: int) -> int:
+    """Append a folded run's items to the sequence ``container`` in place of its
+    placeholder (already counted in ``count``); the new count, _Bail past MAX_VALUES."""
+    count += len(folded) - 1
+    if count > MAX_VALUES:
+        raise _Bail
+    container.extend(folded)
+    return count
+
+
 def _events_to_data(
     loader: Any, runs: dict[str, list[str]]
 ) -> tuple[dict[str, Any], dict[YPath, Pos], dict[YPath, Pos]]:
@@ -416,11 +426,7 @@ def _events_to_data(
             elif runs and value in runs:
                 if is_map or ev.style or len(path) >= MAX_DEPTH:
                     raise _Bail  # a placeholder anywhere but as a plain item
-                folded = runs.pop(value)
-                count += len(folded) - 1
-                if count > MAX_VALUES:
-                    raise _Bail
-                container.extend(folded)
+                count = _splice(runs.pop(value), container, count)
                 continue
             if is_map:
                 mark = ev.start_mark
@@ -464,11 +470,7 @@ def _events_to_data(
                 elif runs and value in runs:
                     if ev.style:  # quoted or a block scalar ("" or None: plain)
                         raise _Bail
-                    folded = runs.pop(value)
-                    count += len(folded) - 1
-                    if count > MAX_VALUES:
-                        raise _Bail
-                    new.extend(folded)
+                    count = _splice(runs.pop(value), new, count)
                     ev = get()
                     continue
                 append(value)

@@ -200,14 +200,13 @@ class LazyMapping(Mapping[str, Any]):
     def __init__(self, module: str, name: str) -> None:
         """Nothing is imported yet."""
         self.lazy_target = (module, name)
-        self._where = (module, name)
         self._mapping: Mapping[str, Any] | None = None
 
     def _target(self) -> Mapping[str, Any]:
         if self._mapping is None:
             import importlib
 
-            module, name = self._where
+            module, name = self.lazy_target
             self._mapping = getattr(importlib.import_module(module), name)
         return self._mapping
 

@@ -195,9 +195,10 @@ class IpsetProvider:
         # Changes applied by this provider in this run: what a require_applied op checks.
         self._applied: set[str] = set()
         # The desired members of the last read, by set (members digest, members), and the
-        # dump memo it found (:mod:`.dumpmemo`): what forget_vanished records.
+        # dump memo (:mod:`.dumpmemo`), read once (None: not yet), then as last written:
+        # what forget_vanished records.
         self._wanted: dict[str, tuple[str, frozenset[str]]] = {}
-        self._memo: dict[str, tuple[str, str]] = {}
+        self._memo: dict[str, tuple[str, str]] | None = None
 
     # ----------------------------------------------------------------------------- read
     def read(self, desired: HostDesired) -> IpsetLive:
@@ -253,7 +254,8 @@ class IpsetProvider:
             for name, spec in desired.ipsets.items()
             if spec.members_digest is not None and not is_tombstone(spec)
         }
-        self._memo = dumpmemo.load(self.state.path) if self.state is not None else {}
+        if self._memo is None:  # the plan's read; the verify re-read has it already
+            self._memo = dumpmemo.load(self.state.path) if self.state is not None else {}
         known: dict[str, tuple[str, frozenset[str]]] = {}
         for name, (digest, members) in self._wanted.items():
             entry = self._memo.get(name)
