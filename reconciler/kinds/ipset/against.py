@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from reconciler.cidr import sort_key
+from reconciler.cidr import sort_networks
 from reconciler.fielddiff import Memo, field_ops
 from reconciler.kinds.ipset.spec import is_tombstone
 from reconciler.model import HostDesired, IpsetSpec
@@ -92,7 +92,7 @@ def ipset_change(name: str, b: IpsetSpec | None, a: IpsetSpec | None) -> Change 
     summary = _summary(a)
     if b is None:
         ops = [Op("create_set", {"set": name, "type": a.type, "family": a.family})]
-        ops += [Op("add_member", {"member": m}) for m in sorted(a.members, key=sort_key)]
+        ops += [Op("add_member", {"member": m}) for m in sort_networks(a.members)]
         return Change("ipset", name, "create", tuple(ops), None, summary)
     bs, as_ = _summary(b), summary
     ops = field_ops(
@@ -103,6 +103,6 @@ def ipset_change(name: str, b: IpsetSpec | None, a: IpsetSpec | None) -> Change 
     action: Action = "update"
     if b.type != a.type or b.family != a.family:
         action = "replace"
-    ops += [Op("add_member", {"member": m}) for m in sorted(a.members - b.members, key=sort_key)]
-    ops += [Op("delete_member", {"member": m}) for m in sorted(b.members - a.members, key=sort_key)]
+    ops += [Op("add_member", {"member": m}) for m in sort_networks(a.members - b.members)]
+    ops += [Op("delete_member", {"member": m}) for m in sort_networks(b.members - a.members)]
     return Change("ipset", name, action, tuple(ops), bs, as_)

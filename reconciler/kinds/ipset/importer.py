@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.cidr import parse_network, sort_key
+from reconciler.cidr import parse_network, sort_networks
 from reconciler.errors import Problem, ReconcilerError, ValidationError
 from reconciler.importing import Found, ImportContext, Resource, Skipped, read_input
 from reconciler.kinds.ipset import firewall
@@ -104,7 +104,7 @@ def _unexpressible(name: str, s: LiveSet) -> str | None:
     if s.nomatch:
         return (
             f"{len(s.nomatch)} nomatch entr{'y' if len(s.nomatch) == 1 else 'ies'} "
-            f"({', '.join(sorted(s.nomatch, key=sort_key)[:3])}): exceptions git cannot express"
+            f"({', '.join(sort_networks(s.nomatch)[:3])}): exceptions git cannot express"
         )
     if "skbinfo" in h.options:
         return "created with skbinfo (per-entry skbmark/skbprio/skbqueue): git cannot express it"
@@ -137,7 +137,7 @@ def from_sets(
             value["family"] = h.family
         if h.maxelem is not None and h.maxelem != KERNEL_MAXELEM:
             value["maxelem"] = h.maxelem
-        value["members"] = sorted(s.members, key=sort_key)
+        value["members"] = sort_networks(s.members)
         notes = [origin(name)]
         if h.hashsize is not None:
             notes.append(f"hashsize {h.hashsize} left to the kernel (it grows it as needed)")

@@ -49,6 +49,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from reconciler import cidr as _cidr
 from reconciler.errors import NetlinkError, ProviderError
 from reconciler.netlinksock import (
     NETLINK_CAP_ACK,
@@ -270,6 +271,7 @@ _DUMP_NET4 = struct.Struct("=III4sIB3x")  # 24 bytes
 _DUMP_NET6 = struct.Struct("=III16sIB3x")  # 36 bytes
 _DUMP_IP4 = struct.Struct("=III4s")  # 16 bytes
 _DUMP_IP6 = struct.Struct("=III16s")  # 28 bytes
+_HEAD = struct.Struct("=HHHHHH")  # an entry's first 12 bytes: DATA, IP, IPADDR headers
 _NET4_FIELDS = struct.Struct("=12x4B4xB3x")  # the four octets and the prefix length
 _IP4_FIELDS = struct.Struct("=12x4B")
 _OCTETS = tuple(str(i) for i in range(256))
@@ -562,6 +564,10 @@ def _decode_adt_fast(
     if not _same_headers(chunk, size, offsets):
         return False
     if v4:
+        fast = _cidr.netfast
+        if fast is not None:  # the same strings, formatted in C
+            acc.members.extend(fast.format4(chunk, size, 12, 20 if is_net else -1))
+            return True
         octets = _OCTETS
         if is_net:
             acc.members.extend(
@@ -718,6 +724,13 @@ def _encode_members(
     h0, h1, h2, h3, h4, h5 = head
     pton = socket.inet_pton
     names = list(members)
+    fast = _cidr.netfast
+    if fast is not None:  # the same bytes, built in C; None: a malformed member, found below
+        done = fast.encode(names, af == socket.AF_INET6, _HEAD.pack(*head),
+                           _NLA.pack(5, IPSET_ATTR_CIDR), _NLA.pack(8, IPSET_ATTR_CADT_LINENO),
+                           extra)  # fmt: skip
+        if done is not None:
+            return done, names
     out: list[bytes] = []
     append = out.append
     for lineno, member in enumerate(names, 1):

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from reconciler.cidr import sort_key
+from reconciler.cidr import sort_networks
 from reconciler.errors import NetlinkError, ProviderError, StateError
 from reconciler.kinds.ipset import dumpmemo, firewall
 from reconciler.kinds.ipset.against import spec_summary
@@ -359,11 +359,11 @@ class IpsetProvider:
         if refusal_why is not None:
             raise _PlanRefusal(refusal_why)
         live_members = cur.members if cur.members is not None else frozenset()
-        new = sorted(spec.members - live_members, key=sort_key)
+        new = sort_networks(spec.members - live_members)
         # Members git lists that the set holds with a timeout of their own would expire:
         # they are added again, permanent.
-        renew = sorted(spec.members & cur.expiring, key=sort_key)
-        delete = sorted(live_members - spec.members, key=sort_key)
+        renew = sort_networks(spec.members & cur.expiring)
+        delete = sort_networks(live_members - spec.members)
         need_rule = bool(spec.firewall) and not live.rule_present.get(name, False)
         sizing = []
         if spec.maxelem is not None and spec.maxelem != h.maxelem:
@@ -420,7 +420,7 @@ class IpsetProvider:
         timeout = {"timeout": 0} if h.timeout is not None else {}
         first = set(early)
         ops = [Op("delete_member", {"member": m}) for m in early]
-        adds = sorted(set(new) | set(renew), key=sort_key)
+        adds = sort_networks(set(new) | set(renew))
         ops += [Op("add_member", {"member": m, **timeout}) for m in adds]
         ops += [Op("delete_member", {"member": m}) for m in delete if m not in first]
         if need_rule:
@@ -455,7 +455,7 @@ class IpsetProvider:
                 },
             )
         ]
-        ops += [Op("add_member", {"member": m}) for m in sorted(spec.members, key=sort_key)]
+        ops += [Op("add_member", {"member": m}) for m in sort_networks(spec.members)]
         return Change(
             KIND, spec.name, "create", tuple(ops + rule_ops), None, spec_summary(spec),
             warnings=warnings,
@@ -535,7 +535,7 @@ class IpsetProvider:
                 {
                     "set": tmp,
                     "count": len(spec.members),
-                    "members": sorted(spec.members, key=sort_key),
+                    "members": sort_networks(spec.members),
                     **timeout,
                 },
             )
@@ -958,7 +958,7 @@ def _unmanageable(name: str, cur: LiveSet) -> str | None:
     ``timeout``, ``counters``, ``comment`` and ``forceadd`` are managed (see the module
     docstring)."""
     if cur.nomatch:
-        entries = _some(sorted(cur.nomatch, key=sort_key))
+        entries = _some(sort_networks(cur.nomatch))
         return (
             f"set {name} holds {len(cur.nomatch)} nomatch entr"
             f"{'y' if len(cur.nomatch) == 1 else 'ies'} ({entries}):"

@@ -1,0 +1,24 @@
+# The optional C extension (reconciler/_netfast.c); each function's Python twin is named there.
+from collections.abc import Callable, Collection
+from typing import Any
+
+def scan(
+    items: list[Any],
+    start: int,
+    seen4: dict[str, int] | None,
+    seen6: dict[str, int] | None,
+    comments: bool,
+    slow: Callable[[int, Any], object],
+    /,
+) -> None: ...
+def sort(members: Collection[str], /) -> list[str] | None: ...
+def encode(
+    members: list[str],
+    v6: bool,
+    head: bytes,
+    cidr_hdr: bytes,
+    lineno_hdr: bytes,
+    extra: bytes,
+    /,
+) -> list[bytes] | None: ...
+def format4(chunk: bytes | memoryview, size: int, addr_off: int, cidr_off: int, /) -> list[str]: ...

@@ -1,0 +1,162 @@
+"""The C loops (``reconciler._netfast``) give exactly the answers of the Python loops they
+stand for, on generated input, valid or not: a set's member check (members, problems, their
+order and places), a list's parse, the sort, the netlink entries and a dump's decoding.
+
+Each test runs the same call twice, with the extension and with ``cidr.netfast`` set to
+None (the pure-Python path of an install where it could not be built). The extension is
+built by ``scripts/setup`` (gcc and python3-dev); without it these tests fail, not skip,
+since they would otherwise compare Python with itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from reconciler import cidr
+from reconciler.kinds.ipset import checks, lists, netlink
+from reconciler.yamlsrc import parse_yaml
+from tests.test_cidr import hextet, octet, prefix4, prefix6, whitespace
+
+T = TypeVar("T")
+FAST = cidr.netfast
+
+
+@pytest.fixture(autouse=True)
+def _built() -> Iterator[None]:
+    assert FAST is not None, (
+        "reconciler._netfast is not built: run scripts/setup (it needs gcc and python3-dev)"
+    )
+    yield
+    cidr.netfast = FAST
+
+
+def both(call: Callable[[], T]) -> tuple[T | str, T | str]:
+    """``call()`` with the C loops and with the Python loops (an exception as its repr)."""
+    out: list[T | str] = []
+    for fast in (FAST, None):
+        cidr.netfast = fast
+        try:
+            out.append(call())
+        except Exception as e:  # the same refusal either way is part of the contract
+            out.append(f"{type(e).__name__}: {e}")
+        finally:
+            cidr.netfast = FAST
+    return out[0], out[1]
+
+
+ipv4 = st.builds(lambda o, p: o if p is None else f"{o}/{p}",
+                 st.tuples(octet, octet, octet, octet).map(".".join), prefix4)  # fmt: skip
+ipv6 = st.builds(lambda h, p: h if p is None else f"{h}/{p}",
+                 st.lists(hextet, min_size=1, max_size=8).map(":".join)
+                 | st.sampled_from(["::", "::1", "2001:db8::", "::ffff:1.2.3.4", "fe80::1%eth0"]),
+                 prefix6)  # fmt: skip
+real = st.one_of(
+    st.builds(lambda a, p: str(ipaddress.ip_network(f"{a}/{p}", strict=False)),
+              st.ip_addresses(v=4), st.integers(0, 32)),
+    st.builds(lambda a, p: str(ipaddress.ip_network(f"{a}/{p}", strict=False)),
+              st.ip_addresses(v=6), st.integers(0, 128)),
+    st.ip_addresses().map(str),
+    st.ip_addresses(v=4).map(lambda a: f"{a}/24"),  # host bits, often
+    st.ip_addresses(v=6).map(lambda a: f"{a}/64"),
+)
+member = st.one_of(
+    real,
+    real,
+    ipv4,
+    ipv6,
+    st.builds(lambda a, m, b: a + m + b, whitespace, real, whitespace),
+    # a NUL, Arabic-Indic digits, a no-break space: never read in C
+    st.sampled_from(["", " ", "#", "10.0.0.0/8 # note", "10.0.0.1\x00", "\u0661\u0660.0.0.0/8",
+                     "\u00a01.2.3.4"]),
+)
+# Few distinct values, so duplicates (as typed, and the same network spelled two ways) occur.
+members = st.lists(st.one_of(member, st.sampled_from(["10.0.0.0/8", "10.0.0.0/08", "10.0.0.1",
+                                                     "10.0.0.1/32", "2001:DB8::/32",
+                                                     "2001:db8::/32"])),
+                   max_size=40)  # fmt: skip
+
+
+def _inline(family: str, items: list[Any]) -> tuple[list[tuple[Any, ...]], Any]:
+    doc = parse_yaml(b"ipsets: {}\n", "fleet.yaml")
+    spec = {"type": "hash:net", "family": family, "members": items}
+    problems = checks.check(doc, "s", spec)
+    return [(p.line, p.column, p.path, p.message) for p in problems], doc.derived
+
+
+@settings(max_examples=400)
+@given(members, st.sampled_from(["inet", "inet6"]))
+@example(["10.0.0.0/8", " 10.0.0.0/8", "10.0.0.0/08", "1.2.3.4"], "inet")
+@example(["2001:DB8::/32", "2001:db8::/32", "::ffff:1.2.3.4", "10.0.0.0/8"], "inet6")
+def test_member_check(items: list[str], family: str) -> None:
+    ours, theirs = both(lambda: _inline(family, items))
+    assert ours == theirs
+
+
+def test_member_check_of_non_strings() -> None:
+    items: list[Any] = ["10.0.0.0/8", 5, None, ["x"], "10.0.0.0/8"]
+    ours, theirs = both(lambda: _inline("inet", items))
+    assert ours == theirs
+
+
+line = st.one_of(
+    member,
+    st.builds(lambda m, c: f"{m} # {c}", member, st.text(max_size=5)),
+    st.sampled_from(["", "# a comment", "   ", "\r", "10.1.0.0/16\r", "#10.0.0.0/8"]),
+)
+
+
+@settings(max_examples=400)
+@given(st.lists(line, max_size=40), st.booleans())
+@example(["10.0.0.0/8", "10.0.0.0/8 # again", "2001:DB8::/32", "2001:db8::/32"], False)
+def test_list_parse(items: list[str], bom: bool) -> None:
+    data = (("\ufeff" if bom else "") + "\n".join(items)).encode("utf-8", "surrogatepass")
+    ours, theirs = both(lambda: lists.parse(data))
+    assert ours == theirs
+
+
+@settings(max_examples=300)
+@given(st.lists(st.one_of(real.map(lambda t: str(ipaddress.ip_network(t, strict=False))),
+                          st.sampled_from(["2001:DB8::/32", "10.0.0.0/32", "1.2.3.4/64",
+                                           "::ffff:1.2.3.4/128", "10.0.0.0", "x/8"])),
+                max_size=60))  # fmt: skip
+def test_sort(items: list[str]) -> None:
+    ours, theirs = both(lambda: cidr.sort_networks(items))
+    assert ours == theirs
+
+
+@settings(max_examples=300)
+@given(st.lists(st.one_of(real, ipv4, ipv6, st.sampled_from(["10.0.0.0/0032", "1.2.3.4/33"])),
+                max_size=30),
+       st.sampled_from(["inet", "inet6"]), st.one_of(st.none(), st.integers(0, 2**31)))  # fmt: skip
+def test_netlink_entries(items: list[str], family: str, timeout: int | None) -> None:
+    ours, theirs = both(lambda: netlink._encode_members(family, items, "ipset/s", timeout))
+    assert ours == theirs
+
+
+@given(st.lists(st.tuples(st.binary(min_size=4, max_size=4), st.integers(0, 255)), min_size=1,
+                max_size=50), st.booleans())  # fmt: skip
+def test_dump_decoding(entries: list[tuple[bytes, int]], is_net: bool) -> None:
+    def entry(addr: bytes, plen: int) -> bytes:
+        ip = struct.pack("=HH", 8, netlink._V4_T) + addr
+        nested = struct.pack("=HH", 12, netlink._IP_T) + ip
+        if is_net:
+            nested += struct.pack("=HHB3x", 5, netlink.IPSET_ATTR_CIDR, plen)
+        return struct.pack("=HH", 4 + len(nested), netlink._DATA_T) + nested
+
+    chunk = b"".join(entry(a, p) for a, p in entries)
+
+    def decode() -> tuple[bool, list[str]]:
+        acc = netlink._Acc("s")
+        done = netlink._decode_adt_fast(acc, memoryview(chunk), 0, len(chunk), True, is_net)
+        return done, acc.members
+
+    ours, theirs = both(decode)
+    assert ours == theirs
+    assert ours[0] is True  # the fixed layout took the fast path in both
