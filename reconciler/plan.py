@@ -9,23 +9,24 @@ the objects, so the two can never disagree.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 FORMAT_VERSION = 1
 
 Action = Literal["create", "update", "delete", "replace", "move"]
 
 
-@dataclass(frozen=True)
-class Op:
+class Op(NamedTuple):
     """One typed operation. ``op`` is its verb; ``args`` names what it touches.
 
     ``args`` must be JSON-serialisable (strings, numbers, lists, dicts) because it is copied
     verbatim into the JSON plan, e.g. ``Op("add_member", {"member": "203.0.113.0/24"})``.
+    Immutable; a named tuple, not a frozen dataclass, because a 200,000-member load makes one
+    per member and a tuple is made in half the time.
     """
 
     op: str
-    args: dict[str, Any] = field(default_factory=dict)
+    args: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
         """Return ``{"op": ..., **args}`` as in the JSON plan."""

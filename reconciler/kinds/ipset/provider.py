@@ -47,17 +47,22 @@ import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from reconciler.cidr import sort_networks
 from reconciler.errors import NetlinkError, ProviderError, StateError
 from reconciler.kinds.ipset import dumpmemo, firewall
 from reconciler.kinds.ipset.against import spec_summary
+from reconciler.kinds.ipset.batches import MEMBER_OPS, batches
 from reconciler.kinds.ipset.netlink import IpsetClient, LiveSet
 from reconciler.kinds.ipset.spec import is_tombstone
 from reconciler.model import HostDesired, IpsetSpec
 from reconciler.plan import Change, Op, PlanError, PlanWarning
 from reconciler.state import INTENT, StateDir
+
+_ARGS = attrgetter("args")
+_MEMBER = itemgetter("member")
 
 KIND = "ipset"
 TEMP_SUFFIX = "~rnew"
@@ -768,31 +773,20 @@ class IpsetProvider:
         family = (change.after or change.before or {}).get("family", "inet")
         try:
             with IpsetClient() as client:
-                i = 0
                 ops = change.ops
-                while i < len(ops):
+                for i, j in batches(ops):
                     op = ops[i]
-                    if op.op in ("add_member", "delete_member"):
+                    if op.op in MEMBER_OPS:
+                        members = list(map(_MEMBER, map(_ARGS, ops[i:j])))
                         timeout = op.args.get("timeout")
-                        # The run of the same op (and timeout): one step per member, so
-                        # with nothing looked up twice.
-                        verb, j, end = op.op, i + 1, len(ops)
-                        while j < end:
-                            nxt = ops[j]
-                            if nxt.op != verb or nxt.args.get("timeout") != timeout:
-                                break
-                            j += 1
-                        members = [o.args["member"] for o in ops[i:j]]
                         if op.op == "add_member":
                             client.add_members(change.name, family, members, timeout=timeout)
                         else:
                             client.delete_members(change.name, family, members)
                         done.extend(ops[i:j])
-                        i = j
                         continue
                     self._apply_one(client, change, op, family)
                     done.append(op)
-                    i += 1
         except ProviderError as e:
             if e.address is None:
                 e.address = address
