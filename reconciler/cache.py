@@ -163,23 +163,31 @@ def _lines(items: Any) -> str | None:
     return text if text.count("\n") == len(items) - 1 else None
 
 
-def _pack(value: Any, path: list[Any], packed: list[list[Any]], blobs: list[bytes]) -> Any:
+def _pack(
+    value: Any,
+    path: list[Any],
+    packed: list[list[Any]],
+    blobs: list[bytes],
+    lists: dict[int, list[str]],
+) -> Any:
     """``value`` (plain data) with every long list of strings replaced by the index of its
-    :func:`_lines` in ``blobs`` (appended there, encoded), each replaced list's path
-    appended to ``packed``; ``value`` itself is not changed."""
+    :func:`_lines` in ``blobs`` (appended there, encoded, and the list kept in ``lists``
+    by that index), each replaced list's path appended to ``packed``; ``value`` itself is
+    not changed."""
     if isinstance(value, dict):
-        return {k: _pack(v, [*path, k], packed, blobs) for k, v in value.items()}
+        return {k: _pack(v, [*path, k], packed, blobs, lists) for k, v in value.items()}
     if isinstance(value, list):
         text = _lines(value)
         if text is not None:
             packed.append(path)
             blobs.append(text.encode())
+            lists[len(blobs) - 1] = value
             return len(blobs) - 1
-        return [_pack(v, [*path, i], packed, blobs) for i, v in enumerate(value)]
+        return [_pack(v, [*path, i], packed, blobs, lists) for i, v in enumerate(value)]
     return value
 
 
-def _unpack(data: Any, packed: Any, blobs: list[str]) -> None:
+def _unpack(data: Any, packed: Any, blobs: list[str], split: dict[int, list[str]]) -> None:
     """Undo :func:`_pack` in ``data``, in place; ValueError when ``packed`` does not name
     blob indexes in ``data`` (an entry that cannot be trusted)."""
     if not isinstance(packed, list):
@@ -190,13 +198,19 @@ def _unpack(data: Any, packed: Any, blobs: list[str]) -> None:
         parent = data
         for step in path[:-1]:
             parent = parent[step]
-        parent[path[-1]] = _blob(blobs, parent[path[-1]]).split("\n")
+        # A copy: the same blob may be a frozenset of the derived results too.
+        parent[path[-1]] = list(_blob_lines(blobs, parent[path[-1]], split))
 
 
-def _blob(blobs: list[str], index: Any) -> str:
+def _blob_lines(blobs: list[str], index: Any, split: dict[int, list[str]]) -> list[str]:
+    """The lines of blob ``index``, split once per read (``split`` keeps them): a set's
+    canonical members that are its ``members:`` as written share their strings."""
     if type(index) is not int or not 0 <= index < len(blobs):
         raise ValueError("blob index")
-    return blobs[index]
+    lines = split.get(index)
+    if lines is None:
+        lines = split[index] = blobs[index].split("\n")
+    return lines
 
 
 def _split_blobs(region: bytes, sizes: Any) -> list[str]:
@@ -214,15 +228,28 @@ def _split_blobs(region: bytes, sizes: Any) -> list[str]:
     return out
 
 
-def _encode_derived(derived: dict[tuple[str, ...], Any], blobs: list[bytes]) -> list[Any] | None:
+def _encode_derived(
+    derived: dict[tuple[str, ...], Any], blobs: list[bytes], lists: dict[int, list[str]]
+) -> list[Any] | None:
     """The derived results that JSON can carry (a frozenset of strings, plain data; a long
-    frozenset as a blob, appended to ``blobs``), or None when one cannot be carried: then
-    the document is not stored (its later steps would need what the entry lacks)."""
+    frozenset as a blob: the blob of a packed list of the data (``lists``, by index) that
+    holds exactly its strings, else one appended to ``blobs``), or None when one cannot be
+    carried: then the document is not stored (its later steps would need what the entry
+    lacks)."""
     out: list[Any] = []
     for key, value in derived.items():
         if not all(isinstance(k, str) for k in key):
             return None
-        if type(value) is frozenset and (text := _lines(value)) is not None:
+        same = None
+        if type(value) is frozenset:
+            same = next(
+                (i for i, items in lists.items() if len(items) == len(value) == len(set(items))
+                 and value.issuperset(items)),
+                None,
+            )  # fmt: skip
+        if same is not None:
+            out.append([list(key), "lines", same])  # a set's members as written: one blob
+        elif type(value) is frozenset and (text := _lines(value)) is not None:
             blobs.append(text.encode())
             out.append([list(key), "lines", len(blobs) - 1])
         elif type(value) is frozenset and set(map(type, value)) <= {str}:
@@ -234,7 +261,9 @@ def _encode_derived(derived: dict[tuple[str, ...], Any], blobs: list[bytes]) -> 
     return out
 
 
-def _decode_derived(items: Any, blobs: list[str]) -> dict[tuple[str, ...], Any]:
+def _decode_derived(
+    items: Any, blobs: list[str], split: dict[int, list[str]]
+) -> dict[tuple[str, ...], Any]:
     if not isinstance(items, list):
         raise ValueError("derived")
     out: dict[tuple[str, ...], Any] = {}
@@ -245,7 +274,7 @@ def _decode_derived(items: Any, blobs: list[str]) -> dict[tuple[str, ...], Any]:
         if not key or not all(isinstance(k, str) for k in key):
             raise ValueError("derived key")
         if how == "lines":
-            out[tuple(key)] = frozenset(_blob(blobs, value).split("\n"))
+            out[tuple(key)] = frozenset(_blob_lines(blobs, value, split))
         elif how == "frozenset":
             if not (isinstance(value, list) and set(map(type, value)) <= {str}):
                 raise ValueError("derived frozenset")
@@ -429,7 +458,8 @@ class DesiredCache:
             inputs = _inputs(payload)
             if inputs is None:
                 return None
-            _unpack(payload["data"], payload.get("packed", []), blobs)
+            split: dict[int, list[str]] = {}
+            _unpack(payload["data"], payload.get("packed", []), blobs, split)
             doc = YamlDoc(
                 file,
                 payload["data"],
@@ -437,7 +467,7 @@ class DesiredCache:
                 keys=_decode_positions(payload.get("keys")),
                 source=content,
             )
-            doc.derived = _decode_derived(payload.get("derived"), blobs)
+            doc.derived = _decode_derived(payload.get("derived"), blobs, split)
             doc.inputs = inputs
         except (ValueError, TypeError, LookupError, RecursionError, UnicodeDecodeError):
             return None
@@ -487,12 +517,13 @@ class DesiredCache:
         if not _plain(doc.data):
             return False
         blobs: list[bytes] = []
-        derived = _encode_derived(doc.derived, blobs)
+        lists: dict[int, list[str]] = {}
+        packed: list[list[Any]] = []
+        data = _pack(doc.data, [], packed, blobs, lists)
+        derived = _encode_derived(doc.derived, blobs, lists)
         if derived is None:
             return False
         values, keys = doc.known_positions()
-        packed: list[list[Any]] = []
-        data = _pack(doc.data, [], packed, blobs)
         payload = json.dumps(
             {
                 "data": data,

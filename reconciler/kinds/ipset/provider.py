@@ -364,11 +364,14 @@ class IpsetProvider:
         if refusal_why is not None:
             raise _PlanRefusal(refusal_why)
         live_members = cur.members if cur.members is not None else frozenset()
-        new = sort_networks(spec.members - live_members)
+        # The very desired members (the dump memo found the dump they were read from): no
+        # set difference of 65,536 members with itself.
+        same = live_members is spec.members
+        new = [] if same else sort_networks(spec.members - live_members)
         # Members git lists that the set holds with a timeout of their own would expire:
         # they are added again, permanent.
         renew = sort_networks(spec.members & cur.expiring)
-        delete = sort_networks(live_members - spec.members)
+        delete = [] if same else sort_networks(live_members - spec.members)
         need_rule = bool(spec.firewall) and not live.rule_present.get(name, False)
         sizing = []
         if spec.maxelem is not None and spec.maxelem != h.maxelem:
