@@ -7,7 +7,7 @@ plan can say exactly what failed while the rest of the run carries on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class ReconcilerError(Exception):
@@ -27,8 +27,7 @@ class ReconcilerError(Exception):
         return self.message
 
 
-@dataclass(frozen=True, order=True)
-class Problem:
+class Problem(NamedTuple):
     """One problem in the desired state, located in its source file.
 
     Rendered as ``file:line:column: path: message`` (the format editors and CI annotate).

@@ -13,8 +13,8 @@ path arguments are relative to the repository's top, and with stdin at ``/dev/nu
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from reconciler import runner
 
@@ -37,8 +37,7 @@ class GitError(Exception):
                          f"{lines[-1] if lines else 'no message'}")  # fmt: skip
 
 
-@dataclass(frozen=True)
-class TreeEntry:
+class TreeEntry(NamedTuple):
     """What a commit's tree holds at a path: git's ``mode`` (octal text, ``100644``), the
     object ``type`` (``blob``, ``tree``, ``commit`` for a submodule), its id and size."""
 

@@ -14,8 +14,8 @@ import os
 import subprocess
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from reconciler import runner
 from reconciler.errors import CommandError, SourceError
@@ -28,8 +28,7 @@ GIT_TIMEOUT = 300.0
 _TREE, _LINK, _GITLINK = "040000", "120000", "160000"
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One file of the tree: its path below the desired-state root, blob id and size."""
 
     path: str

@@ -26,7 +26,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from reconciler.errors import HostConfigError, Problem
 from reconciler.yamlsrc import YamlDoc, YPath, format_path, load_yaml
@@ -48,8 +48,7 @@ MAX_SIZE = 1024 * 1024
 _PROGRAMS = ("tarsnap", "restic")
 
 
-@dataclass(frozen=True)
-class Commands:
+class Commands(NamedTuple):
     """The program each backend runs: an absolute path, or a bare name looked up on the
     host's ``PATH``. Never taken from the repository."""
 
@@ -64,8 +63,7 @@ class Commands:
         return value
 
 
-@dataclass(frozen=True)
-class LibvirtPolicy:
+class LibvirtPolicy(NamedTuple):
     """What the host allows in libvirt node URIs beyond the safe transports."""
 
     #: ``test:///...`` URIs (libvirt's in-process test driver, which reads a host file).

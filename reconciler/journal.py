@@ -40,7 +40,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from reconciler import atomicfile
 from reconciler import kinds as registry
@@ -57,8 +57,7 @@ ALL_KINDS = registry.NAMES
 _ERROR_KIND = {h: k.name for k in registry.KINDS for h in (k.name, *k.error_heads)}
 
 
-@dataclass(frozen=True)
-class JournalProblem:
+class JournalProblem(NamedTuple):
     """A journal line that was skipped: its 1-based line number and why."""
 
     line: int
@@ -245,8 +244,7 @@ def last_success(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
-@dataclass(frozen=True)
-class DriftEvent:
+class DriftEvent(NamedTuple):
     """One change flagged as drift: when, at which commit, which resource and how."""
 
     finished: str

@@ -9,13 +9,12 @@ are valid. Everything is immutable; the zero value of every optional field is th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 Family = Literal["inet", "inet6"]
 
 
-@dataclass(frozen=True)
-class Location:
+class Location(NamedTuple):
     """Where a value came from: a file in the desired-state repo and a 1-based line/column."""
 
     file: str
@@ -26,8 +25,7 @@ class Location:
         return f"{self.file}:{self.line}:{self.column}"
 
 
-@dataclass(frozen=True)
-class FirewallRule:
+class FirewallRule(NamedTuple):
     """An iptables rule that must exist so the set is actually used.
 
     Rendered as ``-I <chain> [-i <in_interface>] -m set --match-set <set> src -j <target>``.
@@ -93,8 +91,7 @@ RingValue = int | Literal["max"]
 RING_FIELDS: tuple[str, ...] = ("rx", "tx", "rx-mini", "rx-jumbo")
 
 
-@dataclass(frozen=True)
-class RingSpec:
+class RingSpec(NamedTuple):
     """Desired ring sizes: a positive number or ``"max"`` (the driver's preset maximum) per
     field; ``None`` leaves the field alone."""
 

@@ -79,8 +79,7 @@ class Change:
         return d
 
 
-@dataclass(frozen=True)
-class PlanError:
+class PlanError(NamedTuple):
     """An error found while reading or planning one resource; the rest of the plan stands."""
 
     address: str
@@ -91,8 +90,7 @@ class PlanError:
         return {"address": self.address, "message": self.message}
 
 
-@dataclass(frozen=True)
-class PlanWarning:
+class PlanWarning(NamedTuple):
     """Something to know about one resource that has no change in the plan (a change
     carries its own ``warnings``), e.g. a backup set with nothing to do that holds a
     future-dated archive. It blocks nothing and does not change the exit code."""

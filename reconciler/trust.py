@@ -18,9 +18,8 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from reconciler.errors import SourceError, VerifyError
 from reconciler.gitrepo import GitRepo
@@ -34,8 +33,7 @@ if TYPE_CHECKING:
 DEFAULT_PINS = "/etc/reconciler/signers.pin"
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     """The outcome for one target: ``verified`` lists the commits checked (oldest first)."""
 
     commit: str

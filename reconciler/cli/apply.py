@@ -12,9 +12,8 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from reconciler import __version__, engine, gitsource, journal, log, metrics, trust
 from reconciler.cli import ci_dryrun, common
@@ -55,8 +54,7 @@ USAGE = """reconcile [--dry-run] [--repo PATH|URL] [--host NAME] [--only KINDS] 
        reconcile --version"""
 
 
-@dataclass(frozen=True)
-class Scope:
+class Scope(NamedTuple):
     """What one host's run plans and how: the host, the kinds, the targets (``--target``),
     the guards' options, and the saved plan it applies (``--plan``), if any."""
 

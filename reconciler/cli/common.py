@@ -12,9 +12,8 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from reconciler import hostconfig, log
 from reconciler import kinds as registry
@@ -295,8 +294,7 @@ def shown_repo(args: argparse.Namespace) -> str:
     return f"{repo.rstrip('/')}/{path}" if path else repo
 
 
-@dataclass(frozen=True)
-class Loaded:
+class Loaded(NamedTuple):
     """A host's validated desired state for a run: ``desired``, ``vms.yaml`` (with the vm
     kind), the ``kinds`` to plan (those asked for, or for the VM controller without a host
     file only the cluster-wide ones) and ``note``, the warning that says so (else None)."""

@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from reconciler import runner
 from reconciler.errors import CommandError
@@ -42,8 +42,7 @@ XTABLES_WAIT, so a lock held too long ends as iptables' own message rather than 
 _WAIT = ["-w", str(XTABLES_WAIT)]
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     """One live rule that references an ipset with ``-m set --match-set``."""
 
     binary: str

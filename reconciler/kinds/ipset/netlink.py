@@ -48,6 +48,7 @@ import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import NamedTuple
 
 from reconciler import cidr as _cidr
 from reconciler.errors import NetlinkError, ProviderError
@@ -287,8 +288,7 @@ _V4_T = IPSET_ATTR_IPADDR_IPV4 | NLA_F_NET_BYTEORDER
 _V6_T = IPSET_ATTR_IPADDR_IPV6 | NLA_F_NET_BYTEORDER
 
 
-@dataclass(frozen=True)
-class SetHeader:
+class SetHeader(NamedTuple):
     """What the kernel reports about a set, besides its members.
 
     ``family`` is ``"inet"`` or ``"inet6"`` (``"unspec"`` for list:set). ``references`` counts
