@@ -73,13 +73,16 @@ HOST_ROLE = "host"
 
 
 def _package_files() -> list[str]:
-    """The package's source and schema files, by path relative to it, in a fixed order."""
+    """The package's source and schema files, by path relative to it, in a fixed order: its
+    Python, its schemas, and its C extension's source and built module (they check and
+    canonicalise members too)."""
     root = os.path.dirname(os.path.abspath(__file__))
     out = []
     for top, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         rel = os.path.relpath(top, root)
-        out += [os.path.join(rel, f) for f in sorted(files) if f.endswith((".py", ".json"))]
+        out += [os.path.join(rel, f) for f in sorted(files)
+                if f.endswith((".py", ".json", ".c", ".so"))]  # fmt: skip
     return out
 
 

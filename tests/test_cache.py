@@ -263,6 +263,11 @@ def test_the_reconciler_version_follows_the_source() -> None:
     assert version.startswith(f"{__version__}+")
     assert len(version.split("+")[1]) == 32
     assert cache_mod.schema_version() != cache_mod.reconciler_version()
+    # The C extension checks and canonicalises members too: its source and built module count.
+    files = cache_mod._package_files()
+    assert "./_netfast.c" in files
+    assert any(f.startswith("./_netfast.") and f.endswith(".so") for f in files)
+    assert "kinds/ipset/checks.py" in files
 
 
 def test_a_changed_input_file_misses(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ def test_missing_program_and_directory(tmp_path: Path) -> None:
     with pytest.raises(CommandNotFound) as e:
         runner.run(["no-such-program-here", "x"], timeout=5)
     assert e.value.program == "no-such-program-here"
-    with pytest.raises(CommandError, match="directory .* does not exist"):
+    with pytest.raises(CommandError, match=r"directory .* does not exist"):
         runner.run(["true"], timeout=5, cwd=tmp_path / "gone")
     script = tmp_path / "not-executable"
     script.write_text("#!/bin/sh\n")
