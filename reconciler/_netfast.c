@@ -10,7 +10,8 @@
  *           (ipset/lists.py): clean networks go into the seen dicts, the rest to a callback;
  * sort()    sorted(members, key=cidr.sort_key);
  * encode()  ipset/netlink.py's per-member ADD/DEL entries;
- * format4() an IPv4 dump's fixed-layout entries as "a.b.c.d/n" strings.
+ * format4() an IPv4 dump's fixed-layout entries as "a.b.c.d/n" strings;
+ * runs()    the runs of network items yamlparse._fold_runs folds (its _RUN regex's matches).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -407,11 +408,141 @@ static PyObject *format4(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* yamlparse._ITEM, matched whole: [0-9A-Fa-f:.]+/[0-9]+ or a dotted quad of 1-3 digits each. */
+static int is_item(const unsigned char *t, Py_ssize_t n) {
+    Py_ssize_t slash = -1;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (t[i] == '/') {
+            slash = i;
+            break;
+        }
+    if (slash > 0) {
+        for (Py_ssize_t i = 0; i < slash; i++) {
+            unsigned char c = t[i];
+            if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') ||
+                  c == ':' || c == '.'))
+                return 0;
+        }
+        if (slash == n - 1)
+            return 0;
+        for (Py_ssize_t i = slash + 1; i < n; i++)
+            if (t[i] < '0' || t[i] > '9')
+                return 0;
+        return 1;
+    }
+    if (slash == 0)
+        return 0;
+    int groups = 0, digits = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (t[i] >= '0' && t[i] <= '9') {
+            if (++digits > 3)
+                return 0;
+        } else if (t[i] == '.' && digits > 0 && groups < 3) {
+            groups++;
+            digits = 0;
+        } else {
+            return 0;
+        }
+    }
+    return groups == 3 && digits > 0;
+}
+
+/* Whether the line at q is "<spaces>- ITEM<blanks>\n" (its indent and the next line's start
+ * set then). */
+static int item_line(const unsigned char *s, Py_ssize_t n, Py_ssize_t q, Py_ssize_t *indent,
+                     Py_ssize_t *next, Py_ssize_t *item, Py_ssize_t *item_end) {
+    Py_ssize_t i = q;
+    while (i < n && s[i] == ' ')
+        i++;
+    if (i + 1 >= n || s[i] != '-' || s[i + 1] != ' ')
+        return 0;
+    *indent = i - q;
+    i += 2;
+    Py_ssize_t start = i;
+    while (i < n && s[i] != ' ' && s[i] != '\t' && s[i] != '\n')
+        i++;
+    Py_ssize_t end = i;
+    while (i < n && (s[i] == ' ' || s[i] == '\t'))
+        i++;
+    if (i >= n || s[i] != '\n' || !is_item(s + start, end - start))
+        return 0;
+    *next = i + 1;
+    *item = start;
+    *item_end = end;
+    return 1;
+}
+
+/* runs(text, minimum) -> list[tuple[int, int, int, list[str]]] | None
+ *
+ * What yamlparse._RUN.finditer(text) finds, as (start, end, indent length, items) of each
+ * match: runs of at least `minimum` consecutive item lines of one indentation, and the item
+ * of each line (without its blanks). None for text outside Latin-1 (the caller's regex
+ * then). Each line is read once: a run too short is skipped whole, since a match starting
+ * inside it would be shorter still. */
+static PyObject *runs(PyObject *self, PyObject *args) {
+    PyObject *text;
+    Py_ssize_t minimum;
+    if (!PyArg_ParseTuple(args, "Un", &text, &minimum))
+        return NULL;
+    if (PyUnicode_KIND(text) != PyUnicode_1BYTE_KIND)
+        Py_RETURN_NONE;
+    const unsigned char *s = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t pos = 0; /* always a line start */
+    while (pos < n) {
+        Py_ssize_t indent, next, other, after, item, item_end;
+        if (!item_line(s, n, pos, &indent, &next, &item, &item_end)) {
+            const unsigned char *nl = memchr(s + pos, '\n', n - pos);
+            pos = nl == NULL ? n : nl - s + 1;
+            continue;
+        }
+        Py_ssize_t count = 1, q = next;
+        while (q < n && item_line(s, n, q, &other, &after, &item, &item_end) && other == indent) {
+            count++;
+            q = after;
+        }
+        if (count >= minimum) {
+            /* the items, read again line by line: the run is known to be one */
+            PyObject *items = PyList_New(count);
+            if (items == NULL) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_ssize_t at = pos;
+            for (Py_ssize_t k = 0; k < count; k++) {
+                item_line(s, n, at, &other, &after, &item, &item_end);
+                PyObject *str = PyUnicode_FromKindAndData(PyUnicode_1BYTE_KIND, s + item,
+                                                          item_end - item);
+                if (str == NULL) {
+                    Py_DECREF(items);
+                    Py_DECREF(out);
+                    return NULL;
+                }
+                PyList_SET_ITEM(items, k, str);
+                at = after;
+            }
+            PyObject *span = Py_BuildValue("(nnnN)", pos, q, indent, items);
+            if (span == NULL || PyList_Append(out, span) < 0) {
+                Py_XDECREF(span);
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_DECREF(span);
+        }
+        pos = q;
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "The fast path of a member check; the rest to a callback."},
     {"sort", sort, METH_O, "sorted(members, key=cidr.sort_key), or None."},
     {"encode", encode, METH_VARARGS, "Per-member netlink ADD/DEL entries, or None."},
     {"format4", format4, METH_VARARGS, "IPv4 members of a dump's fixed-size records."},
+    {"runs", runs, METH_VARARGS, "The runs of network items yamlparse folds."},
     {NULL, NULL, 0, NULL},
 };
 

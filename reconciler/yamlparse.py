@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from reconciler import cidr
 from reconciler.errors import Problem
 from reconciler.yamlsrc import (
     MAX_ALIASED,
@@ -272,7 +273,30 @@ _SEQ_END = yaml.SequenceEndEvent
 #: length: a string by :class:`_Loader`'s rule) or a dotted quad (never an int, float or
 #: date by YAML 1.1's patterns, so a string too), nothing else on the line.
 _ITEM = r"(?:[0-9A-Fa-f:.]+/[0-9]+|[0-9]{1,3}(?:\.[0-9]{1,3}){3})"
-_RUN = re.compile(rf"^( *)- {_ITEM}[ \t]*\n(?:\1- {_ITEM}[ \t]*\n){{63,}}", re.M)
+_MIN_RUN = 64
+_RUN = re.compile(rf"^( *)- {_ITEM}[ \t]*\n(?:\1- {_ITEM}[ \t]*\n){{{_MIN_RUN - 1},}}", re.M)
+
+
+def run_spans(text: str) -> list[tuple[int, int, int, list[str]]]:
+    """``(start, end, indent, items)`` of each match of :data:`_RUN` in ``text``, ``items``
+    the item of each of its lines: found in C when the extension is built (the regex and
+    the splitting take ~50 ms over 65,536 lines), else in Python."""
+    fast = cidr.netfast
+    found: list[tuple[int, int, int, list[str]]] | None = (
+        fast.runs(text, _MIN_RUN) if fast is not None else None
+    )
+    if found is not None:
+        return found
+    out = []
+    for m in _RUN.finditer(text):
+        indent = m.group(1)
+        # Every line is ``indent- ITEM``, maybe with trailing blanks: C-speed string work.
+        body = m.group(0)[len(indent) + 2 : -1].replace(f"\n{indent}- ", "\n")
+        items = body.split("\n")
+        if " " in body or "\t" in body:
+            items = [item.rstrip(" \t") for item in items]
+        out.append((m.start(), m.end(), len(indent), items))
+    return out
 
 
 def _fold_runs(text: str) -> tuple[str, dict[str, list[str]]]:
@@ -291,17 +315,11 @@ def _fold_runs(text: str) -> tuple[str, dict[str, list[str]]]:
         return text, runs
     parts: list[str] = []
     at = 0
-    for m in _RUN.finditer(text):
-        indent = m.group(1)
-        # Every line is ``indent- ITEM``, maybe with trailing blanks: C-speed string work.
-        body = m.group(0)[len(indent) + 2 : -1].replace(f"\n{indent}- ", "\n")
-        items = body.split("\n")
-        if " " in body or "\t" in body:
-            items = [item.rstrip(" \t") for item in items]
+    for start, end, width, items in run_spans(text):
         token = f"{prefix}{len(runs)}"
         runs[token] = items
-        parts += [text[at : m.start()], f"{indent}- {token}\n", "#\n" * (len(items) - 1)]
-        at = m.end()
+        parts += [text[at:start], f"{' ' * width}- {token}\n", "#\n" * (len(items) - 1)]
+        at = end
     if not runs:
         return text, runs
     parts.append(text[at:])

@@ -10,6 +10,7 @@ since they would otherwise compare Python with itself.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from reconciler import cidr
+from reconciler import cidr, yamlparse
 from reconciler.kinds.ipset import checks, lists, netlink
 from reconciler.yamlsrc import parse_yaml
 from tests.test_cidr import hextet, octet, prefix4, prefix6, whitespace
@@ -160,3 +161,34 @@ def test_dump_decoding(entries: list[tuple[bytes, int]], is_net: bool) -> None:
     ours, theirs = both(decode)
     assert ours == theirs
     assert ours[0] is True  # the fixed layout took the fast path in both
+
+
+yaml_line = st.one_of(
+    st.builds(lambda ind, item, tail: f"{' ' * ind}- {item}{tail}",
+              st.sampled_from([2, 2, 2, 4, 6]), st.one_of(real, ipv4, ipv6),
+              st.sampled_from(["", "", " ", "\t", " # x", "\r", "x"])),
+    st.sampled_from(["ipsets:", "  s:", "    members:", "", "#", "  -  1.2.3.4", "- 1.2.3.4",
+                     "  - 1.2.3.4/", "  - /8", "  - 1.2.3", "  - 1.2.3.4.5", "  - 1234.1.1.1",
+                     "  - 10.0.0.0/8/8", "  - a:b::/64", "  - 1.2.3.4\u00e9", "\u00e9"]),
+)  # fmt: skip
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(yaml_line, st.integers(1, 80)), max_size=12), st.booleans())
+def test_yaml_runs(blocks: list[tuple[str, int]], newline_at_end: bool) -> None:
+    # Blocks of repeated lines (runs of 64 and more occur) and lone lines between them.
+    text = "\n".join(line for line, times in blocks for _ in range(times))
+    text += "\n" if newline_at_end else ""
+    ours, theirs = both(lambda: yamlparse.run_spans(text))
+    assert ours == theirs
+
+
+def test_yaml_runs_of_every_length_near_the_minimum() -> None:
+    for count in (62, 63, 64, 65):
+        for other in ("    - 10.0.0.0/8", "  - x", "  - 10.0.0.1"):
+            text = "  - 10.0.0.0/8\n" * count + other + "\n" + "  - 10.0.0.1\n" * count
+            ours, theirs = both(functools.partial(yamlparse.run_spans, text))
+            assert ours == theirs
+    wide = "  - 10.0.0.0/8\n" * 70 + "\u4e00\n"  # outside Latin-1: the regex answers
+    assert FAST is not None and FAST.runs(wide, 64) is None
+    assert yamlparse.run_spans(wide) == [(0, 15 * 70, 2, ["10.0.0.0/8"] * 70)]
