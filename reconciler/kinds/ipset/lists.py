@@ -25,9 +25,9 @@ import os
 import socket
 import stat
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from socket import AF_INET
+from typing import NamedTuple
 
 from reconciler import cidr
 from reconciler.cidr import parse_network
@@ -58,8 +58,7 @@ class ListError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class LineProblem:
+class LineProblem(NamedTuple):
     """A problem of one line of a list: 1-based line and column, and the message."""
 
     line: int
@@ -67,8 +66,7 @@ class LineProblem:
     message: str
 
 
-@dataclass(frozen=True)
-class MemberList:
+class MemberList(NamedTuple):
     """One list, parsed: what does not depend on the set that reads it.
 
     ``members`` are the canonical networks by IP version (4, 6); ``problems`` those of

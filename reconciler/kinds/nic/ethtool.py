@@ -34,7 +34,7 @@ import os
 import socket
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from reconciler.netlinksock import (
     NLM_F_DUMP,
@@ -114,8 +114,7 @@ _U32 = struct.Struct("=I")
 _RECV_BYTES = 1 << 18
 
 
-@dataclass(frozen=True)
-class LinkLive:
+class LinkLive(NamedTuple):
     """One network device as rtnetlink reports it.
 
     ``kind`` is ``IFLA_INFO_KIND`` (``veth``, ``bridge``, ``bond``, ``vlan``, ``tun`` ...),
@@ -131,16 +130,14 @@ class LinkLive:
     parent: str | None = None
 
 
-@dataclass(frozen=True)
-class RingsLive:
+class RingsLive(NamedTuple):
     """Current ring sizes and the driver's preset maxima, keyed by YAML field name."""
 
     current: Mapping[str, int]
     maximum: Mapping[str, int]
 
 
-@dataclass(frozen=True)
-class FeatureLive:
+class FeatureLive(NamedTuple):
     """One kernel feature of a NIC: ``active`` now, ``fixed`` when the driver does not let it
     change (not in ``hw_features``, or ``NETIF_F_NEVER_CHANGE``: ethtool's ``[fixed]``)."""
 

@@ -37,7 +37,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from reconciler import log
 from reconciler.errors import ProviderError
@@ -59,8 +59,7 @@ STACKED_KINDS = frozenset({"vlan"})
 RETRY_ERRNOS = frozenset({errno.ENOMEM, errno.EBUSY})
 
 
-@dataclass(frozen=True)
-class NicState:
+class NicState(NamedTuple):
     """Live settings of one NIC. ``rings`` is ``None`` when the driver has none, with the
     reason in ``rings_error`` (e.g. "Operation not supported")."""
 
