@@ -372,9 +372,9 @@ class _KernelError(Exception):
         self.lineno = lineno
 
 
-#: Sets whose members are known without decoding: name -> (the digest of a dump, the
-#: members that dump decodes to) (:mod:`.dumpmemo`).
-Known = Mapping[str, tuple[str, frozenset[str]]]
+#: The members wanted in each set: name -> (the digest of a dump known to decode to
+#: exactly them, or None; those members) (:mod:`.dumpmemo`).
+Known = Mapping[str, tuple[str | None, frozenset[str]]]
 
 
 class _Acc:
@@ -428,7 +428,9 @@ class _Acc:
 
     def finish(self, known: Known) -> LiveSet:
         """The set, its entries decoded now, or taken from ``known`` when it has this set's
-        digest (the members those very bytes were found to decode to)."""
+        digest (the members those very bytes were found to decode to). Decoded entries
+        that are exactly the members ``known`` has for the set are given as that very
+        frozenset (a converged set: the diff then compares nothing twice)."""
         digest = self.digest()
         hit = known.get(self.name)
         if hit is not None and hit[0] == digest:
@@ -436,7 +438,14 @@ class _Acc:
         else:
             for chunk in self.chunks:
                 _decode_adt(self, memoryview(chunk), 0, len(chunk))
-            members = frozenset(self.members) if self.decodable else None
+            members = None
+            if self.decodable:
+                # A kernel set holds each entry once: as many, all of them wanted, is equal.
+                same = hit is not None and len(hit[1]) == len(self.members)
+                if same and hit is not None and hit[1].issuperset(self.members):
+                    members = hit[1]
+                else:
+                    members = frozenset(self.members)
         options = tuple(sorted(n for n, bit in SET_OPTIONS.items() if self.flags & bit))
         elements = self.elements
         if elements is None:

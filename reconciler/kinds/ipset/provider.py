@@ -251,9 +251,10 @@ class IpsetProvider:
         ours = _checked_ours(self.state) if self.state else {}
         return IpsetLive(sets, tuple(rules), present, ours, ssh_client_address(), errors, chains)
 
-    def _known(self, desired: HostDesired) -> dict[str, tuple[str, frozenset[str]]]:
-        """The sets whose dump need not be decoded if it is the one the memo names: those
-        whose desired members have the digest the memo recorded them equal to."""
+    def _known(self, desired: HostDesired) -> dict[str, tuple[str | None, frozenset[str]]]:
+        """The desired members of each set, with the digest of the dump that holds exactly
+        them when the memo has it (the dump need not be decoded then), else None (decoded,
+        and found equal or not)."""
         self._wanted = {
             name: (spec.members_digest, spec.members)
             for name, spec in desired.ipsets.items()
@@ -261,11 +262,10 @@ class IpsetProvider:
         }
         if self._memo is None:  # the plan's read; the verify re-read has it already
             self._memo = dumpmemo.load(self.state.path) if self.state is not None else {}
-        known: dict[str, tuple[str, frozenset[str]]] = {}
+        known: dict[str, tuple[str | None, frozenset[str]]] = {}
         for name, (digest, members) in self._wanted.items():
             entry = self._memo.get(name)
-            if entry is not None and entry[1] == digest:
-                known[name] = (entry[0], members)
+            known[name] = (entry[0] if entry is not None and entry[1] == digest else None, members)
         return known
 
     def _remember_dumps(self, live: IpsetLive) -> None:

@@ -78,9 +78,12 @@ def test_a_converged_set_is_read_undecoded_and_every_change_is_still_seen(
         # Changed by hand: the dump differs, so it is decoded and the plan puts it back.
         netns.run(["ipset", "del", "mgmt", MEMBERS[0]])
         netns.run(["ipset", "add", "mgmt", "192.0.2.0/24"])
-        plan, _ = engine.make_plan(desired, [IpsetProvider(state)])
+        plan, lives = engine.make_plan(desired, [IpsetProvider(state)])
         assert decoded and set(decoded) == {"mgmt"}
         assert _ops(plan) == [("add_member", MEMBERS[0]), ("delete_member", "192.0.2.0/24")]
+        # as many members as desired, not the same ones: not taken for the desired set
+        live = lives["ipset"].sets["mgmt"].members
+        assert live == {*MEMBERS[1:], "192.0.2.0/24"}
         result = engine.apply_plan(desired, [IpsetProvider(state)], plan, state)
         assert result.ok, result.errors
 
@@ -122,6 +125,8 @@ def test_a_memo_that_cannot_be_trusted_is_not_used(
             plan, lives = engine.make_plan(desired, [IpsetProvider(state)])
         assert set(decoded) == {"mgmt"}, how
         assert plan.changes == [] and lives["ipset"].sets["mgmt"].members == frozenset(MEMBERS)
+        # Decoded and found to be exactly the desired members: given as that very set.
+        assert lives["ipset"].sets["mgmt"].members is desired.ipsets["mgmt"].members
 
 
 def test_a_dry_run_reads_the_memo_and_never_writes_it(netns: Netns, tmp_path: Path) -> None:
