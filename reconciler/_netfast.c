@@ -11,7 +11,8 @@
  * sort()    sorted(members, key=cidr.sort_key);
  * encode()  ipset/netlink.py's per-member ADD/DEL entries;
  * format4() an IPv4 dump's fixed-layout entries as "a.b.c.d/n" strings;
- * runs()    the runs of network items yamlparse._fold_runs folds (its _RUN regex's matches).
+ * runs()    the runs of network items yamlparse._fold_runs folds (its _RUN regex's matches);
+ * ops()     plan.member_ops's Op per member, and dicts() Change.to_dict's dict per op.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -537,12 +538,102 @@ static PyObject *runs(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* ops(op_type, verb, members, extra) -> list
+ *
+ * [op_type(verb, {"member": m, **extra}) for m in members], op_type a tuple subclass of two
+ * fields (plan.Op, a named tuple): made as tuple.__new__ makes them. */
+static PyObject *ops(PyObject *self, PyObject *args) {
+    PyTypeObject *op_type;
+    PyObject *verb, *members, *extra;
+    if (!PyArg_ParseTuple(args, "O!UO!O!", &PyType_Type, &op_type, &verb, &PyList_Type, &members,
+                          &PyDict_Type, &extra))
+        return NULL;
+    if (!PyType_IsSubtype(op_type, &PyTuple_Type) || op_type->tp_itemsize != sizeof(PyObject *) ||
+        op_type->tp_dictoffset != 0) {
+        PyErr_SetString(PyExc_TypeError, "ops(): op_type must be a named tuple");
+        return NULL;
+    }
+    PyObject *key = PyUnicode_InternFromString("member");
+    if (key == NULL)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(members);
+    PyObject *out = PyList_New(n);
+    if (out == NULL) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *d = PyDict_New();
+        if (d == NULL || PyDict_SetItem(d, key, PyList_GET_ITEM(members, i)) < 0 ||
+            PyDict_Update(d, extra) < 0) {
+            Py_XDECREF(d);
+            Py_DECREF(out);
+            Py_DECREF(key);
+            return NULL;
+        }
+        PyObject *op = op_type->tp_alloc(op_type, 2);
+        if (op == NULL) {
+            Py_DECREF(d);
+            Py_DECREF(out);
+            Py_DECREF(key);
+            return NULL;
+        }
+        Py_INCREF(verb);
+        PyTuple_SET_ITEM(op, 0, verb);
+        PyTuple_SET_ITEM(op, 1, d);
+        PyList_SET_ITEM(out, i, op);
+    }
+    Py_DECREF(key);
+    return out;
+}
+
+/* dicts(ops) -> list[dict] | None
+ *
+ * [{"op": op.op, **op.args} for op in ops], or None when an op is not a pair of a str and
+ * a dict (the caller's Python then). */
+static PyObject *dicts(PyObject *self, PyObject *arg) {
+    PyObject *seq = PySequence_Fast(arg, "dicts() needs a sequence");
+    if (seq == NULL)
+        return NULL;
+    PyObject *key = PyUnicode_InternFromString("op");
+    if (key == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *out = PyList_New(n);
+    for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
+        PyObject *op = items[i];
+        if (!PyTuple_Check(op) || PyTuple_GET_SIZE(op) != 2 ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(op, 0)) || !PyDict_Check(PyTuple_GET_ITEM(op, 1))) {
+            Py_DECREF(out);
+            Py_DECREF(key);
+            Py_DECREF(seq);
+            Py_RETURN_NONE;
+        }
+        PyObject *d = PyDict_New();
+        if (d == NULL || PyDict_SetItem(d, key, PyTuple_GET_ITEM(op, 0)) < 0 ||
+            PyDict_Update(d, PyTuple_GET_ITEM(op, 1)) < 0) {
+            Py_XDECREF(d);
+            Py_CLEAR(out);
+            break;
+        }
+        PyList_SET_ITEM(out, i, d);
+    }
+    Py_DECREF(key);
+    Py_DECREF(seq);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "The fast path of a member check; the rest to a callback."},
     {"sort", sort, METH_O, "sorted(members, key=cidr.sort_key), or None."},
     {"encode", encode, METH_VARARGS, "Per-member netlink ADD/DEL entries, or None."},
     {"format4", format4, METH_VARARGS, "IPv4 members of a dump's fixed-size records."},
     {"runs", runs, METH_VARARGS, "The runs of network items yamlparse folds."},
+    {"ops", ops, METH_VARARGS, "An Op per member."},
+    {"dicts", dicts, METH_O, "The JSON plan's dict per op, or None."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -9,11 +9,6 @@ Anything else (a netmask prefix ``/255.0.0.0``, a zero-padded prefix ``/08``, an
 dotted quad or a zone in an IPv6 address, any invalid input) goes through ``ipaddress``,
 so every answer, and every refusal, is ``ipaddress``'s (``tests/test_cidr.py`` checks
 this property).
-
-The loops over a big set's members (its check, its sort, its netlink entries, its dump) run
-in C when the optional extension ``reconciler._netfast`` is built (``scripts/setup`` builds
-it): each has the Python loop it stands for beside it, used when the extension is absent or
-answers None, and ``tests/test_netfast.py`` checks that both give the same answers.
 """
 
 from __future__ import annotations
@@ -21,13 +16,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Collection
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
-from types import ModuleType
 
-netfast: ModuleType | None
-try:
-    from reconciler import _netfast as netfast
-except ImportError:  # not built: an optional extension (pyproject.toml), the Python loops
-    netfast = None
+from reconciler import native
 
 #: Prefix lengths as ``ipaddress`` writes them; another spelling (``08``) takes the slow path.
 _PLEN4 = {str(p): p for p in range(33)}
@@ -150,8 +140,9 @@ def sort_networks(members: Collection[str]) -> list[str]:
     """``sorted(members, key=sort_key)``: in C when the extension is built (a 200,000-member
     plan sorts ~20x faster), else in Python, with the same order either way (stable, like
     ``sorted``) and the same exception for a member that is not a network."""
-    if netfast is not None:
-        done: list[str] | None = netfast.sort(members)
+    fast = native.netfast
+    if fast is not None:
+        done: list[str] | None = fast.sort(members)
         if done is not None:
             return done
     return sorted(members, key=sort_key)

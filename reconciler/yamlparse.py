@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from reconciler import cidr
+from reconciler import native
 from reconciler.errors import Problem
 from reconciler.yamlsrc import (
     MAX_ALIASED,
@@ -281,7 +281,7 @@ def run_spans(text: str) -> list[tuple[int, int, int, list[str]]]:
     """``(start, end, indent, items)`` of each match of :data:`_RUN` in ``text``, ``items``
     the item of each of its lines: found in C when the extension is built (the regex and
     the splitting take ~50 ms over 65,536 lines), else in Python."""
-    fast = cidr.netfast
+    fast = native.netfast
     found: list[tuple[int, int, int, list[str]]] | None = (
         fast.runs(text, _MIN_RUN) if fast is not None else None
     )

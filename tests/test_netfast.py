@@ -2,7 +2,7 @@
 stand for, on generated input, valid or not: a set's member check (members, problems, their
 order and places), a list's parse, the sort, the netlink entries and a dump's decoding.
 
-Each test runs the same call twice, with the extension and with ``cidr.netfast`` set to
+Each test runs the same call twice, with the extension and with ``native.netfast`` set to
 None (the pure-Python path of an install where it could not be built). The extension is
 built by ``scripts/setup`` (gcc and python3-dev); without it these tests fail, not skip,
 since they would otherwise compare Python with itself.
@@ -20,13 +20,13 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from reconciler import cidr, yamlparse
+from reconciler import cidr, native, plan, yamlparse
 from reconciler.kinds.ipset import checks, lists, netlink
 from reconciler.yamlsrc import parse_yaml
 from tests.test_cidr import hextet, octet, prefix4, prefix6, whitespace
 
 T = TypeVar("T")
-FAST = cidr.netfast
+FAST = native.netfast
 
 
 @pytest.fixture(autouse=True)
@@ -35,20 +35,20 @@ def _built() -> Iterator[None]:
         "reconciler._netfast is not built: run scripts/setup (it needs gcc and python3-dev)"
     )
     yield
-    cidr.netfast = FAST
+    native.netfast = FAST
 
 
 def both(call: Callable[[], T]) -> tuple[T | str, T | str]:
     """``call()`` with the C loops and with the Python loops (an exception as its repr)."""
     out: list[T | str] = []
     for fast in (FAST, None):
-        cidr.netfast = fast
+        native.netfast = fast
         try:
             out.append(call())
         except Exception as e:  # the same refusal either way is part of the contract
             out.append(f"{type(e).__name__}: {e}")
         finally:
-            cidr.netfast = FAST
+            native.netfast = FAST
     return out[0], out[1]
 
 
@@ -192,3 +192,18 @@ def test_yaml_runs_of_every_length_near_the_minimum() -> None:
     wide = "  - 10.0.0.0/8\n" * 70 + "\u4e00\n"  # outside Latin-1: the regex answers
     assert FAST is not None and FAST.runs(wide, 64) is None
     assert yamlparse.run_spans(wide) == [(0, 15 * 70, 2, ["10.0.0.0/8"] * 70)]
+
+
+EXTRA = [{}, {"timeout": 0}, {"timeout": 600, "member": "overridden?"}]
+
+
+@given(st.lists(real, max_size=30), st.sampled_from(["add_member", "delete_member"]),
+       st.sampled_from(EXTRA))  # fmt: skip
+def test_member_ops_and_their_dicts(items: list[str], verb: str, extra: dict[str, Any]) -> None:
+    ours, theirs = both(lambda: plan.member_ops(verb, items, **extra))
+    assert ours == theirs
+    assert all(type(op) is plan.Op for op in ours)
+    ops = (*ours, plan.Op("create_set", {"set": "s", "op": "shadowed"}), plan.Op("x", {}))
+    ours_d, theirs_d = both(lambda: plan.op_dicts(ops))
+    assert ours_d == theirs_d == [op.to_dict() for op in ops]
+    assert [list(d) for d in ours_d] == [list(d) for d in theirs_d]  # the same key order

@@ -10,7 +10,7 @@ from reconciler.cidr import sort_networks
 from reconciler.fielddiff import Memo, field_ops
 from reconciler.kinds.ipset.spec import is_tombstone
 from reconciler.model import HostDesired, IpsetSpec
-from reconciler.plan import Action, Change, Op
+from reconciler.plan import Action, Change, Op, member_ops
 
 
 def spec_summary(spec: IpsetSpec) -> dict[str, Any]:
@@ -92,7 +92,7 @@ def ipset_change(name: str, b: IpsetSpec | None, a: IpsetSpec | None) -> Change 
     summary = _summary(a)
     if b is None:
         ops = [Op("create_set", {"set": name, "type": a.type, "family": a.family})]
-        ops += [Op("add_member", {"member": m}) for m in sort_networks(a.members)]
+        ops += member_ops("add_member", sort_networks(a.members))
         return Change("ipset", name, "create", tuple(ops), None, summary)
     bs, as_ = _summary(b), summary
     ops = field_ops(
@@ -103,6 +103,6 @@ def ipset_change(name: str, b: IpsetSpec | None, a: IpsetSpec | None) -> Change 
     action: Action = "update"
     if b.type != a.type or b.family != a.family:
         action = "replace"
-    ops += [Op("add_member", {"member": m}) for m in sort_networks(a.members - b.members)]
-    ops += [Op("delete_member", {"member": m}) for m in sort_networks(b.members - a.members)]
+    ops += member_ops("add_member", sort_networks(a.members - b.members))
+    ops += member_ops("delete_member", sort_networks(b.members - a.members))
     return Change("ipset", name, action, tuple(ops), bs, as_)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from reconciler import cidr
+from reconciler import native
 from reconciler.cidr import parse_network
 from reconciler.errors import Problem
 from reconciler.kinds.ipset import lists
@@ -137,7 +137,7 @@ def _check_inline(
             return
         seen[canon] = i
 
-    fast = cidr.netfast
+    fast = native.netfast
     if fast is not None:  # the common case in C, the rest (in order) through one()
         mine = seen if want_version == 4 else None, seen if want_version == 6 else None
         fast.scan(members, 0, *mine, False, one)

@@ -29,7 +29,7 @@ from pathlib import Path
 from socket import AF_INET
 from typing import NamedTuple
 
-from reconciler import cidr
+from reconciler import native
 from reconciler.cidr import parse_network
 from reconciler.yamlsrc import MAX_FILE_BYTES
 
@@ -302,7 +302,7 @@ def parse(data: bytes) -> MemberList:
         else:
             more += 1
 
-    fast = cidr.netfast
+    fast = native.netfast
     if fast is not None:  # the common lines in C, the rest (in order) through one()
         fast.scan(lines, 1, seen4, seen6, True, one)
     else:

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import NamedTuple
 
-from reconciler import cidr as _cidr
+from reconciler import native
 from reconciler.errors import NetlinkError, ProviderError
 from reconciler.netlinksock import (
     NETLINK_CAP_ACK,
@@ -573,7 +573,7 @@ def _decode_adt_fast(
     if not _same_headers(chunk, size, offsets):
         return False
     if v4:
-        fast = _cidr.netfast
+        fast = native.netfast
         if fast is not None:  # the same strings, formatted in C
             acc.members.extend(fast.format4(chunk, size, 12, 20 if is_net else -1))
             return True
@@ -733,7 +733,7 @@ def _encode_members(
     h0, h1, h2, h3, h4, h5 = head
     pton = socket.inet_pton
     names = list(members)
-    fast = _cidr.netfast
+    fast = native.netfast
     if fast is not None:  # the same bytes, built in C; None: a malformed member, found below
         done = fast.encode(names, af == socket.AF_INET6, _HEAD.pack(*head),
                            _NLA.pack(5, IPSET_ATTR_CIDR), _NLA.pack(8, IPSET_ATTR_CADT_LINENO),

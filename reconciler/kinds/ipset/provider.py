@@ -58,7 +58,7 @@ from reconciler.kinds.ipset.batches import MEMBER_OPS, batches
 from reconciler.kinds.ipset.netlink import IpsetClient, LiveSet
 from reconciler.kinds.ipset.spec import is_tombstone
 from reconciler.model import HostDesired, IpsetSpec
-from reconciler.plan import Change, Op, PlanError, PlanWarning
+from reconciler.plan import Change, Op, PlanError, PlanWarning, member_ops
 from reconciler.state import INTENT, StateDir
 
 _ARGS = attrgetter("args")
@@ -427,10 +427,11 @@ class IpsetProvider:
             )
         timeout = {"timeout": 0} if h.timeout is not None else {}
         first = set(early)
-        ops = [Op("delete_member", {"member": m}) for m in early]
-        adds = sort_networks(set(new) | set(renew))
-        ops += [Op("add_member", {"member": m, **timeout}) for m in adds]
-        ops += [Op("delete_member", {"member": m}) for m in delete if m not in first]
+        ops = member_ops("delete_member", early)
+        adds = sort_networks(set(new) | set(renew)) if renew else new
+        ops += member_ops("add_member", adds, **timeout)
+        later = [m for m in delete if m not in first] if first else delete
+        ops += member_ops("delete_member", later)
         if need_rule:
             ops += rule_ops
         return Change(
@@ -463,7 +464,7 @@ class IpsetProvider:
                 },
             )
         ]
-        ops += [Op("add_member", {"member": m}) for m in sort_networks(spec.members)]
+        ops += member_ops("add_member", sort_networks(spec.members))
         return Change(
             KIND, spec.name, "create", tuple(ops + rule_ops), None, spec_summary(spec),
             warnings=warnings,
