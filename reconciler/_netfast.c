@@ -9,7 +9,7 @@
  * scan()    the fast path of a set's member check (ipset/checks.py) and list parse
  *           (ipset/lists.py): clean networks go into the seen dicts, the rest to a callback;
  * sort()    sorted(members, key=cidr.sort_key);
- * encode()  ipset/netlink.py's per-member ADD/DEL entries;
+ * encode()  ipset/netlink.py's ADD/DEL entries, one per member;
  * format4() an IPv4 dump's fixed-layout entries as "a.b.c.d/n" strings;
  * runs()    the runs of network items yamlparse._fold_runs folds (its _RUN regex's matches);
  * ops()     plan.member_ops's Op per member, and dicts() Change.to_dict's dict per op.
@@ -264,18 +264,33 @@ static void make_key(const net_t *net, keyed_t *k) {
 
 /* sort(members) -> list | None: sorted(members, key=cidr.sort_key), or None when a member
  * is not a network in a form the key reads here (the caller sorts in Python). */
+/* The indexes of items[0..n) in the order of the objects' addresses (in `buf`, 2n long;
+ * returns where). A set's members come in hash order, scattered in memory: read in address
+ * order they are read as they lie, at about twice the speed (200,000 members). */
+static keyed_t *by_address(PyObject **items, Py_ssize_t n, keyed_t *buf) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        buf[i].k0 = (uint64_t)(uintptr_t)items[i];
+        buf[i].k1 = buf[i].k2 = 0;
+        buf[i].index = i;
+    }
+    return radix_sort(buf, buf + n, n);
+}
+
 static PyObject *sort(PyObject *self, PyObject *arg) {
     PyObject *seq = PySequence_Fast(arg, "sort() needs an iterable");
     if (seq == NULL)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    keyed_t *keys = PyMem_Malloc(sizeof(keyed_t) * 2 * (n ? n : 1));
+    /* keys (in the items' order) and their radix buffer, then the address order's two */
+    keyed_t *keys = PyMem_Malloc(sizeof(keyed_t) * 4 * (n ? n : 1));
     if (keys == NULL) {
         Py_DECREF(seq);
         return PyErr_NoMemory();
     }
     PyObject **items = PySequence_Fast_ITEMS(seq);
-    for (Py_ssize_t i = 0; i < n; i++) {
+    keyed_t *order = by_address(items, n, keys + 2 * n);
+    for (Py_ssize_t j = 0; j < n; j++) {
+        Py_ssize_t i = order[j].index;
         PyObject *item = items[i];
         net_t net;
         /* cidr.sort_key reads any prefix 0..128 as written ("0".."128"), either family */
@@ -302,12 +317,13 @@ static PyObject *sort(PyObject *self, PyObject *arg) {
     return out;
 }
 
-/* encode(members, v6, head, cidr_hdr, lineno_hdr, extra) -> list[bytes] | None
+/* encode(members, v6, head, cidr_hdr, lineno_hdr, extra) -> bytes | None
  *
- * One entry per member: head (the DATA and IP headers, 12 bytes), the packed address,
- * cidr_hdr (4 bytes), the prefix length and 3 pad bytes, lineno_hdr (4 bytes), the
- * 1-based position (u32, host order), then extra. None when a member is not an address or
- * address/prefix of the family (the caller's Python says which, and sends nothing). */
+ * The entries of all members, one after the other, each: head (the DATA and IP headers, 12
+ * bytes), the packed address, cidr_hdr (4 bytes), the prefix length and 3 pad bytes,
+ * lineno_hdr (4 bytes), the 1-based position (u32, host order), then extra. None when a
+ * member is not an address or address/prefix of the family (the caller's Python says
+ * which, and sends nothing). Members are read in address order (by_address). */
 static PyObject *encode(PyObject *self, PyObject *args) {
     PyObject *members;
     int v6;
@@ -323,24 +339,27 @@ static PyObject *encode(PyObject *self, PyObject *args) {
     int alen = v6 ? 16 : 4;
     Py_ssize_t size = 12 + alen + 4 + 4 + 4 + 4 + extra_n;
     Py_ssize_t n = PyList_GET_SIZE(members);
-    PyObject *out = PyList_New(n);
-    if (out == NULL)
-        return NULL;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyList_GET_ITEM(members, i);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size * n);
+    keyed_t *buf = PyMem_Malloc(sizeof(keyed_t) * 2 * (n ? n : 1));
+    if (out == NULL || buf == NULL) {
+        Py_XDECREF(out);
+        PyMem_Free(buf);
+        return buf == NULL ? PyErr_NoMemory() : NULL;
+    }
+    PyObject **items = ((PyListObject *)members)->ob_item;
+    keyed_t *order = by_address(items, n, buf);
+    for (Py_ssize_t j = 0; j < n; j++) {
+        Py_ssize_t i = order[j].index;
+        PyObject *item = items[i];
         net_t net;
         if (!PyUnicode_CheckExact(item) || !PyUnicode_IS_ASCII(item) ||
             !parse_net(PyUnicode_DATA(item), PyUnicode_GET_LENGTH(item), 1, &net) ||
             net.version != (v6 ? 6 : 4)) {
             Py_DECREF(out);
+            PyMem_Free(buf);
             Py_RETURN_NONE;
         }
-        PyObject *entry = PyBytes_FromStringAndSize(NULL, size);
-        if (entry == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        char *p = PyBytes_AS_STRING(entry);
+        char *p = PyBytes_AS_STRING(out) + i * size;
         memcpy(p, head, 12);
         p += 12;
         memcpy(p, net.addr, alen);
@@ -356,8 +375,8 @@ static PyObject *encode(PyObject *self, PyObject *args) {
         memcpy(p, &lineno, 4);
         p += 4;
         memcpy(p, extra, extra_n);
-        PyList_SET_ITEM(out, i, entry);
     }
+    PyMem_Free(buf);
     return out;
 }
 

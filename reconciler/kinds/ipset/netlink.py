@@ -713,8 +713,9 @@ def _decode_list_message(sets: dict[str, _Acc], view: memoryview, start: int, en
 
 def _encode_members(
     family: str, members: Iterable[str], address: str, timeout: int | None = None
-) -> tuple[list[bytes], list[str]]:
-    """Per-member entry bytes (with LINENO = 1-based position) and the member strings.
+) -> tuple[bytes, int, list[str]]:
+    """The entries of every member, one after the other (each with LINENO = its 1-based
+    position), the size of one entry, and the member strings.
 
     With ``timeout`` each entry carries it (``IPSET_ATTR_TIMEOUT``; ``0`` is a permanent entry
     in a set with a default timeout). Raises :class:`ProviderError` naming the first malformed
@@ -739,7 +740,7 @@ def _encode_members(
                            _NLA.pack(5, IPSET_ATTR_CIDR), _NLA.pack(8, IPSET_ATTR_CADT_LINENO),
                            extra)  # fmt: skip
         if done is not None:
-            return done, names
+            return done, head[0], names
     out: list[bytes] = []
     append = out.append
     for lineno, member in enumerate(names, 1):
@@ -761,7 +762,7 @@ def _encode_members(
             ) from None
         append(pack(h0, h1, h2, h3, h4, h5, packed, 5, IPSET_ATTR_CIDR, cidr, 8,
                     IPSET_ATTR_CADT_LINENO, lineno) + extra)  # fmt: skip
-    return out, names
+    return b"".join(out), head[0], names
 
 
 class IpsetClient:
@@ -1044,19 +1045,19 @@ class IpsetClient:
     ) -> None:
         address = f"ipset/{name}"
         _check_name(name)
-        entries, names = _encode_members(family, members, address, timeout)
-        if not entries:
+        entries, size, names = _encode_members(family, members, address, timeout)
+        if not names:
             return
         nfproto = _FAMILIES[family]
         # LINENO at command level switches on the kernel's per-entry error reporting.
         prefix = self._base(name) + _nla(IPSET_ATTR_LINENO, _U32.pack(0))
         room = _BATCH_BYTES - _HDR_LEN - len(prefix) - 4
-        per = max(1, room // len(entries[0]))
+        per = max(1, room // size)
         adt_type = IPSET_ATTR_ADT | NLA_F_NESTED
-        total = len(entries)
+        total = len(names)
         verb = "add" if cmd == IPSET_CMD_ADD else "delete"
         for first in range(0, total, per):
-            body = b"".join(entries[first : first + per])
+            body = entries[first * size : min(first + per, total) * size]
             attrs = prefix + _NLA.pack(4 + len(body), adt_type) + body
             try:
                 self._request(cmd, 0, attrs, nfproto)

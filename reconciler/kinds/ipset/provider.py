@@ -63,6 +63,20 @@ from reconciler.state import INTENT, StateDir
 
 _ARGS = attrgetter("args")
 _MEMBER = itemgetter("member")
+_VERB = attrgetter("op")
+
+
+def _created(ops: Sequence[Op]) -> set[str]:
+    """The sets ``ops`` create: found with ``list.index`` (a load's ops are one per member,
+    so not a Python step each)."""
+    verbs = list(map(_VERB, ops))
+    out: set[str] = set()
+    at = -1
+    with contextlib.suppress(ValueError):
+        while True:
+            at = verbs.index("create_set", at + 1)
+            out.add(ops[at].args["set"])
+    return out
 
 KIND = "ipset"
 TEMP_SUFFIX = "~rnew"
@@ -312,7 +326,7 @@ class IpsetProvider:
                 continue
             if ch is not None:
                 changes.append(ch)
-                taken |= {o.args["set"] for o in ch.ops if o.op == "create_set"}
+                taken |= _created(ch.ops)
         for name in sorted(tombstones | (set(live.ours) - set(desired.ipsets))):
             address = f"{KIND}/{name}"
             if name in live.sets and name in other_backend:
