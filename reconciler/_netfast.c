@@ -12,7 +12,8 @@
  * encode()  ipset/netlink.py's ADD/DEL entries, one per member;
  * format4() an IPv4 dump's fixed-layout entries as "a.b.c.d/n" strings;
  * runs()    the runs of network items yamlparse._fold_runs folds (its _RUN regex's matches);
- * ops()     plan.member_ops's Op per member, and dicts() Change.to_dict's dict per op.
+ * ops()     plan.member_ops's Op per member, and dicts() Change.to_dict's dict per op;
+ * members() the member of each op of a run (ipset/render.py's log events, apply's batches).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -645,6 +646,50 @@ static PyObject *dicts(PyObject *self, PyObject *arg) {
     return out;
 }
 
+/* members(ops, width) -> list[str] | None
+ *
+ * [op.args["member"] for op in ops], when every op is a pair whose args are a dict with a
+ * "member" (and, with width > 0, exactly width keys); None otherwise (the caller's Python
+ * then). */
+static PyObject *members(PyObject *self, PyObject *args) {
+    PyObject *ops;
+    Py_ssize_t width;
+    if (!PyArg_ParseTuple(args, "On", &ops, &width))
+        return NULL;
+    PyObject *seq = PySequence_Fast(ops, "members() needs a sequence");
+    if (seq == NULL)
+        return NULL;
+    PyObject *key = PyUnicode_InternFromString("member");
+    if (key == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *out = PyList_New(n);
+    for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
+        PyObject *op = items[i], *d, *m = NULL;
+        if (PyTuple_Check(op) && PyTuple_GET_SIZE(op) == 2 &&
+            PyDict_Check(d = PyTuple_GET_ITEM(op, 1)) &&
+            (width <= 0 || PyDict_GET_SIZE(d) == width))
+            m = PyDict_GetItemWithError(d, key);
+        if (m == NULL) {
+            Py_CLEAR(out);
+            if (!PyErr_Occurred()) {
+                Py_DECREF(key);
+                Py_DECREF(seq);
+                Py_RETURN_NONE;
+            }
+            break;
+        }
+        Py_INCREF(m);
+        PyList_SET_ITEM(out, i, m);
+    }
+    Py_DECREF(key);
+    Py_DECREF(seq);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "The fast path of a member check; the rest to a callback."},
     {"sort", sort, METH_O, "sorted(members, key=cidr.sort_key), or None."},
@@ -653,6 +698,7 @@ static PyMethodDef methods[] = {
     {"runs", runs, METH_VARARGS, "The runs of network items yamlparse folds."},
     {"ops", ops, METH_VARARGS, "An Op per member."},
     {"dicts", dicts, METH_O, "The JSON plan's dict per op, or None."},
+    {"members", members, METH_VARARGS, "The member of each op of a run, or None."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -21,7 +21,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from reconciler import cidr, native, plan, yamlparse
-from reconciler.kinds.ipset import checks, lists, netlink
+from reconciler.kinds.ipset import batches, checks, lists, netlink
 from reconciler.yamlsrc import parse_yaml
 from tests.test_cidr import hextet, octet, prefix4, prefix6, whitespace
 
@@ -207,3 +207,14 @@ def test_member_ops_and_their_dicts(items: list[str], verb: str, extra: dict[str
     ours_d, theirs_d = both(lambda: plan.op_dicts(ops))
     assert ours_d == theirs_d == [op.to_dict() for op in ops]
     assert [list(d) for d in ours_d] == [list(d) for d in theirs_d]  # the same key order
+
+
+RUN_ARGS = st.sampled_from([{"member": "10.0.0.0/8"}, {"member": "10.1.0.0/16", "timeout": 0},
+                            {"set": "s"}, {"member": "10.2.0.0/16", "x": 1, "y": 2}, {}])
+
+
+@given(st.lists(st.builds(plan.Op, st.sampled_from(["add_member", "delete_member"]), RUN_ARGS),
+                max_size=20), st.integers(0, 3))  # fmt: skip
+def test_run_members(run: list[plan.Op], width: int) -> None:
+    ours, theirs = both(lambda: batches.run_members(run, width))
+    assert ours == theirs

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from itertools import groupby, repeat
-from operator import attrgetter, contains, methodcaller
+from operator import attrgetter, contains, itemgetter, methodcaller
 
+from reconciler import native
 from reconciler.plan import Op
 
 MEMBER_OPS = frozenset({"add_member", "delete_member"})
@@ -19,6 +20,7 @@ MEMBER_OPS = frozenset({"add_member", "delete_member"})
 _VERB = attrgetter("op")
 _ARGS = attrgetter("args")
 _TIMEOUT = methodcaller("get", "timeout")
+_MEMBER = itemgetter("member")
 
 
 def batches(ops: Sequence[Op]) -> Iterator[tuple[int, int]]:
@@ -41,3 +43,19 @@ def batches(ops: Sequence[Op]) -> Iterator[tuple[int, int]]:
             count = len(list(run))
             yield pos, pos + count
             pos += count
+
+
+def run_members(run: Sequence[Op], width: int = 0) -> list[str] | None:
+    """The member of each op of ``run``, when every op's args hold a ``member`` (and, with
+    ``width``, exactly that many keys); else None. In C when the extension is built: one
+    pass over ops that lie scattered in memory, not four."""
+    fast = native.netfast
+    if fast is not None:
+        found: list[str] | None = fast.members(run, width)
+        return found
+    args = list(map(_ARGS, run))
+    if width and set(map(len, args)) - {width}:
+        return None
+    if not all(map(contains, args, repeat("member"))):
+        return None
+    return list(map(_MEMBER, args))

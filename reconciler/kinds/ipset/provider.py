@@ -54,7 +54,7 @@ from reconciler.cidr import sort_networks
 from reconciler.errors import NetlinkError, ProviderError, StateError
 from reconciler.kinds.ipset import dumpmemo, firewall
 from reconciler.kinds.ipset.against import spec_summary
-from reconciler.kinds.ipset.batches import MEMBER_OPS, batches
+from reconciler.kinds.ipset.batches import MEMBER_OPS, batches, run_members
 from reconciler.kinds.ipset.netlink import IpsetClient, LiveSet
 from reconciler.kinds.ipset.spec import is_tombstone
 from reconciler.model import HostDesired, IpsetSpec
@@ -795,7 +795,10 @@ class IpsetProvider:
                 for i, j in batches(ops):
                     op = ops[i]
                     if op.op in MEMBER_OPS:
-                        members = list(map(_MEMBER, map(_ARGS, ops[i:j])))
+                        run = ops[i:j]
+                        members = run_members(run)
+                        if members is None:
+                            members = list(map(_MEMBER, map(_ARGS, run)))  # KeyError: a bug
                         timeout = op.args.get("timeout")
                         if op.op == "add_member":
                             client.add_members(change.name, family, members, timeout=timeout)

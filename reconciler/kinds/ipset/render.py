@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import operator
 import shlex
 from collections.abc import Iterator, Sequence
-from itertools import repeat
 from typing import Any
 
 from reconciler.kinds.base import OpLine
-from reconciler.kinds.ipset.batches import MEMBER_OPS, batches
+from reconciler.kinds.ipset.batches import MEMBER_OPS, batches, run_members
 from reconciler.plan import Op
-
-_ARGS = operator.attrgetter("args")
-_MEMBER = operator.itemgetter("member")
 
 
 def _create_set(a: dict[str, Any]) -> str:
@@ -68,13 +63,10 @@ def log_events(ops: Sequence[Op]) -> Iterator[dict[str, Any]]:
         run = ops[i:j]
         first = run[0]
         if first.op in MEMBER_OPS:
-            args = list(map(_ARGS, run))
             timeout = first.args.get("timeout")
             # Every op's args are exactly "member" (and "timeout"): the usual run, at C speed.
-            width = 1 if timeout is None else 2
-            if set(map(len, args)) == {width} and all(map(operator.contains, args,
-                                                          repeat("member"))):  # fmt: skip
-                members = list(map(_MEMBER, args))
+            members = run_members(run, 1 if timeout is None else 2)
+            if members is not None:
                 extra = {} if timeout is None else {"timeout": timeout}
                 for k in range(0, len(members), MEMBERS_PER_EVENT):
                     chunk = members[k : k + MEMBERS_PER_EVENT]
