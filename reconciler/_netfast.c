@@ -25,6 +25,8 @@
 
 #define ADDR_MAX 64 /* longer than any address inet_pton accepts */
 
+static PyObject *KEY_OP, *KEY_MEMBER; /* "op" and "member", interned once */
+
 typedef struct {
     int version;            /* 4 or 6 */
     int prefix;             /* the prefix length (the host length without a slash) */
@@ -573,29 +575,22 @@ static PyObject *ops(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "ops(): op_type must be a named tuple");
         return NULL;
     }
-    PyObject *key = PyUnicode_InternFromString("member");
-    if (key == NULL)
-        return NULL;
     Py_ssize_t n = PyList_GET_SIZE(members);
     PyObject *out = PyList_New(n);
-    if (out == NULL) {
-        Py_DECREF(key);
+    if (out == NULL)
         return NULL;
-    }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *d = PyDict_New();
-        if (d == NULL || PyDict_SetItem(d, key, PyList_GET_ITEM(members, i)) < 0 ||
+        if (d == NULL || PyDict_SetItem(d, KEY_MEMBER, PyList_GET_ITEM(members, i)) < 0 ||
             PyDict_Update(d, extra) < 0) {
             Py_XDECREF(d);
             Py_DECREF(out);
-            Py_DECREF(key);
             return NULL;
         }
         PyObject *op = op_type->tp_alloc(op_type, 2);
         if (op == NULL) {
             Py_DECREF(d);
             Py_DECREF(out);
-            Py_DECREF(key);
             return NULL;
         }
         Py_INCREF(verb);
@@ -603,7 +598,6 @@ static PyObject *ops(PyObject *self, PyObject *args) {
         PyTuple_SET_ITEM(op, 1, d);
         PyList_SET_ITEM(out, i, op);
     }
-    Py_DECREF(key);
     return out;
 }
 
@@ -615,11 +609,6 @@ static PyObject *dicts(PyObject *self, PyObject *arg) {
     PyObject *seq = PySequence_Fast(arg, "dicts() needs a sequence");
     if (seq == NULL)
         return NULL;
-    PyObject *key = PyUnicode_InternFromString("op");
-    if (key == NULL) {
-        Py_DECREF(seq);
-        return NULL;
-    }
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
     PyObject *out = PyList_New(n);
@@ -628,12 +617,11 @@ static PyObject *dicts(PyObject *self, PyObject *arg) {
         if (!PyTuple_Check(op) || PyTuple_GET_SIZE(op) != 2 ||
             !PyUnicode_Check(PyTuple_GET_ITEM(op, 0)) || !PyDict_Check(PyTuple_GET_ITEM(op, 1))) {
             Py_DECREF(out);
-            Py_DECREF(key);
             Py_DECREF(seq);
             Py_RETURN_NONE;
         }
         PyObject *d = PyDict_New();
-        if (d == NULL || PyDict_SetItem(d, key, PyTuple_GET_ITEM(op, 0)) < 0 ||
+        if (d == NULL || PyDict_SetItem(d, KEY_OP, PyTuple_GET_ITEM(op, 0)) < 0 ||
             PyDict_Update(d, PyTuple_GET_ITEM(op, 1)) < 0) {
             Py_XDECREF(d);
             Py_CLEAR(out);
@@ -641,7 +629,6 @@ static PyObject *dicts(PyObject *self, PyObject *arg) {
         }
         PyList_SET_ITEM(out, i, d);
     }
-    Py_DECREF(key);
     Py_DECREF(seq);
     return out;
 }
@@ -659,11 +646,6 @@ static PyObject *members(PyObject *self, PyObject *args) {
     PyObject *seq = PySequence_Fast(ops, "members() needs a sequence");
     if (seq == NULL)
         return NULL;
-    PyObject *key = PyUnicode_InternFromString("member");
-    if (key == NULL) {
-        Py_DECREF(seq);
-        return NULL;
-    }
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
     PyObject *out = PyList_New(n);
@@ -672,11 +654,10 @@ static PyObject *members(PyObject *self, PyObject *args) {
         if (PyTuple_Check(op) && PyTuple_GET_SIZE(op) == 2 &&
             PyDict_Check(d = PyTuple_GET_ITEM(op, 1)) &&
             (width <= 0 || PyDict_GET_SIZE(d) == width))
-            m = PyDict_GetItemWithError(d, key);
+            m = PyDict_GetItemWithError(d, KEY_MEMBER);
         if (m == NULL) {
             Py_CLEAR(out);
             if (!PyErr_Occurred()) {
-                Py_DECREF(key);
                 Py_DECREF(seq);
                 Py_RETURN_NONE;
             }
@@ -685,7 +666,6 @@ static PyObject *members(PyObject *self, PyObject *args) {
         Py_INCREF(m);
         PyList_SET_ITEM(out, i, m);
     }
-    Py_DECREF(key);
     Py_DECREF(seq);
     return out;
 }
@@ -708,4 +688,10 @@ static struct PyModuleDef module = {
     methods,
 };
 
-PyMODINIT_FUNC PyInit__netfast(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__netfast(void) {
+    KEY_OP = PyUnicode_InternFromString("op");
+    KEY_MEMBER = PyUnicode_InternFromString("member");
+    if (KEY_OP == NULL || KEY_MEMBER == NULL)
+        return NULL;
+    return PyModule_Create(&module);
+}
