@@ -180,13 +180,42 @@ def read_rules(
         other = other_backend_binary(binary)
         if shutil.which(f"{other}-save") is not None:
             readers.append(other)
-    texts = _save_all([f"{b}-save" for b in readers])
+    # A legacy backend with no table in this network namespace has no rule, and its save
+    # prints nothing: that is known from /proc without starting it (a process less each).
+    run = [b for b in readers if not _no_legacy_tables(b)]
+    saved = dict(zip(run, _save_all([f"{b}-save" for b in run]), strict=True))
+    texts = [saved.get(b, "") for b in readers]
     rules: list[Rule] = []
     chains: dict[str, Chains] = {}
     for binary, text in zip(readers, texts, strict=True):
         rules.extend(parse_save(binary, text))
         chains[binary] = parse_chains(text)
     return rules, chains
+
+
+#: The legacy xtables' tables of this network namespace, by family (one name a line): the
+#: calling thread's namespace, which a save it starts runs in (a thread may have entered one).
+LEGACY_TABLES = {
+    "iptables": "/proc/thread-self/net/ip_tables_names",
+    "ip6tables": "/proc/thread-self/net/ip6_tables_names",
+}
+
+
+def _no_legacy_tables(binary: str) -> bool:
+    """True when ``binary`` (``iptables``, ``ip6tables-legacy`` ...) is the legacy backend
+    and the kernel lists no legacy table in this namespace (the file there and empty): its
+    save would print nothing. False whenever that is not certain."""
+    family = binary.removesuffix("-legacy").removesuffix("-nft")
+    names = LEGACY_TABLES.get(family)
+    if names is None or binary.endswith("-nft"):
+        return False
+    if not binary.endswith("-legacy") and backend_of(binary) != "legacy":
+        return False
+    try:
+        with open(names, "rb") as f:
+            return not f.read(1)
+    except OSError:
+        return False
 
 
 def _save_all(saves: list[str]) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from reconciler.kinds.ipset.checks import IpsetTombstone, is_tombstone
 from reconciler.kinds.ipset.provider import normalise_client, ssh_client_address
 from reconciler.model import IpsetSpec
 from tests import clirun
+from tests.netns import Netns
 
 FACTS = Path(__file__).parent / "facts"
 
@@ -231,6 +233,9 @@ def test_read_rules_reads_both_backends(tmp_path: Path, monkeypatch: pytest.Monk
         "-A INPUT -m set --match-set mgmt src -j OK\\nCOMMIT\\n'",
     )
     monkeypatch.setenv("PATH", str(tmp_path))
+    tables = tmp_path / "ip_tables_names"  # the kernel lists a legacy table: it is read
+    tables.write_text("filter\n")
+    monkeypatch.setitem(firewall.LEGACY_TABLES, "iptables", str(tables))
     assert firewall.backend_of("iptables") == "nft"
     assert firewall.other_backend_binary("iptables") == "iptables-legacy"
     rules, chains = firewall.read_rules()
@@ -246,6 +251,42 @@ def test_read_rules_reads_both_backends(tmp_path: Path, monkeypatch: pytest.Monk
     assert not firewall.is_other_backend("ip6tables")
     # Only the backend iptables uses, as before:
     assert [r.binary for r in firewall.list_set_rules()] == ["iptables"]
+
+
+def test_a_legacy_backend_without_tables_is_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No legacy table in the namespace (the kernel's list there, empty): the legacy save
+    would print nothing, and is not started; a missing list is no proof, and it is run."""
+    _script(tmp_path / "iptables", 'echo "iptables v1.8.9 (nf_tables)"')
+    _script(tmp_path / "iptables-save", "printf '*filter\\n:INPUT ACCEPT [0:0]\\nCOMMIT\\n'")
+    ran = tmp_path / "ran"
+    _script(tmp_path / "iptables-legacy-save", f": > {ran}")  # a shell builtin: PATH is bare
+    monkeypatch.setenv("PATH", str(tmp_path))
+    tables = tmp_path / "ip_tables_names"
+    tables.write_text("")
+    monkeypatch.setitem(firewall.LEGACY_TABLES, "iptables", str(tables))
+    assert firewall.read_rules(("iptables",)) == ([], {"iptables": {"INPUT": ()},
+                                                      "iptables-legacy": {}})  # fmt: skip
+    assert not ran.exists()
+    tables.unlink()
+    assert firewall.read_rules(("iptables",))[0] == []
+    assert ran.exists()
+
+
+@pytest.mark.kernel
+def test_legacy_tables_are_read_in_the_namespace_of_the_thread(netns: Netns) -> None:
+    """The kernel's list of legacy tables is the calling thread's namespace's: none in a
+    new namespace, ``filter`` once a legacy rule is made there (and the save is run)."""
+    if shutil.which("iptables-legacy") is None:
+        pytest.skip("iptables-legacy is not installed")
+    with netns.entered():
+        assert firewall._no_legacy_tables("iptables-legacy")
+    netns.run(["iptables-legacy", "-A", "INPUT", "-j", "ACCEPT"])
+    with netns.entered():
+        assert not firewall._no_legacy_tables("iptables-legacy")
+        _, chains = firewall.read_rules(("iptables",))
+    assert chains["iptables-legacy"] == {"INPUT": ("ACCEPT",), "FORWARD": (), "OUTPUT": ()}
 
 
 @pytest.mark.parametrize("backend", ["nft", "legacy"])
