@@ -4,25 +4,65 @@
 # mypy: ignore-errors
 SCHEMA_SHA256 = "f8d88d1cfa6d388d3b88a7916324416728d7f86313a2f6cece9dae085280eb07"
 VERSION = "2.22.3"
-from decimal import Decimal
+import sys
 import re
-from fastjsonschema import JsonSchemaValueException, JsonSchemaValuesException
+
+class JsonSchemaException(ValueError):
+    """The document is not valid (fastjsonschema's exceptions, as far as the check uses them)."""
+
+    def __init__(self, message, value=None, name=None, definition=None, rule=None):
+        super().__init__(message)
+        self.message = message
+        self.value = value
+        self.name = name
+        self.definition = definition
+        self.rule = rule
 
 
-REGEX_PATTERNS = {
-    '^[A-Za-z0-9_.-]{1,31}$': re.compile('^[A-Za-z0-9_.-]{1,31}\\Z'),
-    '^[A-Za-z0-9][A-Za-z0-9_.]{0,63}$': re.compile('^[A-Za-z0-9][A-Za-z0-9_.]{0,63}\\Z'),
-    '^[A-Za-z0-9._@-]{1,64}$': re.compile('^[A-Za-z0-9._@-]{1,64}\\Z'),
-    '^/': re.compile('^/'),
-    '^[^,\\s]+(,[^,\\s]+)*$': re.compile('^[^,\\s]+(,[^,\\s]+)*\\Z'),
-    '^[0-9]+(\\.[0-9]+)?%$': re.compile('^[0-9]+(\\.[0-9]+)?%\\Z'),
-    '^([0-9]+[ymwdh])+$': re.compile('^([0-9]+[ymwdh])+\\Z'),
-    '^([0-9]+[smhdw])+$': re.compile('^([0-9]+[smhdw])+\\Z'),
-    '^(?!\\.{1,2}$)[^/\\s:]{1,15}$': re.compile('^(?!\\.{1,2}\\Z)[^/\\s:]{1,15}\\Z'),
-    '^[a-z0-9][a-z0-9_-]*$': re.compile('^[a-z0-9][a-z0-9_-]*\\Z'),
-    '^[A-Za-z0-9_-]{1,28}$': re.compile('^[A-Za-z0-9_-]{1,28}\\Z'),
-    '^(ACCEPT|DROP|REJECT|RETURN|[A-Za-z0-9_-]{1,28})$': re.compile('^(ACCEPT|DROP|REJECT|RETURN|[A-Za-z0-9_-]{1,28})\\Z')
-}
+class JsonSchemaValueException(JsonSchemaException):
+    """A value is not valid."""
+
+
+class JsonSchemaValuesException(JsonSchemaException):
+    """Several values are not valid."""
+
+
+class _LazyDecimal(type):
+    def __instancecheck__(cls, obj):
+        decimal = sys.modules.get("decimal")
+        return decimal is not None and isinstance(obj, decimal.Decimal)
+
+
+class Decimal(metaclass=_LazyDecimal):
+    """decimal.Decimal for isinstance(), without importing decimal."""
+
+
+class _Patterns(dict):
+    """The patterns by their text, each compiled when first looked up."""
+
+    def __init__(self, sources):
+        super().__init__()
+        self._sources = sources
+
+    def __missing__(self, key):
+        compiled = self[key] = re.compile(self._sources[key])
+        return compiled
+
+
+REGEX_PATTERNS = _Patterns({
+    '^[A-Za-z0-9_.-]{1,31}$': ('^[A-Za-z0-9_.-]{1,31}\\Z'),
+    '^[A-Za-z0-9][A-Za-z0-9_.]{0,63}$': ('^[A-Za-z0-9][A-Za-z0-9_.]{0,63}\\Z'),
+    '^[A-Za-z0-9._@-]{1,64}$': ('^[A-Za-z0-9._@-]{1,64}\\Z'),
+    '^/': ('^/'),
+    '^[^,\\s]+(,[^,\\s]+)*$': ('^[^,\\s]+(,[^,\\s]+)*\\Z'),
+    '^[0-9]+(\\.[0-9]+)?%$': ('^[0-9]+(\\.[0-9]+)?%\\Z'),
+    '^([0-9]+[ymwdh])+$': ('^([0-9]+[ymwdh])+\\Z'),
+    '^([0-9]+[smhdw])+$': ('^([0-9]+[smhdw])+\\Z'),
+    '^(?!\\.{1,2}$)[^/\\s:]{1,15}$': ('^(?!\\.{1,2}\\Z)[^/\\s:]{1,15}\\Z'),
+    '^[a-z0-9][a-z0-9_-]*$': ('^[a-z0-9][a-z0-9_-]*\\Z'),
+    '^[A-Za-z0-9_-]{1,28}$': ('^[A-Za-z0-9_-]{1,28}\\Z'),
+    '^(ACCEPT|DROP|REJECT|RETURN|[A-Za-z0-9_-]{1,28})$': ('^(ACCEPT|DROP|REJECT|RETURN|[A-Za-z0-9_-]{1,28})\\Z')
+})
 
 NoneType = type(None)
 

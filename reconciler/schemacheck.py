@@ -40,26 +40,111 @@ def schema_digest() -> str:
     return schema_version()
 
 
-def host_check() -> Callable[[Any], Any]:
-    """The compiled check of the host schema: the generated module's when it was generated
-    from this schema, else compiled now. ``use_default=False``: it never writes defaults
-    into the document."""
+def host_check() -> Answers:
+    """Whether a document is valid against the host schema (True or False): the generated
+    module's check when it was generated from this schema, else one compiled now.
+    ``use_default=False``: it never writes defaults into the document."""
     try:
         from reconciler import _hostcheck
     except ImportError:
         _hostcheck = None  # type: ignore[assignment]
     if _hostcheck is not None and getattr(_hostcheck, "SCHEMA_SHA256", None) == schema_digest():
-        return cast(Callable[[Any], Any], _hostcheck.validate)
+        return Answers(_hostcheck.validate, _hostcheck.JsonSchemaException)
     import fastjsonschema
 
-    return cast(Callable[[Any], Any], fastjsonschema.compile(_schema(), use_default=False))
+    check = fastjsonschema.compile(_schema(), use_default=False)
+    return Answers(check, fastjsonschema.JsonSchemaException)
+
+
+class Answers:
+    """A compiled ``check`` (which raises ``invalid`` for an invalid document) as a yes/no
+    question: called with a document, True when it is valid."""
+
+    def __init__(self, check: Callable[[Any], Any], invalid: type[Exception]) -> None:
+        self.check = check
+        self.invalid = invalid
+
+    def __call__(self, data: Any) -> bool:
+        try:
+            self.check(data)
+        except self.invalid:
+            return False
+        return True
+
+
+#: What the generated module has instead of importing fastjsonschema (~20 ms, with its
+#: code generator, in every process that validates a file): the exceptions its check
+#: raises, and its patterns compiled when first used rather than at import.
+_PRELUDE = '''
+class JsonSchemaException(ValueError):
+    """The document is not valid (fastjsonschema's exceptions, as far as the check uses them)."""
+
+    def __init__(self, message, value=None, name=None, definition=None, rule=None):
+        super().__init__(message)
+        self.message = message
+        self.value = value
+        self.name = name
+        self.definition = definition
+        self.rule = rule
+
+
+class JsonSchemaValueException(JsonSchemaException):
+    """A value is not valid."""
+
+
+class JsonSchemaValuesException(JsonSchemaException):
+    """Several values are not valid."""
+
+
+class _LazyDecimal(type):
+    def __instancecheck__(cls, obj):
+        decimal = sys.modules.get("decimal")
+        return decimal is not None and isinstance(obj, decimal.Decimal)
+
+
+class Decimal(metaclass=_LazyDecimal):
+    """decimal.Decimal for isinstance(), without importing decimal."""
+
+
+class _Patterns(dict):
+    """The patterns by their text, each compiled when first looked up."""
+
+    def __init__(self, sources):
+        super().__init__()
+        self._sources = sources
+
+    def __missing__(self, key):
+        compiled = self[key] = re.compile(self._sources[key])
+        return compiled
+'''
+
+_IMPORT = "from fastjsonschema import JsonSchemaValueException, JsonSchemaValuesException\n"
+_DECIMAL = "from decimal import Decimal\n"
+_PATTERNS = re.compile(r"^REGEX_PATTERNS = \{\n(.*?)^\}\n", re.M | re.S)
+
+
+def _standalone(code: str) -> str:
+    """fastjsonschema's generated ``code`` without its import of fastjsonschema, and with its
+    patterns compiled on first use (:data:`_PRELUDE`)."""
+    if _IMPORT not in code:
+        raise RuntimeError("fastjsonschema's generated code no longer imports its exceptions")
+    if _DECIMAL not in code:
+        raise RuntimeError("fastjsonschema's generated code no longer imports Decimal")
+    code = code.replace(_IMPORT, _PRELUDE).replace(_DECIMAL, "import sys\n")
+    found = _PATTERNS.search(code)
+    if found is None:
+        raise RuntimeError("fastjsonschema's generated code has no REGEX_PATTERNS")
+    entries = found.group(1).replace(": re.compile(", ": (")
+    return code[: found.start()] + f"REGEX_PATTERNS = _Patterns({{\n{entries}}})\n" + code[
+        found.end() :
+    ]
 
 
 def render() -> str:
     """The source of the generated module for the schema in use."""
     import fastjsonschema
 
-    code = fastjsonschema.compile_to_code(_schema(), use_default=False)
+    code = _standalone(fastjsonschema.compile_to_code(_schema(), use_default=False))
     first = re.search(r"^def (validate_\w+)\(", code, re.M)
     if first is None:
         raise RuntimeError("fastjsonschema generated no validate function")

@@ -12,7 +12,6 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import fastjsonschema
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -26,11 +25,7 @@ SCHEMAS = {"host": "host.schema.json", "vms": "vms.schema.json"}
 
 def agree(schema: str, data: Any) -> tuple[bool, bool]:
     """(fast says valid, jsonschema says valid)."""
-    try:
-        desired._fast_check(schema)(data)
-        fast = True
-    except fastjsonschema.JsonSchemaException:
-        fast = False
+    fast = desired._fast_check(schema)(data)
     slow = not any(True for _ in desired._validator(schema).iter_errors(data))
     return fast, slow
 

@@ -18,13 +18,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_the_generated_check_is_current() -> None:
     assert schemacheck.is_current(), "run: .venv/bin/python -m reconciler.schema"
-    assert schemacheck.host_check() is _hostcheck.validate
+    assert schemacheck.host_check().check is _hostcheck.validate
+    assert "fastjsonschema" not in _hostcheck.__dict__ and "import fastjsonschema" not in (
+        ROOT / "reconciler" / "_hostcheck.py"
+    ).read_text()
 
 
 def _valid(check: Any, data: Any) -> bool:
     try:
         check(data)
-    except fastjsonschema.JsonSchemaException:
+    except (fastjsonschema.JsonSchemaException, _hostcheck.JsonSchemaException):
         return False
     return True
 
@@ -50,6 +53,27 @@ def test_it_answers_as_the_check_compiled_at_run_time() -> None:
 def test_a_stale_module_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_hostcheck, "SCHEMA_SHA256", "0" * 64)
     check = schemacheck.host_check()
-    assert check is not _hostcheck.validate
-    assert not _valid(check, {"ipsets": {"mgmt": {"type": "hash:ip"}}})
-    assert _valid(check, {"ipsets": {}})
+    assert check.check is not _hostcheck.validate
+    assert not check({"ipsets": {"mgmt": {"type": "hash:ip"}}})
+    assert check({"ipsets": {}})
+
+
+def test_the_generated_module_stands_alone() -> None:
+    """It imports neither fastjsonschema nor decimal: its exceptions are its own, a Decimal
+    is recognised without importing decimal (none can exist before it is), and its patterns
+    are compiled when first used."""
+    import decimal
+
+    assert isinstance(decimal.Decimal("1.5"), _hostcheck.Decimal)
+    assert not isinstance(1.5, _hostcheck.Decimal) and not isinstance("1", _hostcheck.Decimal)
+    compiled = fastjsonschema.compile(schemacheck._schema(), use_default=False)
+    for maxelem in (decimal.Decimal(65536), decimal.Decimal("0.5"), 1.0, "x", True):
+        data: dict[str, Any] = {"ipsets": {"s": {"type": "hash:net", "members": [],
+                                                  "maxelem": maxelem}}}  # fmt: skip
+        assert _valid(_hostcheck.validate, data) == _valid(compiled, data), maxelem
+    pattern = "^[A-Za-z0-9_-]{1,28}$"
+    assert _hostcheck.REGEX_PATTERNS[pattern].pattern == "^[A-Za-z0-9_-]{1,28}\\Z"
+    validate: Any = _hostcheck.validate
+    with pytest.raises(_hostcheck.JsonSchemaValueException) as e:
+        validate({"ipsets": {"s": {"type": "hash:ip"}}})
+    assert isinstance(e.value, ValueError) and e.value.rule == "const"
