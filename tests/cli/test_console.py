@@ -11,9 +11,19 @@ from pathlib import Path
 from reconciler import __version__
 
 
-def _python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=60, check=False)  # fmt: skip
+def _console_after(setup: str, path: Path) -> subprocess.CompletedProcess[str]:
+    """``reconcile --version`` through console(), in a process that first ran ``setup``
+    (Python, with ``path`` the file it may write)."""
+    code = (
+        "import sys\n"
+        "from reconciler import cli\n"
+        "path = sys.argv[1]\n"
+        f"{setup}"
+        "sys.argv[1:] = ['--version']\n"
+        "cli.console()\n"
+    )
+    return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                          text=True, timeout=60, check=False)  # fmt: skip
 
 
 def test_exit_code_and_output() -> None:
@@ -29,16 +39,12 @@ def test_exit_code_and_output() -> None:
 
 def test_exit_handlers_run_and_output_is_flushed(tmp_path: Path) -> None:
     mark = tmp_path / "ran"
-    code = (
-        "import atexit, sys\n"
-        "from reconciler import cli\n"
-        "path = sys.argv[1]\n"
+    proc = _console_after(
+        "import atexit\n"
         "atexit.register(lambda: open(path, 'w').write('ran'))\n"
-        "sys.stdout.write('unflushed ')\n"
-        "sys.argv[1:] = ['--version']\n"
-        "cli.console()\n"
+        "sys.stdout.write('unflushed ')\n",
+        mark,
     )
-    proc = _python(code, str(mark))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"unflushed reconcile {__version__}\n"
     assert mark.read_text() == "ran"
@@ -46,18 +52,14 @@ def test_exit_handlers_run_and_output_is_flushed(tmp_path: Path) -> None:
 
 def test_a_thread_still_running_is_waited_for(tmp_path: Path) -> None:
     mark = tmp_path / "done"
-    code = (
-        "import sys, threading, time\n"
-        "from reconciler import cli\n"
-        "path = sys.argv[1]\n"
+    proc = _console_after(
+        "import threading, time\n"
         "def late():\n"
         "    time.sleep(0.3)\n"
         "    open(path, 'w').write('done')\n"
-        "threading.Thread(target=late).start()\n"
-        "sys.argv[1:] = ['--version']\n"
-        "cli.console()\n"
+        "threading.Thread(target=late).start()\n",
+        mark,
     )
-    proc = _python(code, str(mark))
     assert proc.returncode == 0, proc.stderr
     assert mark.read_text() == "done"
 
