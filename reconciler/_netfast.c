@@ -284,6 +284,10 @@ static PyObject *sort(PyObject *self, PyObject *arg) {
     if (seq == NULL)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > PY_SSIZE_T_MAX / (Py_ssize_t)(4 * sizeof(keyed_t))) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
     /* keys (in the items' order) and their radix buffer, then the address order's two */
     keyed_t *keys = PyMem_Malloc(sizeof(keyed_t) * 4 * (n ? n : 1));
     if (keys == NULL) {
@@ -342,6 +346,8 @@ static PyObject *encode(PyObject *self, PyObject *args) {
     int alen = v6 ? 16 : 4;
     Py_ssize_t size = 12 + alen + 4 + 4 + 4 + 4 + extra_n;
     Py_ssize_t n = PyList_GET_SIZE(members);
+    if (n > PY_SSIZE_T_MAX / size || n > PY_SSIZE_T_MAX / (Py_ssize_t)(2 * sizeof(keyed_t)))
+        return PyErr_NoMemory();
     PyObject *out = PyBytes_FromStringAndSize(NULL, size * n);
     keyed_t *buf = PyMem_Malloc(sizeof(keyed_t) * 2 * (n ? n : 1));
     if (out == NULL || buf == NULL) {
@@ -685,7 +691,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "reconciler._netfast",
     "The per-member loops of big ipsets, in C (optional; see reconciler/_netfast.c).", -1,
-    methods,
+    methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__netfast(void) {
