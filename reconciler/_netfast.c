@@ -389,20 +389,32 @@ static PyObject *encode(PyObject *self, PyObject *args) {
     return out;
 }
 
-/* format4(chunk, size, addr_off, cidr_off) -> list[str]
+/* format4(chunk, size, addr_off, cidr_off) -> list[str] | None
  *
- * The IPv4 members of a dump's fixed-size records (the caller checked their headers):
- * "a.b.c.d/n" with n the byte at cidr_off, or "/32" when cidr_off is -1. */
+ * The IPv4 members of a dump's fixed-size records: "a.b.c.d/n" with n the byte at cidr_off,
+ * or "/32" when cidr_off is -1. Every record must carry the first one's header bytes (its
+ * first addr_off bytes, and with a prefix the 4 before it: the NLA headers; the caller
+ * checked the first's): None when one does not (the caller decodes it attribute by
+ * attribute then). */
 static PyObject *format4(PyObject *self, PyObject *args) {
     Py_buffer view;
     Py_ssize_t size, addr_off, cidr_off;
     if (!PyArg_ParseTuple(args, "y*nnn", &view, &size, &addr_off, &cidr_off))
         return NULL;
     if (size <= 0 || view.len % size || addr_off < 0 || addr_off + 4 > size ||
-        cidr_off >= size || cidr_off < -1) {
+        cidr_off >= size || cidr_off < -1 || (cidr_off >= 0 && cidr_off < addr_off + 8)) {
         PyBuffer_Release(&view);
         PyErr_SetString(PyExc_ValueError, "format4(): bad layout");
         return NULL;
+    }
+    const unsigned char *first = view.buf;
+    for (Py_ssize_t at = size; at < view.len; at += size) {
+        const unsigned char *r = first + at;
+        if (memcmp(r, first, addr_off) != 0 ||
+            (cidr_off >= 0 && memcmp(r + cidr_off - 4, first + cidr_off - 4, 4) != 0)) {
+            PyBuffer_Release(&view);
+            Py_RETURN_NONE;
+        }
     }
     Py_ssize_t n = view.len / size;
     PyObject *out = PyList_New(n);

@@ -570,13 +570,16 @@ def _decode_adt_fast(
         if cidr_hw & 0xFFFF != 5 or (cidr_hw >> 16) & mask != IPSET_ATTR_CIDR:
             return False
         offsets += tuple(range(12 + alen, 16 + alen))
+    fast = native.netfast
+    if v4 and fast is not None:  # the headers compared and the strings made in C
+        made: list[str] | None = fast.format4(chunk, size, 12, 20 if is_net else -1)
+        if made is None:
+            return False
+        acc.members.extend(made)
+        return True
     if not _same_headers(chunk, size, offsets):
         return False
     if v4:
-        fast = native.netfast
-        if fast is not None:  # the same strings, formatted in C
-            acc.members.extend(fast.format4(chunk, size, 12, 20 if is_net else -1))
-            return True
         octets = _OCTETS
         if is_net:
             acc.members.extend(
