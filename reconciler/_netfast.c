@@ -10,7 +10,8 @@
  *           (ipset/lists.py): clean networks go into the seen dicts, the rest to a callback;
  * sort()    sorted(members, key=cidr.sort_key);
  * encode()  ipset/netlink.py's ADD/DEL entries, one per member;
- * format4() an IPv4 dump's fixed-layout entries as "a.b.c.d/n" strings;
+ * format4() an IPv4 dump's fixed-layout entries as "a.b.c.d/n" strings, and same4()
+ *           whether they are exactly a set of member strings, without making strings;
  * runs()    the runs of network items yamlparse._fold_runs folds (its _RUN regex's matches);
  * ops()     plan.member_ops's Op per member, and dicts() Change.to_dict's dict per op;
  * members() the member of each op of a run (ipset/render.py's log events, apply's batches).
@@ -279,46 +280,63 @@ static keyed_t *by_address(PyObject **items, Py_ssize_t n, keyed_t *buf) {
     return radix_sort(buf, buf + n, n);
 }
 
+/* Room for `times` arrays of n keys (MemoryError set and NULL when there is none). */
+static keyed_t *new_keys(Py_ssize_t n, Py_ssize_t times) {
+    if (n > PY_SSIZE_T_MAX / (Py_ssize_t)(times * sizeof(keyed_t))) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    keyed_t *keys = PyMem_Malloc(sizeof(keyed_t) * times * (n ? n : 1));
+    if (keys == NULL)
+        PyErr_NoMemory();
+    return keys;
+}
+
+/* The key of each network string items[i] into keys[i], read in address order (scratch:
+ * 2n keys); 0 when one is not "address/prefix" as written canonically (of IP `version`
+ * when that is not 0): cidr.sort_key reads any prefix 0..128, either family. */
+static int member_keys(PyObject **items, Py_ssize_t n, keyed_t *keys, keyed_t *scratch,
+                       int version) {
+    keyed_t *order = by_address(items, n, scratch);
+    for (Py_ssize_t j = 0; j < n; j++) {
+        Py_ssize_t i = order[j].index;
+        PyObject *item = items[i];
+        net_t net;
+        if (!PyUnicode_CheckExact(item) || !PyUnicode_IS_ASCII(item) ||
+            !parse_net(PyUnicode_DATA(item), PyUnicode_GET_LENGTH(item), 0, &net) ||
+            !net.slash || (version && net.version != version))
+            return 0;
+        make_key(&net, &keys[i]);
+        keys[i].index = i;
+    }
+    return 1;
+}
+
 static PyObject *sort(PyObject *self, PyObject *arg) {
     PyObject *seq = PySequence_Fast(arg, "sort() needs an iterable");
     if (seq == NULL)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n > PY_SSIZE_T_MAX / (Py_ssize_t)(4 * sizeof(keyed_t))) {
-        Py_DECREF(seq);
-        return PyErr_NoMemory();
-    }
     /* keys (in the items' order) and their radix buffer, then the address order's two */
-    keyed_t *keys = PyMem_Malloc(sizeof(keyed_t) * 4 * (n ? n : 1));
+    keyed_t *keys = new_keys(n, 4);
     if (keys == NULL) {
         Py_DECREF(seq);
-        return PyErr_NoMemory();
+        return NULL;
     }
     PyObject **items = PySequence_Fast_ITEMS(seq);
-    keyed_t *order = by_address(items, n, keys + 2 * n);
-    for (Py_ssize_t j = 0; j < n; j++) {
-        Py_ssize_t i = order[j].index;
-        PyObject *item = items[i];
-        net_t net;
-        /* cidr.sort_key reads any prefix 0..128 as written ("0".."128"), either family */
-        if (!PyUnicode_CheckExact(item) || !PyUnicode_IS_ASCII(item) ||
-            !parse_net(PyUnicode_DATA(item), PyUnicode_GET_LENGTH(item), 0, &net) ||
-            !net.slash) {
-            PyMem_Free(keys);
-            Py_DECREF(seq);
-            Py_RETURN_NONE;
-        }
-        make_key(&net, &keys[i]);
-        keys[i].index = i;
+    PyObject *out = Py_None;
+    if (member_keys(items, n, keys, keys + 2 * n, 0)) {
+        keyed_t *done = radix_sort(keys, keys + n, n);
+        out = PyList_New(n);
+        if (out != NULL)
+            for (Py_ssize_t i = 0; i < n; i++) {
+                PyObject *item = items[done[i].index];
+                Py_INCREF(item);
+                PyList_SET_ITEM(out, i, item);
+            }
+    } else {
+        Py_INCREF(out);
     }
-    keyed_t *done = radix_sort(keys, keys + n, n);
-    PyObject *out = PyList_New(n);
-    if (out != NULL)
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *item = items[done[i].index];
-            Py_INCREF(item);
-            PyList_SET_ITEM(out, i, item);
-        }
     PyMem_Free(keys);
     Py_DECREF(seq);
     return out;
@@ -346,14 +364,15 @@ static PyObject *encode(PyObject *self, PyObject *args) {
     int alen = v6 ? 16 : 4;
     Py_ssize_t size = 12 + alen + 4 + 4 + 4 + 4 + extra_n;
     Py_ssize_t n = PyList_GET_SIZE(members);
-    if (n > PY_SSIZE_T_MAX / size || n > PY_SSIZE_T_MAX / (Py_ssize_t)(2 * sizeof(keyed_t)))
+    if (n > PY_SSIZE_T_MAX / size)
         return PyErr_NoMemory();
+    keyed_t *buf = new_keys(n, 2);
+    if (buf == NULL)
+        return NULL;
     PyObject *out = PyBytes_FromStringAndSize(NULL, size * n);
-    keyed_t *buf = PyMem_Malloc(sizeof(keyed_t) * 2 * (n ? n : 1));
-    if (out == NULL || buf == NULL) {
-        Py_XDECREF(out);
+    if (out == NULL) {
         PyMem_Free(buf);
-        return buf == NULL ? PyErr_NoMemory() : NULL;
+        return NULL;
     }
     PyObject **items = ((PyListObject *)members)->ob_item;
     keyed_t *order = by_address(items, n, buf);
@@ -447,6 +466,86 @@ static PyObject *format4(PyObject *self, PyObject *args) {
     }
     PyBuffer_Release(&view);
     return out;
+}
+
+/* same4(chunks, size, addr_off, cidr_off, members) -> bool | None
+ *
+ * Whether the IPv4 records of a dump's chunks (fixed-size records as format4 reads them;
+ * the caller checked each chunk's first) are exactly the networks ``members`` names (an
+ * iterable of canonical "a.b.c.d/n" strings): compared as sorted (address, prefix) keys,
+ * the members read in address order, no string made. None when a chunk's records do not
+ * all carry its first one's header bytes, or a member is not an IPv4 network in that form
+ * (the caller decodes and compares strings then). */
+static PyObject *same4(PyObject *self, PyObject *args) {
+    PyObject *chunks, *members;
+    Py_ssize_t size, addr_off, cidr_off;
+    if (!PyArg_ParseTuple(args, "O!nnnO", &PyList_Type, &chunks, &size, &addr_off, &cidr_off,
+                          &members))
+        return NULL;
+    if (size <= 0 || addr_off < 0 || addr_off + 4 > size || cidr_off >= size || cidr_off < -1 ||
+        (cidr_off >= 0 && cidr_off < addr_off + 8)) {
+        PyErr_SetString(PyExc_ValueError, "same4(): bad layout");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(members, "same4() needs an iterable");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), count = 0;
+    for (Py_ssize_t c = 0; c < PyList_GET_SIZE(chunks); c++) {
+        PyObject *chunk = PyList_GET_ITEM(chunks, c);
+        if (!PyBytes_Check(chunk) || PyBytes_GET_SIZE(chunk) % size) {
+            Py_DECREF(seq);
+            Py_RETURN_NONE;
+        }
+        count += PyBytes_GET_SIZE(chunk) / size;
+    }
+    if (count != n) {
+        Py_DECREF(seq);
+        Py_RETURN_FALSE;
+    }
+    /* the dump's keys and their radix buffer, the members' and theirs, the address order's */
+    keyed_t *buf = new_keys(n, 6);
+    if (buf == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    keyed_t *dump = buf, *want = buf + 2 * n;
+    PyObject *answer = Py_None;
+    Py_ssize_t k = 0;
+    for (Py_ssize_t c = 0; c < PyList_GET_SIZE(chunks) && answer == Py_None; c++) {
+        PyObject *chunk = PyList_GET_ITEM(chunks, c);
+        const unsigned char *first = (const unsigned char *)PyBytes_AS_STRING(chunk);
+        Py_ssize_t len = PyBytes_GET_SIZE(chunk);
+        for (Py_ssize_t at = 0; at < len; at += size, k++) {
+            const unsigned char *r = first + at;
+            if (memcmp(r, first, addr_off) != 0 ||
+                (cidr_off >= 0 && memcmp(r + cidr_off - 4, first + cidr_off - 4, 4) != 0)) {
+                answer = NULL; /* headers differ: not for here */
+                break;
+            }
+            uint64_t prefix = cidr_off < 0 ? 32 : r[cidr_off];
+            dump[k].k0 = 4ULL << 56 | be_bytes(r + addr_off, 4) << 8 | prefix;
+            dump[k].k1 = dump[k].k2 = 0;
+            dump[k].index = k;
+        }
+    }
+    if (answer == Py_None && !member_keys(PySequence_Fast_ITEMS(seq), n, want, buf + 4 * n, 4))
+        answer = NULL;
+    if (answer == Py_None) {
+        keyed_t *a = radix_sort(dump, dump + n, n), *b = radix_sort(want, want + n, n);
+        answer = Py_True;
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (a[i].k0 != b[i].k0) {
+                answer = Py_False;
+                break;
+            }
+    }
+    PyMem_Free(buf);
+    Py_DECREF(seq);
+    if (answer == NULL)
+        Py_RETURN_NONE;
+    Py_INCREF(answer);
+    return answer;
 }
 
 /* yamlparse._ITEM, matched whole: [0-9A-Fa-f:.]+/[0-9]+ or a dotted quad of 1-3 digits each. */
@@ -693,6 +792,7 @@ static PyMethodDef methods[] = {
     {"sort", sort, METH_O, "sorted(members, key=cidr.sort_key), or None."},
     {"encode", encode, METH_VARARGS, "Per-member netlink ADD/DEL entries, or None."},
     {"format4", format4, METH_VARARGS, "IPv4 members of a dump's fixed-size records."},
+    {"same4", same4, METH_VARARGS, "Whether a dump's IPv4 records are exactly some members."},
     {"runs", runs, METH_VARARGS, "The runs of network items yamlparse folds."},
     {"ops", ops, METH_VARARGS, "An Op per member."},
     {"dicts", dicts, METH_O, "The JSON plan's dict per op, or None."},

@@ -426,6 +426,25 @@ class _Acc:
             h.update(chunk)
         return h.hexdigest()
 
+    def _holds_exactly(self, wanted: frozenset[str]) -> bool:
+        """Whether the entries are exactly ``wanted``, told in C without decoding them
+        (a plain IPv4 hash:net or hash:ip set whose records all have the fixed layout);
+        False when they are not, or when that cannot be told so (then they are decoded)."""
+        fast = native.netfast
+        is_net = self.type == "hash:net"
+        if (
+            fast is None
+            or self.family != NFPROTO_IPV4
+            or self.type not in _DECODABLE_TYPES
+            or (not is_net and self.netmask is not None)
+        ):
+            return False
+        rec = _DUMP_NET4 if is_net else _DUMP_IP4
+        if not all(len(c) >= rec.size and _first_fixed(c, rec, True, is_net) for c in self.chunks):
+            return False
+        same: bool | None = fast.same4(self.chunks, rec.size, 12, 20 if is_net else -1, wanted)
+        return same is True
+
     def finish(self, known: Known) -> LiveSet:
         """The set, its entries decoded now, or taken from ``known`` when it has this set's
         digest (the members those very bytes were found to decode to). Decoded entries
@@ -433,7 +452,7 @@ class _Acc:
         frozenset (a converged set: the diff then compares nothing twice)."""
         digest = self.digest()
         hit = known.get(self.name)
-        if hit is not None and hit[0] == digest:
+        if hit is not None and (hit[0] == digest or self._holds_exactly(hit[1])):
             members: frozenset[str] | None = hit[1]
         else:
             for chunk in self.chunks:
@@ -537,6 +556,30 @@ def _same_headers(chunk: memoryview, size: int, offsets: tuple[int, ...]) -> boo
     return all(chunk[k::size].tobytes().count(chunk[k]) == count for k in offsets)
 
 
+def _first_fixed(chunk: memoryview | bytes, rec: struct.Struct, v4: bool, is_net: bool) -> bool:
+    """Whether the first record of ``chunk`` has the fixed layout ``rec``: its NLA header
+    words checked by type (flag bits such as NLA_F_NET_BYTEORDER differ between kernel
+    versions)."""
+    first = rec.unpack_from(chunk, 0)
+    data_hw, ip_hw, addr_hw = first[0], first[1], first[2]
+    alen = 4 if v4 else 16
+    mask = NLA_TYPE_MASK
+    if (
+        data_hw & 0xFFFF != rec.size
+        or (data_hw >> 16) & mask != IPSET_ATTR_DATA
+        or ip_hw & 0xFFFF != 8 + alen
+        or (ip_hw >> 16) & mask != IPSET_ATTR_IP
+        or addr_hw & 0xFFFF != 4 + alen
+        or (addr_hw >> 16) & mask != (IPSET_ATTR_IPADDR_IPV4 if v4 else IPSET_ATTR_IPADDR_IPV6)
+    ):
+        return False
+    if is_net:
+        cidr_hw = first[4]
+        if cidr_hw & 0xFFFF != 5 or (cidr_hw >> 16) & mask != IPSET_ATTR_CIDR:
+            return False
+    return True
+
+
 def _decode_adt_fast(
     acc: _Acc, buf: memoryview, start: int, end: int, v4: bool, is_net: bool
 ) -> bool:
@@ -551,24 +594,11 @@ def _decode_adt_fast(
     if end <= start or (end - start) % size:
         return end == start
     chunk = buf[start:end]
-    first = rec.unpack_from(chunk, 0)
-    data_hw, ip_hw, addr_hw = first[0], first[1], first[2]
-    alen = 4 if v4 else 16
-    mask = NLA_TYPE_MASK
-    if (
-        data_hw & 0xFFFF != size
-        or (data_hw >> 16) & mask != IPSET_ATTR_DATA
-        or ip_hw & 0xFFFF != 8 + alen
-        or (ip_hw >> 16) & mask != IPSET_ATTR_IP
-        or addr_hw & 0xFFFF != 4 + alen
-        or (addr_hw >> 16) & mask != (IPSET_ATTR_IPADDR_IPV4 if v4 else IPSET_ATTR_IPADDR_IPV6)
-    ):
+    if not _first_fixed(chunk, rec, v4, is_net):
         return False
+    alen = 4 if v4 else 16
     offsets = tuple(range(12))
     if is_net:
-        cidr_hw = first[4]
-        if cidr_hw & 0xFFFF != 5 or (cidr_hw >> 16) & mask != IPSET_ATTR_CIDR:
-            return False
         offsets += tuple(range(12 + alen, 16 + alen))
     fast = native.netfast
     if v4 and fast is not None:  # the headers compared and the strings made in C

@@ -39,16 +39,24 @@ def _desired(tmp_path: Path, members: list[str]) -> HostDesired:
 
 
 def _decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The sets whose entries are decoded: a name per decoded ADT nest (a dump of many
-    members comes in several messages, each with its nest)."""
+    """The sets whose entries are read: a name per decoded ADT nest (a dump of many
+    members comes in several messages, each with its nest), or per comparison of all the
+    entries with the desired members without decoding them (netlink._Acc._holds_exactly)."""
     seen: list[str] = []
     real = netlink._decode_adt
+    real_holds = netlink._Acc._holds_exactly
 
     def counted(acc: Any, buf: memoryview, start: int, end: int) -> None:
         seen.append(acc.name)
         real(acc, buf, start, end)
 
+    def compared(acc: Any, wanted: frozenset[str]) -> bool:
+        seen.append(acc.name)
+        same: bool = real_holds(acc, wanted)
+        return same
+
     monkeypatch.setattr(netlink, "_decode_adt", counted)
+    monkeypatch.setattr(netlink._Acc, "_holds_exactly", compared)
     return seen
 
 
