@@ -108,6 +108,12 @@ static int parse_net(const char *s, Py_ssize_t n, int lenient, net_t *out) {
     return 1;
 }
 
+/* parse_net of a str object: 0 also for anything but an ASCII str. */
+static int str_net(PyObject *item, int lenient, net_t *out) {
+    return PyUnicode_CheckExact(item) && PyUnicode_IS_ASCII(item) &&
+           parse_net(PyUnicode_DATA(item), PyUnicode_GET_LENGTH(item), lenient, out);
+}
+
 /* True if the address has bits set after the prefix. */
 static int host_bits(const net_t *net) {
     int len = net->version == 4 ? 4 : 16;
@@ -266,8 +272,6 @@ static void make_key(const net_t *net, keyed_t *k) {
     }
 }
 
-/* sort(members) -> list | None: sorted(members, key=cidr.sort_key), or None when a member
- * is not a network in a form the key reads here (the caller sorts in Python). */
 /* The indexes of items[0..n) in the order of the objects' addresses (in `buf`, 2n long;
  * returns where). A set's members come in hash order, scattered in memory: read in address
  * order they are read as they lie, at about twice the speed (200,000 members). */
@@ -302,9 +306,7 @@ static int member_keys(PyObject **items, Py_ssize_t n, keyed_t *keys, keyed_t *s
         Py_ssize_t i = order[j].index;
         PyObject *item = items[i];
         net_t net;
-        if (!PyUnicode_CheckExact(item) || !PyUnicode_IS_ASCII(item) ||
-            !parse_net(PyUnicode_DATA(item), PyUnicode_GET_LENGTH(item), 0, &net) ||
-            !net.slash || (version && net.version != version))
+        if (!str_net(item, 0, &net) || !net.slash || (version && net.version != version))
             return 0;
         make_key(&net, &keys[i]);
         keys[i].index = i;
@@ -312,6 +314,8 @@ static int member_keys(PyObject **items, Py_ssize_t n, keyed_t *keys, keyed_t *s
     return 1;
 }
 
+/* sort(members) -> list | None: sorted(members, key=cidr.sort_key), or None when a member
+ * is not a network in a form the key reads here (the caller sorts in Python). */
 static PyObject *sort(PyObject *self, PyObject *arg) {
     PyObject *seq = PySequence_Fast(arg, "sort() needs an iterable");
     if (seq == NULL)
@@ -380,9 +384,7 @@ static PyObject *encode(PyObject *self, PyObject *args) {
         Py_ssize_t i = order[j].index;
         PyObject *item = items[i];
         net_t net;
-        if (!PyUnicode_CheckExact(item) || !PyUnicode_IS_ASCII(item) ||
-            !parse_net(PyUnicode_DATA(item), PyUnicode_GET_LENGTH(item), 1, &net) ||
-            net.version != (v6 ? 6 : 4)) {
+        if (!str_net(item, 1, &net) || net.version != (v6 ? 6 : 4)) {
             Py_DECREF(out);
             PyMem_Free(buf);
             Py_RETURN_NONE;
@@ -408,6 +410,26 @@ static PyObject *encode(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* Whether a dump record layout (its size, where the address is, where the prefix is or -1)
+ * cannot be read: ValueError set for `what` then. */
+static int bad_layout(Py_ssize_t size, Py_ssize_t addr_off, Py_ssize_t cidr_off,
+                      const char *what) {
+    if (size <= 0 || addr_off < 0 || addr_off + 4 > size || cidr_off >= size || cidr_off < -1 ||
+        (cidr_off >= 0 && cidr_off < addr_off + 8)) {
+        PyErr_Format(PyExc_ValueError, "%s(): bad layout", what);
+        return 1;
+    }
+    return 0;
+}
+
+/* Whether record r carries other header bytes than record first: its first addr_off bytes,
+ * and with a prefix the 4 before it (the NLA headers). */
+static int other_headers(const unsigned char *r, const unsigned char *first, Py_ssize_t addr_off,
+                         Py_ssize_t cidr_off) {
+    return memcmp(r, first, addr_off) != 0 ||
+           (cidr_off >= 0 && memcmp(r + cidr_off - 4, first + cidr_off - 4, 4) != 0);
+}
+
 /* format4(chunk, size, addr_off, cidr_off) -> list[str] | None
  *
  * The IPv4 members of a dump's fixed-size records: "a.b.c.d/n" with n the byte at cidr_off,
@@ -420,21 +442,18 @@ static PyObject *format4(PyObject *self, PyObject *args) {
     Py_ssize_t size, addr_off, cidr_off;
     if (!PyArg_ParseTuple(args, "y*nnn", &view, &size, &addr_off, &cidr_off))
         return NULL;
-    if (size <= 0 || view.len % size || addr_off < 0 || addr_off + 4 > size ||
-        cidr_off >= size || cidr_off < -1 || (cidr_off >= 0 && cidr_off < addr_off + 8)) {
+    if (bad_layout(size, addr_off, cidr_off, "format4") || view.len % size) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "format4(): not whole records");
         PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "format4(): bad layout");
         return NULL;
     }
     const unsigned char *first = view.buf;
-    for (Py_ssize_t at = size; at < view.len; at += size) {
-        const unsigned char *r = first + at;
-        if (memcmp(r, first, addr_off) != 0 ||
-            (cidr_off >= 0 && memcmp(r + cidr_off - 4, first + cidr_off - 4, 4) != 0)) {
+    for (Py_ssize_t at = size; at < view.len; at += size)
+        if (other_headers(first + at, first, addr_off, cidr_off)) {
             PyBuffer_Release(&view);
             Py_RETURN_NONE;
         }
-    }
     Py_ssize_t n = view.len / size;
     PyObject *out = PyList_New(n);
     if (out == NULL) {
@@ -482,11 +501,8 @@ static PyObject *same4(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!nnnO", &PyList_Type, &chunks, &size, &addr_off, &cidr_off,
                           &members))
         return NULL;
-    if (size <= 0 || addr_off < 0 || addr_off + 4 > size || cidr_off >= size || cidr_off < -1 ||
-        (cidr_off >= 0 && cidr_off < addr_off + 8)) {
-        PyErr_SetString(PyExc_ValueError, "same4(): bad layout");
+    if (bad_layout(size, addr_off, cidr_off, "same4"))
         return NULL;
-    }
     PyObject *seq = PySequence_Fast(members, "same4() needs an iterable");
     if (seq == NULL)
         return NULL;
@@ -518,8 +534,7 @@ static PyObject *same4(PyObject *self, PyObject *args) {
         Py_ssize_t len = PyBytes_GET_SIZE(chunk);
         for (Py_ssize_t at = 0; at < len; at += size, k++) {
             const unsigned char *r = first + at;
-            if (memcmp(r, first, addr_off) != 0 ||
-                (cidr_off >= 0 && memcmp(r + cidr_off - 4, first + cidr_off - 4, 4) != 0)) {
+            if (other_headers(r, first, addr_off, cidr_off)) {
                 answer = NULL; /* headers differ: not for here */
                 break;
             }
@@ -790,7 +805,7 @@ static PyObject *members(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "The fast path of a member check; the rest to a callback."},
     {"sort", sort, METH_O, "sorted(members, key=cidr.sort_key), or None."},
-    {"encode", encode, METH_VARARGS, "Per-member netlink ADD/DEL entries, or None."},
+    {"encode", encode, METH_VARARGS, "Netlink ADD/DEL entries, one per member, or None."},
     {"format4", format4, METH_VARARGS, "IPv4 members of a dump's fixed-size records."},
     {"same4", same4, METH_VARARGS, "Whether a dump's IPv4 records are exactly some members."},
     {"runs", runs, METH_VARARGS, "The runs of network items yamlparse folds."},
