@@ -426,10 +426,10 @@ class _Acc:
             h.update(chunk)
         return h.hexdigest()
 
-    def _holds_exactly(self, wanted: frozenset[str]) -> bool:
+    def _holds_exactly(self, wanted: frozenset[str]) -> bool | None:
         """Whether the entries are exactly ``wanted``, told in C without decoding them
         (a plain IPv4 hash:net or hash:ip set whose records all have the fixed layout);
-        False when they are not, or when that cannot be told so (then they are decoded)."""
+        None when that cannot be told so (they are decoded and compared then)."""
         fast = native.netfast
         is_net = self.type == "hash:net"
         if (
@@ -438,12 +438,12 @@ class _Acc:
             or self.type not in _DECODABLE_TYPES
             or (not is_net and self.netmask is not None)
         ):
-            return False
+            return None
         rec = _DUMP_NET4 if is_net else _DUMP_IP4
         if not all(len(c) >= rec.size and _first_fixed(c, rec, True, is_net) for c in self.chunks):
-            return False
+            return None
         same: bool | None = fast.same4(self.chunks, rec.size, 12, 20 if is_net else -1, wanted)
-        return same is True
+        return same
 
     def finish(self, known: Known) -> LiveSet:
         """The set, its entries decoded now, or taken from ``known`` when it has this set's
@@ -452,7 +452,9 @@ class _Acc:
         frozenset (a converged set: the diff then compares nothing twice)."""
         digest = self.digest()
         hit = known.get(self.name)
-        if hit is not None and (hit[0] == digest or self._holds_exactly(hit[1])):
+        # True or False: told without decoding; None: not told (no wish, or not so)
+        told = None if hit is None else hit[0] == digest or self._holds_exactly(hit[1])
+        if hit is not None and told:
             members: frozenset[str] | None = hit[1]
         else:
             for chunk in self.chunks:
@@ -460,7 +462,7 @@ class _Acc:
             members = None
             if self.decodable:
                 # A kernel set holds each entry once: as many, all of them wanted, is equal.
-                same = hit is not None and len(hit[1]) == len(self.members)
+                same = told is None and hit is not None and len(hit[1]) == len(self.members)
                 if same and hit is not None and hit[1].issuperset(self.members):
                     members = hit[1]
                 else:

@@ -47,29 +47,24 @@ import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from operator import attrgetter, itemgetter
 from typing import Any
 
 from reconciler.cidr import sort_networks
 from reconciler.errors import NetlinkError, ProviderError, StateError
 from reconciler.kinds.ipset import dumpmemo, firewall
 from reconciler.kinds.ipset.against import spec_summary
-from reconciler.kinds.ipset.batches import MEMBER_OPS, batches, run_members
+from reconciler.kinds.ipset.batches import MEMBER_OPS, VERB, batches, run_members
 from reconciler.kinds.ipset.netlink import IpsetClient, LiveSet
 from reconciler.kinds.ipset.spec import is_tombstone
 from reconciler.model import HostDesired, IpsetSpec
 from reconciler.plan import Change, Op, PlanError, PlanWarning, member_ops
 from reconciler.state import INTENT, StateDir
 
-_ARGS = attrgetter("args")
-_MEMBER = itemgetter("member")
-_VERB = attrgetter("op")
-
 
 def _created(ops: Sequence[Op]) -> set[str]:
     """The sets ``ops`` create: found with ``list.index`` (a load's ops are one per member,
     so not a Python step each)."""
-    verbs = list(map(_VERB, ops))
+    verbs = list(map(VERB, ops))
     out: set[str] = set()
     at = -1
     with contextlib.suppress(ValueError):
@@ -797,8 +792,8 @@ class IpsetProvider:
                     if op.op in MEMBER_OPS:
                         run = ops[i:j]
                         members = run_members(run)
-                        if members is None:
-                            members = list(map(_MEMBER, map(_ARGS, run)))  # KeyError: a bug
+                        if members is None:  # an op without a member: KeyError, a bug
+                            members = [o.args["member"] for o in run]
                         timeout = op.args.get("timeout")
                         if op.op == "add_member":
                             client.add_members(change.name, family, members, timeout=timeout)
